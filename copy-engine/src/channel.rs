@@ -1,0 +1,421 @@
+//! A [`Channel`]: one engine plus the policy layer, with completion order kept across every path.
+//!
+//! The channel hands out its own tickets, one per op whatever path the op takes (engine, CPU
+//! because small, CPU because the ring was full or the engine refused it, CPU retry after a
+//! failure), and retires them strictly in order: a CPU-copied op is never reported done before an
+//! earlier engine op. It does this with a shadow ring indexed by the engine's tickets: each engine
+//! op in flight remembers its channel ticket, its buffers (for a CPU retry) and how many CPU ops
+//! were accepted after it; when the engine retires op `k`, everything up to the next engine op is
+//! done. CPU ops accepted while no engine op is in flight retire at once.
+//!
+//! Methods take `&self` so that futures can hold a shared reference while the PMD loop keeps
+//! enqueueing; the state sits in a `RefCell` (the channel is `Send`, not `Sync`: one thread).
+//! This module must not know any backend.
+
+use core::cell::{Cell, RefCell};
+use core::fmt;
+use core::task::Waker;
+
+use smallvec::SmallVec;
+
+use crate::engine::{check_copy, CopyEngine};
+use crate::error::{EnqueueError, FailedOp};
+use crate::flags::OpFlags;
+use crate::future::{CopyFuture, Failures};
+use crate::policy::{OnError, OnRingFull, Policy};
+use crate::stats::{EngineStats, PolicyStats};
+use crate::ticket::{Ticket, TicketRange};
+use crate::waker::{AsyncCopy, Driver};
+
+/// Failed ops taken from the engine per reap call.
+const REAP_BATCH: usize = 32;
+
+/// One engine op in flight, as the channel remembers it.
+#[derive(Clone, Copy, Default)]
+struct Shadow {
+    /// The op's channel ticket.
+    chan: Ticket,
+    /// CPU ops accepted after this engine op and before the next one.
+    cpu_after: u64,
+    /// Source address (kept for a CPU retry).
+    src: usize,
+    /// Destination address.
+    dst: usize,
+    /// Length in bytes.
+    len: usize,
+}
+
+struct Inner<E> {
+    engine: E,
+    policy: Policy,
+    /// The next channel ticket.
+    next: Ticket,
+    /// Engine tickets below this one have been processed by the channel.
+    eng_done: Ticket,
+    /// The engine ticket of the newest engine op (valid when `eng_done < engine.next_ticket()`).
+    shadow: Box<[Shadow]>,
+    mask: u64,
+    /// Reported failures waiting to be claimed, oldest first, with channel tickets.
+    failures: std::collections::VecDeque<FailedOp>,
+    reap_buf: [FailedOp; REAP_BATCH],
+    wakers: SmallVec<[(Ticket, Waker); 2]>,
+    stats: PolicyStats,
+}
+
+/// An engine behind the policy layer: the object a PMD thread (or the datapath) copies through.
+pub struct Channel<E: CopyEngine> {
+    inner: RefCell<Inner<E>>,
+    /// Every channel ticket below this is retired; read without borrowing `inner`.
+    retired: Cell<Ticket>,
+}
+
+impl<E: CopyEngine> fmt::Debug for Channel<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = self.inner.borrow();
+        f.debug_struct("Channel")
+            .field("engine", &inner.engine.info().name)
+            .field("policy", &inner.policy)
+            .field("next", &inner.next)
+            .field("retired", &self.retired.get())
+            .finish()
+    }
+}
+
+/// Copies `len` bytes on the CPU.
+///
+/// # Safety
+/// Same contract as [`CopyEngine::enqueue`]: both ranges valid and disjoint (checked by the caller
+/// with [`check_copy`]).
+#[inline]
+unsafe fn cpu_copy(src: usize, dst: usize, len: usize) {
+    if len != 0 {
+        // SAFETY: the caller guarantees valid, disjoint ranges of `len` bytes.
+        unsafe { core::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len) };
+    }
+}
+
+impl<E: CopyEngine> Channel<E> {
+    /// A channel over `engine`, ruled by `policy`.
+    pub fn new(engine: E, policy: Policy) -> Self {
+        let slots = engine.info().ring_size.max(1).next_power_of_two();
+        let start = engine.next_ticket();
+        let report = policy.report_capacity.max(1);
+        Channel {
+            inner: RefCell::new(Inner {
+                engine,
+                policy,
+                next: Ticket::ZERO,
+                eng_done: start,
+                shadow: vec![Shadow::default(); slots].into_boxed_slice(),
+                mask: slots as u64 - 1,
+                failures: std::collections::VecDeque::with_capacity(report),
+                reap_buf: [FailedOp::EMPTY; REAP_BATCH],
+                wakers: SmallVec::new(),
+                stats: PolicyStats::default(),
+            }),
+            retired: Cell::new(Ticket::ZERO),
+        }
+    }
+
+    /// Accepts one copy and returns its channel ticket. Depending on the policy the op goes to the
+    /// engine or is copied by the CPU at once; either way it is *reported* done only in order.
+    /// Call [`submit`](Self::submit) (or pass [`OpFlags::SUBMIT`]) to start engine ops.
+    ///
+    /// # Safety
+    ///
+    /// The contract of [`CopyEngine::enqueue`]: both buffers stay valid, and nothing else touches
+    /// them, until the returned ticket is retired ([`retired`](Self::retired) passes it), or the
+    /// channel is drained ([`drain`](Self::drain)) or dropped.
+    pub unsafe fn enqueue(
+        &self,
+        src: *const u8,
+        dst: *mut u8,
+        len: usize,
+        flags: OpFlags,
+    ) -> Result<Ticket, EnqueueError> {
+        check_copy(src, dst, len, usize::MAX)?;
+        let mut guard = self.inner.borrow_mut();
+        let inner = &mut *guard;
+        let len64 = len as u64;
+        if len < inner.policy.cpu_below {
+            inner.stats.cpu_small += 1;
+        } else {
+            let in_flight = inner.engine.next_ticket().since(inner.eng_done);
+            let full = in_flight > inner.mask;
+            let res = if full {
+                Err(EnqueueError::RingFull)
+            } else {
+                // SAFETY: forwarded from this function's contract.
+                unsafe { inner.engine.enqueue(src, dst, len, flags) }
+            };
+            match res {
+                Ok(et) => {
+                    let chan = inner.next;
+                    inner.shadow[et.ring_index(inner.mask)] =
+                        Shadow { chan, cpu_after: 0, src: src as usize, dst: dst as usize, len };
+                    inner.next = chan.next();
+                    inner.stats.ops += 1;
+                    inner.stats.bytes += len64;
+                    inner.stats.offloaded += 1;
+                    inner.stats.offloaded_bytes += len64;
+                    return Ok(chan);
+                }
+                Err(EnqueueError::RingFull) => match inner.policy.on_ring_full {
+                    OnRingFull::CpuCopy => inner.stats.cpu_ring_full += 1,
+                    OnRingFull::PushBack => {
+                        inner.stats.pushed_back += 1;
+                        return Err(EnqueueError::RingFull);
+                    }
+                },
+                Err(EnqueueError::TooLong { .. } | EnqueueError::Unsupported) => inner.stats.cpu_refused += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        // The CPU path. A fenced op must not start before earlier engine ops finish.
+        if flags.contains(OpFlags::FENCE) && inner.engine_busy() {
+            inner.stats.fence_drains += 1;
+            drop(guard);
+            self.drain();
+            guard = self.inner.borrow_mut();
+        }
+        let inner = &mut *guard;
+        // SAFETY: forwarded from this function's contract; `check_copy` proved the ranges disjoint.
+        unsafe { cpu_copy(src as usize, dst as usize, len) };
+        let chan = inner.next;
+        inner.next = chan.next();
+        inner.stats.ops += 1;
+        inner.stats.bytes += len64;
+        if inner.engine_busy() {
+            let newest = inner.engine.next_ticket().get() - 1;
+            inner.shadow[Ticket::new(newest).ring_index(inner.mask)].cpu_after += 1;
+        } else {
+            inner.stats.completed += 1;
+            self.retired.set(inner.next);
+        }
+        Ok(chan)
+    }
+
+    /// Rings the engine's doorbell.
+    #[inline]
+    pub fn submit(&self) {
+        self.inner.borrow_mut().engine.submit();
+    }
+
+    /// Reaps the engine, retries or records failed ops, advances the retired watermark and wakes
+    /// registered wakers. Returns how many channel tickets retired. Cheap when nothing is in flight.
+    pub fn progress(&self) -> u64 {
+        let mut woken: SmallVec<[Waker; 2]> = SmallVec::new();
+        let newly = {
+            let mut guard = self.inner.borrow_mut();
+            let inner = &mut *guard;
+            let newly = inner.progress(&self.retired);
+            if newly != 0 && !inner.wakers.is_empty() {
+                let done = self.retired.get();
+                let mut i = 0;
+                while i < inner.wakers.len() {
+                    if inner.wakers[i].0 <= done {
+                        woken.push(inner.wakers.swap_remove(i).1);
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            newly
+        };
+        for w in woken {
+            w.wake();
+        }
+        newly
+    }
+
+    /// Every channel ticket below this one is retired.
+    #[inline]
+    pub fn retired(&self) -> Ticket {
+        self.retired.get()
+    }
+
+    /// The ticket the next accepted op will get.
+    #[inline]
+    pub fn next_ticket(&self) -> Ticket {
+        self.inner.borrow().next
+    }
+
+    /// Ops accepted and not yet retired.
+    #[inline]
+    pub fn in_flight(&self) -> u64 {
+        self.next_ticket().since(self.retired())
+    }
+
+    /// True when every op of `range` has retired (without polling the engine).
+    #[inline]
+    pub fn is_done(&self, range: TicketRange) -> bool {
+        self.retired.get() >= range.end
+    }
+
+    /// Spins on [`progress`](Self::progress) until every accepted op has retired. Used by stop and
+    /// teardown paths: after it returns no copy of this channel touches memory.
+    pub fn drain(&self) {
+        self.submit();
+        while self.in_flight() != 0 {
+            if self.progress() == 0 {
+                core::hint::spin_loop();
+            }
+        }
+    }
+
+    /// Takes the reported failures whose tickets lie in `range`. Failures of earlier tickets that
+    /// nobody claimed are discarded and counted in [`PolicyStats::errors_unclaimed`]; resolve
+    /// ranges in ticket order (a [`DeferQueue`](crate::DeferQueue) does) so none is discarded.
+    pub fn take_failures(&self, range: TicketRange) -> Failures {
+        let mut out = Failures::new();
+        let mut inner = self.inner.borrow_mut();
+        while let Some(f) = inner.failures.front().copied() {
+            if f.ticket >= range.end {
+                break;
+            }
+            inner.failures.pop_front();
+            if f.ticket < range.start {
+                inner.stats.errors_unclaimed += 1;
+            } else {
+                out.push(f);
+            }
+        }
+        out
+    }
+
+    /// Accepts one copy, rings the doorbell and returns a non-waking future for it.
+    ///
+    /// # Safety
+    /// As [`enqueue`](Self::enqueue).
+    pub unsafe fn copy(&self, src: *const u8, dst: *mut u8, len: usize) -> Result<CopyFuture<'_, E>, EnqueueError> {
+        // SAFETY: forwarded from this function's contract.
+        let t = unsafe { self.enqueue(src, dst, len, OpFlags::SUBMIT)? };
+        Ok(CopyFuture::new(self, TicketRange::new(t, t.next())))
+    }
+
+    /// A non-waking future for `range` (tickets this channel handed out).
+    #[inline]
+    pub fn future(&self, range: TicketRange) -> CopyFuture<'_, E> {
+        CopyFuture::new(self, range)
+    }
+
+    /// As [`copy`](Self::copy), but the future registers its waker, for ordinary executors; some
+    /// task must drive completions ([`driver`](Self::driver) or a PMD loop calling `progress`).
+    ///
+    /// # Safety
+    /// As [`enqueue`](Self::enqueue).
+    pub unsafe fn copy_async(&self, src: *const u8, dst: *mut u8, len: usize) -> Result<AsyncCopy<'_, E>, EnqueueError> {
+        // SAFETY: forwarded from this function's contract.
+        let t = unsafe { self.enqueue(src, dst, len, OpFlags::SUBMIT)? };
+        Ok(AsyncCopy::new(self, TicketRange::new(t, t.next())))
+    }
+
+    /// A future that drives this channel's completions and wakes [`AsyncCopy`] futures; it resolves
+    /// once nothing is in flight.
+    pub fn driver(&self) -> Driver<'_, E> {
+        Driver::new(self)
+    }
+
+    pub(crate) fn register_waker(&self, end: Ticket, waker: &Waker) {
+        let mut inner = self.inner.borrow_mut();
+        if let Some(slot) = inner.wakers.iter_mut().find(|(t, _)| *t == end) {
+            if !slot.1.will_wake(waker) {
+                slot.1 = waker.clone();
+            }
+            return;
+        }
+        inner.wakers.push((end, waker.clone()));
+    }
+
+    /// The policy layer's counters.
+    pub fn stats(&self) -> PolicyStats {
+        self.inner.borrow().stats
+    }
+
+    /// The engine's own counters.
+    pub fn engine_stats(&self) -> EngineStats {
+        self.inner.borrow().engine.stats()
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Policy {
+        self.inner.borrow().policy
+    }
+
+    /// Changes the policy (between bursts).
+    pub fn set_policy(&self, policy: Policy) {
+        let mut inner = self.inner.borrow_mut();
+        inner.policy = policy;
+        let cap = policy.report_capacity.max(1);
+        if inner.failures.capacity() < cap {
+            let len = inner.failures.len();
+            inner.failures.reserve(cap - len);
+        }
+    }
+
+    /// Runs `f` with the engine (e.g. to read its info or drive its control plane).
+    pub fn with_engine<R>(&self, f: impl FnOnce(&mut E) -> R) -> R {
+        f(&mut self.inner.borrow_mut().engine)
+    }
+}
+
+impl<E: CopyEngine> Inner<E> {
+    #[inline]
+    fn engine_busy(&self) -> bool {
+        self.engine.next_ticket() > self.eng_done
+    }
+
+    fn progress(&mut self, retired: &Cell<Ticket>) -> u64 {
+        if !self.engine_busy() {
+            self.stats.empty_polls += 1;
+            return 0;
+        }
+        let room = match self.policy.on_error {
+            OnError::CpuRetry => REAP_BATCH,
+            OnError::Report => {
+                let cap = self.policy.report_capacity.max(1);
+                REAP_BATCH.min(cap.saturating_sub(self.failures.len()))
+            }
+        };
+        let r = self.engine.reap(usize::MAX, &mut self.reap_buf[..room]);
+        if r.retired == 0 {
+            self.stats.empty_polls += 1;
+            return 0;
+        }
+        for i in 0..r.failed {
+            let f = self.reap_buf[i];
+            let slot = self.shadow[f.ticket.ring_index(self.mask)];
+            self.stats.errors += 1;
+            match self.policy.on_error {
+                OnError::CpuRetry => {
+                    // SAFETY: the op has not been reported retired, so the enqueue contract still
+                    // holds for its buffers, which `check_copy` proved disjoint at enqueue.
+                    unsafe { cpu_copy(slot.src, slot.dst, slot.len) };
+                    self.stats.cpu_retry += 1;
+                }
+                OnError::Report => {
+                    self.failures.push_back(FailedOp { ticket: slot.chan, status: f.status });
+                    self.stats.errors_reported += 1;
+                }
+            }
+        }
+        self.eng_done = self.eng_done.add(r.retired as u64);
+        debug_assert_eq!(self.eng_done, self.engine.retired());
+        let last = self.shadow[Ticket::new(self.eng_done.get() - 1).ring_index(self.mask)];
+        let watermark = last.chan.add(1 + last.cpu_after);
+        let newly = watermark.since(retired.get());
+        self.stats.completed += newly;
+        retired.set(watermark);
+        newly
+    }
+}
+
+impl<E: CopyEngine> Drop for Channel<E> {
+    fn drop(&mut self) {
+        // Ops in flight reference caller memory: finish them before the channel (and the engine)
+        // goes away, whatever the engine's own drop does.
+        if !std::thread::panicking() {
+            self.drain();
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The engine contract: one channel of a copy device, modelled on DPDK dmadev.
+//!
+//! This module owns the trait every backend implements and the checks every backend shares. It
+//! knows no backend and no policy: CPU fallback, ordering across fallbacks and futures live in
+//! [`crate::channel`].
+//!
+//! # Semantics
+//!
+//! - A channel owns a ring of descriptors. [`CopyEngine::enqueue`] puts one copy in the ring and
+//!   returns its [`Ticket`]; nothing moves until [`CopyEngine::submit`] rings the doorbell (or the op
+//!   carries [`OpFlags::SUBMIT`]). [`CopyEngine::burst_capacity`] says how many more ops fit.
+//! - [`CopyEngine::reap`] retires completed ops **in submission order**: after it returns, every
+//!   ticket below [`CopyEngine::retired`] is done, and the failed ones among those it retired were
+//!   written to the caller's buffer with their status.
+//! - Tickets start at zero and grow by one per accepted op; a refused op consumes no ticket.
+//!
+//! # The memory contract, and why `enqueue` is `unsafe`
+//!
+//! A copy engine reads and writes memory after `enqueue` has returned, until the op is retired.
+//! The buffers are usually not the caller's to own: they are guest memory mapped from another
+//! process, or packet buffers in a pool. A safe API would have to take ownership of both buffers
+//! (as `'static` owned values) for the op's lifetime, which guest memory cannot offer and which
+//! would cost an allocation or a reference count per op on the hot path. So, like io-uring's
+//! `SubmissionQueue::push`, `enqueue` is an `unsafe fn` whose `# Safety` section states the
+//! contract, and the layers above (the datapath's in-flight tracking, queue stop/drain) are where it
+//! is upheld once for everyone. What *can* be checked cheaply is checked and reported as a typed
+//! [`EnqueueError`]: overlapping buffers, over-long ops, null or wrapping addresses.
+
+use crate::error::{ControlError, EnqueueError, FailedOp};
+use crate::flags::{Capabilities, OpFlags};
+use crate::stats::EngineStats;
+use crate::ticket::Ticket;
+
+/// What an engine is and what it can do. Fixed once the channel is configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineInfo {
+    /// Backend and device name, e.g. `memcpy`, `worker`, `dmadev:dma_skeleton0/0`.
+    pub name: String,
+    /// What the engine can do.
+    pub capabilities: Capabilities,
+    /// Descriptors in the channel's ring: the most ops that can be enqueued and not yet retired.
+    pub ring_size: usize,
+    /// Longest single op in bytes.
+    pub max_len: usize,
+}
+
+/// How many ops one reap call retired.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reaped {
+    /// Ops retired, successful and failed, in order.
+    pub retired: usize,
+    /// Of those, how many failed (written to the front of the caller's buffer).
+    pub failed: usize,
+}
+
+/// One channel of a copy device. Owned by one thread (`Send`, not `Sync`); every data-path call
+/// takes `&mut self` and must not allocate, lock or make a system call.
+pub trait CopyEngine: Send {
+    /// What this engine is.
+    fn info(&self) -> &EngineInfo;
+
+    /// How many more ops `enqueue` would accept right now.
+    fn burst_capacity(&self) -> usize;
+
+    /// Puts one copy of `len` bytes from `src` to `dst` in the ring and returns its ticket. The
+    /// copy starts after the next doorbell ([`submit`](Self::submit)), or at once when `flags`
+    /// has [`OpFlags::SUBMIT`].
+    ///
+    /// Refused ops consume no ticket and leave the ring unchanged.
+    ///
+    /// # Safety
+    ///
+    /// - `src` must be valid for reads and `dst` valid for writes of `len` bytes (as IOVAs the
+    ///   engine can reach: virtual addresses on [`Capabilities::SVA`] engines, registered memory
+    ///   otherwise), from this call **until the op is retired** by [`reap`](Self::reap) or the
+    ///   engine is dropped (dropping an engine waits for or cancels every op in flight).
+    /// - Nothing else may write `src` or access `dst` during that time, except through ops of this
+    ///   same channel that are ordered by a fence.
+    unsafe fn enqueue(
+        &mut self,
+        src: *const u8,
+        dst: *mut u8,
+        len: usize,
+        flags: OpFlags,
+    ) -> Result<Ticket, EnqueueError>;
+
+    /// Rings the doorbell: everything enqueued so far may start.
+    fn submit(&mut self);
+
+    /// Retires completed ops in submission order, at most `max` of them. Failed ops are written to
+    /// `failed` in order; the engine never retires more failed ops than `failed` can hold, so a
+    /// caller passing an empty buffer retires only up to the first failure.
+    fn reap(&mut self, max: usize, failed: &mut [FailedOp]) -> Reaped;
+
+    /// The ticket the next accepted op will get.
+    fn next_ticket(&self) -> Ticket;
+
+    /// Every ticket below this one has been retired.
+    fn retired(&self) -> Ticket;
+
+    /// The engine's counters.
+    fn stats(&self) -> EngineStats;
+
+    /// Zeroes the counters.
+    fn reset_stats(&mut self);
+
+    /// Ops enqueued and not yet retired.
+    #[inline]
+    fn in_flight(&self) -> u64 {
+        self.next_ticket().since(self.retired())
+    }
+}
+
+/// Checks the cheap parts of an op every backend must refuse: over-long, null, wrapping or
+/// overlapping buffers. Backends call this first in `enqueue`.
+#[inline]
+pub fn check_copy(src: *const u8, dst: *mut u8, len: usize, max_len: usize) -> Result<(), EnqueueError> {
+    if len > max_len {
+        return Err(EnqueueError::TooLong { len, max: max_len });
+    }
+    if len == 0 {
+        return Ok(());
+    }
+    let (s, d) = (src as usize, dst as usize);
+    if s == 0 || d == 0 || s.checked_add(len).is_none() || d.checked_add(len).is_none() {
+        return Err(EnqueueError::BadAddress);
+    }
+    if s < d + len && d < s + len {
+        return Err(EnqueueError::Overlap);
+    }
+    Ok(())
+}
+
+/// The control plane of a channel: not on the hot path, so it may be `async` and sit behind `dyn`.
+///
+/// Engines that are ready when constructed (the CPU engines) implement it trivially. A dmadev
+/// channel starts and stops its device, and maps memory on devices without SVA.
+#[async_trait::async_trait]
+pub trait EngineControl: Send {
+    /// Starts (or restarts) the channel.
+    async fn start(&mut self) -> Result<(), ControlError>;
+
+    /// Stops the channel after every op in flight has retired or been cancelled; nothing the
+    /// engine does touches memory after this returns.
+    async fn stop(&mut self) -> Result<(), ControlError>;
+
+    /// Makes `[addr, addr + len)` reachable by the engine (a no-op on SVA engines). The datapath
+    /// calls this when a guest's memory table arrives.
+    async fn map_memory(&mut self, addr: *mut u8, len: usize) -> Result<(), ControlError>;
+
+    /// Undoes [`map_memory`](Self::map_memory) once no op in flight touches the range.
+    async fn unmap_memory(&mut self, addr: *mut u8, len: usize) -> Result<(), ControlError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlapping_and_oversized_copies_are_refused() {
+        let mut buf = [0u8; 64];
+        let p = buf.as_mut_ptr();
+        assert_eq!(check_copy(p, p.wrapping_add(8), 16, 64), Err(EnqueueError::Overlap));
+        assert_eq!(check_copy(p.wrapping_add(8), p, 16, 64), Err(EnqueueError::Overlap));
+        assert_eq!(check_copy(p, p.wrapping_add(16), 16, 64), Ok(()));
+        assert_eq!(check_copy(p, p.wrapping_add(32), 65, 64), Err(EnqueueError::TooLong { len: 65, max: 64 }));
+        assert_eq!(check_copy(core::ptr::null(), p, 4, 64), Err(EnqueueError::BadAddress));
+        assert_eq!(check_copy(core::ptr::null(), core::ptr::null_mut(), 0, 64), Ok(()));
+    }
+}

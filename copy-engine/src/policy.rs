@@ -1,0 +1,71 @@
+//! Policy: what a [`Channel`](crate::Channel) does when a copy is small, the ring is full, or the
+//! engine fails an op (DESIGN.md §3). Never lose a copy, never stall.
+
+/// What to do when the engine's ring has no room for an op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OnRingFull {
+    /// Copy it on the CPU now; it still completes in order with the engine's ops.
+    #[default]
+    CpuCopy,
+    /// Refuse it with [`EnqueueError::RingFull`](crate::EnqueueError::RingFull); the caller keeps
+    /// the work and tries again after polling completions.
+    PushBack,
+}
+
+/// What to do when the engine reports a failed op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OnError {
+    /// Redo the copy on the CPU before the op is reported done; the caller sees success.
+    #[default]
+    CpuRetry,
+    /// Report the failed ticket to whoever waits for it (a [`CopyFuture`](crate::CopyFuture)
+    /// resolves to [`Failures`](crate::Failures)).
+    Report,
+}
+
+/// The knobs of the policy layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Copies shorter than this many bytes are done by the CPU at once: below the crossover a
+    /// descriptor costs more than the copy (the benchmarks measure the crossover per engine).
+    pub cpu_below: usize,
+    /// Full ring: CPU copy or push back.
+    pub on_ring_full: OnRingFull,
+    /// Failed op: CPU retry or report.
+    pub on_error: OnError,
+    /// How many reported failures may wait to be claimed before reaping pauses (report policy).
+    pub report_capacity: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            cpu_below: 256,
+            on_ring_full: OnRingFull::CpuCopy,
+            on_error: OnError::CpuRetry,
+            report_capacity: 64,
+        }
+    }
+}
+
+impl Policy {
+    /// Every op goes to the engine, whatever its size (tests and benchmarks of the engine itself).
+    pub fn offload_all() -> Self {
+        Policy { cpu_below: 0, ..Policy::default() }
+    }
+
+    /// This policy with a different CPU threshold.
+    pub fn with_cpu_below(self, cpu_below: usize) -> Self {
+        Policy { cpu_below, ..self }
+    }
+
+    /// This policy with a different full-ring behaviour.
+    pub fn with_ring_full(self, on_ring_full: OnRingFull) -> Self {
+        Policy { on_ring_full, ..self }
+    }
+
+    /// This policy with a different failed-op behaviour.
+    pub fn with_error(self, on_error: OnError) -> Self {
+        Policy { on_error, ..self }
+    }
+}
