@@ -1,1 +1,635 @@
-//! placeholder
+//! The conformance suite every backend runs against itself (feature `testing`).
+//!
+//! Each check takes a fresh engine from the caller's factory and panics with a message naming the
+//! broken rule. [`run_all`] runs the engine contract checks; [`run_policy`] runs the policy-layer
+//! checks ([`Channel`] over the engine); [`run_fault`] wraps the engine in a
+//! [`FaultEngine`](crate::fault::FaultEngine) and checks that failures are reported with the right
+//! tickets. A backend's test is three lines:
+//!
+//! ```ignore
+//! copy_engine::conformance::run_all(|| MyEngine::new());
+//! copy_engine::conformance::run_policy(|| MyEngine::new());
+//! copy_engine::conformance::run_fault(|| MyEngine::new());
+//! ```
+//!
+//! [`LazyEngine`] is a deterministic asynchronous engine for tests: it copies at reap time, a few
+//! ops per reap call, so everything above it sees real "not yet done" states.
+
+use crate::channel::Channel;
+use crate::engine::{check_copy, CopyEngine, EngineInfo, Reaped};
+use crate::error::{EnqueueError, FailedOp};
+use crate::fault::{FaultConfig, FaultEngine};
+use crate::flags::{Capabilities, OpFlags};
+use crate::future::poll_inline;
+use crate::policy::{OnError, OnRingFull, Policy};
+use crate::stats::EngineStats;
+use crate::ticket::{Ticket, TicketRange};
+use core::pin::pin;
+use core::task::Poll;
+
+/// Largest copy the suite makes.
+pub const MAX_COPY: usize = 64 * 1024;
+
+/// A small deterministic generator (xorshift64*), so failures reproduce from the seed.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `lo..=hi`.
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next_u64() % (hi - lo + 1) as u64) as usize
+    }
+
+    /// Fills `buf` with random bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+/// One copy of the suite: its own source and destination buffers, with guard bytes around the
+/// destination to catch writes out of bounds.
+struct Job {
+    src: Vec<u8>,
+    dst: Vec<u8>,
+    src_off: usize,
+    dst_off: usize,
+    len: usize,
+}
+
+const GUARD: usize = 64;
+const GUARD_BYTE: u8 = 0xa5;
+
+impl Job {
+    fn new(rng: &mut Rng, len: usize) -> Job {
+        let src_off = rng.range(0, 63);
+        let dst_off = rng.range(0, 63);
+        let mut src = vec![0u8; src_off + len];
+        rng.fill(&mut src);
+        let dst = vec![GUARD_BYTE; GUARD + dst_off + len + GUARD];
+        Job { src, dst, src_off, dst_off, len }
+    }
+
+    fn sized(rng: &mut Rng, lo: usize, hi: usize) -> Job {
+        let len = rng.range(lo, hi);
+        Job::new(rng, len)
+    }
+
+    fn ptrs(&mut self) -> (*const u8, *mut u8) {
+        // `wrapping_add` keeps this free of `unsafe`; both offsets are inside their allocations.
+        let s = self.src.as_ptr().wrapping_add(self.src_off);
+        let d = self.dst.as_mut_ptr().wrapping_add(GUARD + self.dst_off);
+        (s, d)
+    }
+
+    fn copied(&self) -> bool {
+        self.dst[GUARD + self.dst_off..][..self.len] == self.src[self.src_off..][..self.len]
+    }
+
+    fn assert_copied(&self, what: &str, i: usize) {
+        assert!(self.copied(), "{what}: op {i} ({} bytes) not copied byte-exact", self.len);
+        self.assert_guards(what, i);
+    }
+
+    fn assert_guards(&self, what: &str, i: usize) {
+        let end = GUARD + self.dst_off + self.len;
+        assert!(
+            self.dst[..GUARD + self.dst_off].iter().chain(&self.dst[end..]).all(|&b| b == GUARD_BYTE),
+            "{what}: op {i} wrote outside its destination"
+        );
+    }
+}
+
+/// Enqueues with the suite's memory contract: every job outlives its op (jobs are only dropped
+/// after the engine has retired everything).
+fn enqueue<E: CopyEngine>(e: &mut E, job: &mut Job, flags: OpFlags) -> Result<Ticket, EnqueueError> {
+    let (s, d) = job.ptrs();
+    // SAFETY: the job's buffers are valid for `len` bytes and stay alive and untouched until the
+    // suite has reaped every op (each check drains before dropping its jobs).
+    unsafe { e.enqueue(s, d, job.len, flags) }
+}
+
+/// Reaps until everything enqueued has retired, collecting failures.
+fn drain<E: CopyEngine>(e: &mut E, failed: &mut Vec<FailedOp>) {
+    e.submit();
+    let mut buf = [FailedOp::EMPTY; 16];
+    let mut spins = 0u64;
+    while e.retired() < e.next_ticket() {
+        let before = e.retired();
+        let r = e.reap(usize::MAX, &mut buf);
+        assert_eq!(e.retired(), before.add(r.retired as u64), "reap's count disagrees with retired()");
+        assert!(r.failed <= r.retired, "more failed than retired");
+        failed.extend_from_slice(&buf[..r.failed]);
+        if r.retired == 0 {
+            spins += 1;
+            assert!(spins < 2_000_000_000, "engine never completes");
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// Runs every engine-contract check on engines from `make`.
+pub fn run_all<E: CopyEngine>(mut make: impl FnMut() -> E) {
+    refused_ops_consume_no_ticket(make());
+    copies_are_byte_exact(make(), 1);
+    completions_retire_in_order(make());
+    capacity_is_accounted(make());
+    tickets_run_past_u16_wrap(make());
+    stats_are_consistent(make());
+    fence_orders_dependent_copies(make());
+}
+
+/// Overlapping and over-long ops are typed errors and consume no ticket.
+pub fn refused_ops_consume_no_ticket<E: CopyEngine>(mut e: E) {
+    let mut buf = vec![0u8; 256];
+    let p = buf.as_mut_ptr();
+    let t0 = e.next_ticket();
+    // SAFETY: the op is refused before anything is enqueued (overlap is checked first).
+    let r = unsafe { e.enqueue(p, p.wrapping_add(16), 64, OpFlags::empty()) };
+    assert_eq!(r, Err(EnqueueError::Overlap), "overlapping copy accepted");
+    let max = e.info().max_len;
+    if max < usize::MAX / 4 {
+        let mut big = Job { src: vec![0; 1], dst: vec![0; 1], src_off: 0, dst_off: 0, len: 0 };
+        let (s, _) = big.ptrs();
+        // SAFETY: the op is refused for its length before any memory is touched.
+        let r = unsafe { e.enqueue(s, p.wrapping_add(128), max + 1, OpFlags::empty()) };
+        assert_eq!(r, Err(EnqueueError::TooLong { len: max + 1, max }), "over-long copy accepted");
+    }
+    assert_eq!(e.next_ticket(), t0, "a refused op consumed a ticket");
+    assert_eq!(e.in_flight(), 0);
+}
+
+/// Random sizes 0..=64 KiB at random alignments arrive byte-exact, nothing outside is touched.
+pub fn copies_are_byte_exact<E: CopyEngine>(mut e: E, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let max = e.info().max_len.min(MAX_COPY);
+    let mut jobs = Vec::new();
+    let mut failed = Vec::new();
+    for round in 0..8 {
+        let burst = rng.range(1, 32).min(e.burst_capacity().max(1));
+        let first = jobs.len();
+        for _ in 0..burst {
+            let len = match rng.range(0, 9) {
+                0 => 0,
+                1 => rng.range(1, 64),
+                2 => max,
+                _ => rng.range(0, max),
+            };
+            jobs.push(Job::new(&mut rng, len));
+        }
+        for (i, job) in jobs[first..].iter_mut().enumerate() {
+            let expect = e.next_ticket();
+            let t = enqueue(&mut e, job, OpFlags::empty()).unwrap_or_else(|err| panic!("round {round} op {i}: {err}"));
+            assert_eq!(t, expect, "ticket is not the announced next ticket");
+            assert_eq!(e.next_ticket(), t.next());
+        }
+        drain(&mut e, &mut failed);
+    }
+    assert!(failed.is_empty(), "ops failed on a healthy engine: {failed:?}");
+    for (i, job) in jobs.iter().enumerate() {
+        job.assert_copied("byte-exact", i);
+    }
+}
+
+/// Reaping with a small `max` retires exactly that many, in ticket order.
+pub fn completions_retire_in_order<E: CopyEngine>(mut e: E) {
+    let mut rng = Rng::new(7);
+    let n = e.burst_capacity().min(64);
+    let mut jobs: Vec<Job> = (0..n).map(|_| Job::sized(&mut rng, 1, 2048)).collect();
+    let start = e.next_ticket();
+    for (i, job) in jobs.iter_mut().enumerate() {
+        let t = enqueue(&mut e, job, OpFlags::empty()).expect("enqueue");
+        assert_eq!(t, start.add(i as u64), "tickets are not consecutive");
+    }
+    e.submit();
+    let mut buf = [FailedOp::EMPTY; 4];
+    let mut seen = start;
+    while e.retired() < e.next_ticket() {
+        let r = e.reap(3, &mut buf);
+        assert!(r.retired <= 3, "reap retired more than max");
+        seen = seen.add(r.retired as u64);
+        assert_eq!(e.retired(), seen, "retired() is not the running total of reaped ops");
+        // Everything retired must be complete, everything before it too.
+        for (i, job) in jobs.iter().enumerate().take(seen.since(start) as usize) {
+            job.assert_copied("in-order", i);
+        }
+    }
+}
+
+/// `burst_capacity` counts down by one per op, a full ring refuses with `RingFull` (counted), and
+/// reaping frees the slots.
+pub fn capacity_is_accounted<E: CopyEngine>(mut e: E) {
+    let mut rng = Rng::new(11);
+    let cap = e.burst_capacity();
+    assert!(cap >= 1 && cap <= e.info().ring_size, "capacity {cap} outside 1..=ring_size");
+    let mut jobs: Vec<Job> = (0..cap + 1).map(|_| Job::new(&mut rng, 64)).collect();
+    for (i, job) in jobs[..cap].iter_mut().enumerate() {
+        assert_eq!(e.burst_capacity(), cap - i, "capacity does not count down by one per op");
+        enqueue(&mut e, job, OpFlags::empty()).expect("enqueue below capacity");
+    }
+    assert_eq!(e.burst_capacity(), 0);
+    let full_before = e.stats().ring_full;
+    let t = e.next_ticket();
+    assert_eq!(enqueue(&mut e, &mut jobs[cap], OpFlags::empty()), Err(EnqueueError::RingFull));
+    assert_eq!(e.next_ticket(), t, "a refused op consumed a ticket");
+    assert_eq!(e.stats().ring_full, full_before + 1, "ring-full not counted");
+    drain(&mut e, &mut Vec::new());
+    assert_eq!(e.burst_capacity(), cap, "reaping did not free the ring");
+    enqueue(&mut e, &mut jobs[cap], OpFlags::SUBMIT).expect("enqueue after drain");
+    drain(&mut e, &mut Vec::new());
+    for (i, job) in jobs.iter().enumerate() {
+        job.assert_copied("capacity", i);
+    }
+}
+
+/// More than 70,000 ops: tickets stay consecutive and correct far past any `u16` ring index.
+pub fn tickets_run_past_u16_wrap<E: CopyEngine>(mut e: E) {
+    const OPS: u64 = 70_500;
+    let mut rng = Rng::new(3);
+    let burst = e.burst_capacity().clamp(1, 32);
+    let mut jobs: Vec<Job> = (0..burst).map(|_| Job::new(&mut rng, 64)).collect();
+    let start = e.next_ticket();
+    let mut done = 0u64;
+    while done < OPS {
+        for job in jobs.iter_mut() {
+            rng.fill(&mut job.src);
+            job.dst.fill(GUARD_BYTE);
+            let t = enqueue(&mut e, job, OpFlags::empty()).expect("enqueue");
+            assert_eq!(t, start.add(done), "ticket sequence broken at op {done}");
+            done += 1;
+        }
+        drain(&mut e, &mut Vec::new());
+        for (i, job) in jobs.iter().enumerate() {
+            job.assert_copied("u16 wrap", done as usize - burst + i);
+        }
+    }
+    assert_eq!(e.retired(), start.add(done));
+}
+
+/// Stats agree with what was done.
+pub fn stats_are_consistent<E: CopyEngine>(mut e: E) {
+    e.reset_stats();
+    let mut rng = Rng::new(5);
+    let n = e.burst_capacity().min(40);
+    let mut jobs: Vec<Job> = (0..n).map(|_| Job::sized(&mut rng, 0, 4096)).collect();
+    let bytes: u64 = jobs.iter().map(|j| j.len as u64).sum();
+    for job in jobs.iter_mut() {
+        enqueue(&mut e, job, OpFlags::empty()).expect("enqueue");
+    }
+    drain(&mut e, &mut Vec::new());
+    let s: EngineStats = e.stats();
+    assert_eq!(s.enqueued, n as u64, "enqueued count");
+    assert_eq!(s.bytes, bytes, "byte count");
+    assert_eq!(s.completed + s.errors, n as u64, "completed + errors != enqueued");
+    assert_eq!(s.in_flight(), 0);
+    assert!(s.submits >= 1, "no doorbell counted");
+}
+
+/// With a fence, a copy that reads what an earlier copy wrote sees the written bytes. Skipped on
+/// engines without [`Capabilities::FENCE`].
+pub fn fence_orders_dependent_copies<E: CopyEngine>(mut e: E) {
+    if !e.info().capabilities.contains(Capabilities::FENCE) {
+        return;
+    }
+    let mut rng = Rng::new(13);
+    for round in 0..16 {
+        let len = rng.range(1, 8192);
+        let mut a = vec![0u8; len];
+        rng.fill(&mut a);
+        let mut b = vec![0u8; len];
+        let mut c = vec![0u8; len];
+        let (pa, pb, pc) = (a.as_ptr(), b.as_mut_ptr(), c.as_mut_ptr());
+        // SAFETY: a, b, c live until the drain below; the second op reads b only after the fence.
+        unsafe {
+            e.enqueue(pa, pb, len, OpFlags::empty()).expect("enqueue a->b");
+            e.enqueue(pb, pc, len, OpFlags::FENCE | OpFlags::SUBMIT).expect("enqueue b->c");
+        }
+        drain(&mut e, &mut Vec::new());
+        assert!(c == a, "round {round}: fenced copy read stale bytes");
+    }
+}
+
+/// Wraps the engine in a [`FaultEngine`] failing 5% of ops and checks every failure is reported
+/// once, in order, with the ticket of the op that really failed (its destination is incomplete).
+pub fn run_fault<E: CopyEngine>(mut make: impl FnMut() -> E) {
+    let cfg = FaultConfig { error_rate: 0.05, delay_polls: 2, ring_full_every: 97, ring_full_burst: 3, seed: 42 };
+    let mut e = FaultEngine::new(make(), cfg);
+    let mut rng = Rng::new(21);
+    let mut jobs: Vec<(Ticket, Job)> = Vec::new();
+    let mut failed = Vec::new();
+    let mut ring_full = 0;
+    while jobs.len() < 2000 {
+        let mut job = Job::sized(&mut rng, 2, 1500);
+        // Distinct bytes in the second half, so a half copy is visibly incomplete.
+        job.dst[GUARD + job.dst_off..][..job.len].iter_mut().zip(&job.src[job.src_off..]).for_each(|(d, s)| *d = !*s);
+        match enqueue(&mut e, &mut job, OpFlags::empty()) {
+            Ok(t) => jobs.push((t, job)),
+            Err(EnqueueError::RingFull) => {
+                ring_full += 1;
+                drain(&mut e, &mut failed);
+            }
+            Err(err) => panic!("fault wrapper refused an op: {err}"),
+        }
+        if rng.range(0, 7) == 0 {
+            drain(&mut e, &mut failed);
+        }
+    }
+    drain(&mut e, &mut failed);
+    let injected = e.injected();
+    assert!(injected.errors > 0 && ring_full > 0, "nothing injected");
+    assert_eq!(failed.len() as u64, injected.errors, "a failure was lost or invented");
+    assert!(failed.windows(2).all(|w| w[0].ticket < w[1].ticket), "failures not in ticket order");
+    let mut f = failed.iter().peekable();
+    for (i, (t, job)) in jobs.iter().enumerate() {
+        let reported = f.next_if(|x| x.ticket == *t).is_some();
+        assert_eq!(reported, !job.copied(), "op {i} ({t}): reported failed = {reported}, but copied = {}", job.copied());
+        job.assert_guards("fault", i);
+    }
+}
+
+/// Runs the policy-layer checks on a [`Channel`] over engines from `make`.
+pub fn run_policy<E: CopyEngine>(mut make: impl FnMut() -> E) {
+    small_copies_go_to_cpu(make());
+    full_ring_falls_back_in_order(make());
+    full_ring_pushes_back(make());
+    failed_copies_are_retried_in_order(make());
+    failed_copies_are_reported_with_their_ticket(make());
+}
+
+/// Copies below the threshold are done by the CPU, counted, and retire in order with the rest.
+pub fn small_copies_go_to_cpu<E: CopyEngine>(e: E) {
+    let ch = Channel::new(e, Policy::default().with_cpu_below(256));
+    let mut rng = Rng::new(31);
+    let mut jobs: Vec<Job> = (0..64).map(|i| Job::new(&mut rng, if i % 2 == 0 { 64 } else { 1024 })).collect();
+    let tickets: Vec<Ticket> = jobs.iter_mut().map(|j| chan_enqueue(&ch, j, OpFlags::empty()).expect("enqueue")).collect();
+    assert!(tickets.windows(2).all(|w| w[1] == w[0].next()), "channel tickets not consecutive");
+    ch.drain();
+    let s = ch.stats();
+    assert_eq!(s.cpu_small, 32, "small copies not counted");
+    assert_eq!(s.offloaded, 32, "large copies not offloaded");
+    assert_eq!(s.completed, 64);
+    for (i, j) in jobs.iter().enumerate() {
+        j.assert_copied("threshold", i);
+    }
+}
+
+/// A full ring with the CPU-copy policy: every op is accepted, the overflow is copied by the CPU
+/// and counted, and no op is reported done before an earlier one.
+pub fn full_ring_falls_back_in_order<E: CopyEngine>(e: E) {
+    let cap = e.burst_capacity();
+    let ch = Channel::new(e, Policy::offload_all().with_ring_full(OnRingFull::CpuCopy));
+    let mut rng = Rng::new(37);
+    let n = cap + 40;
+    let mut jobs: Vec<Job> = (0..n).map(|_| Job::new(&mut rng, 512)).collect();
+    let mut futs = Vec::new();
+    for j in jobs.iter_mut() {
+        let t = chan_enqueue(&ch, j, OpFlags::empty()).expect("CPU-copy policy must accept every op");
+        futs.push(ch.future(TicketRange::new(t, t.next())));
+    }
+    ch.submit();
+    assert!(ch.stats().cpu_ring_full >= 40, "ring-full fallbacks not counted: {:?}", ch.stats());
+    // Poll all futures repeatedly: a later future may never be ready while an earlier one is not.
+    let mut ready = vec![false; n];
+    while ready.iter().any(|r| !r) {
+        for (i, f) in futs.iter_mut().enumerate() {
+            if !ready[i] {
+                if let Poll::Ready(out) = poll_inline(pin!(f)) {
+                    assert!(out.is_ok());
+                    assert!(ready[..i].iter().all(|&r| r), "op {i} reported done before an earlier op");
+                    ready[i] = true;
+                }
+            }
+        }
+    }
+    for (i, j) in jobs.iter().enumerate() {
+        j.assert_copied("ring-full fallback", i);
+    }
+}
+
+/// A full ring with the push-back policy: the op is refused with `RingFull`, counted, and
+/// accepted once completions are reaped.
+pub fn full_ring_pushes_back<E: CopyEngine>(e: E) {
+    let cap = e.burst_capacity();
+    let ch = Channel::new(e, Policy::offload_all().with_ring_full(OnRingFull::PushBack));
+    let mut rng = Rng::new(41);
+    let mut jobs: Vec<Job> = (0..cap + 1).map(|_| Job::new(&mut rng, 300)).collect();
+    let (head, last) = jobs.split_at_mut(cap);
+    for j in head.iter_mut() {
+        chan_enqueue(&ch, j, OpFlags::empty()).expect("enqueue below capacity");
+    }
+    assert_eq!(chan_enqueue(&ch, &mut last[0], OpFlags::empty()), Err(EnqueueError::RingFull));
+    assert_eq!(ch.stats().pushed_back, 1);
+    assert_eq!(ch.stats().cpu_copies(), 0);
+    ch.drain();
+    chan_enqueue(&ch, &mut last[0], OpFlags::SUBMIT).expect("accepted after drain");
+    ch.drain();
+    for (i, j) in jobs.iter().enumerate() {
+        j.assert_copied("push-back", i);
+    }
+}
+
+/// Repeated ring-full bursts and 1% injected errors under the CPU-retry policy: zero copies lost,
+/// zero reordered, every fallback counted.
+pub fn failed_copies_are_retried_in_order<E: CopyEngine>(e: E) {
+    let cfg = FaultConfig { error_rate: 0.01, ring_full_every: 50, ring_full_burst: 8, delay_polls: 1, seed: 99 };
+    let ch = Channel::new(FaultEngine::new(e, cfg), Policy::default().with_cpu_below(128));
+    let mut rng = Rng::new(43);
+    let total = 5000;
+    let mut jobs: Vec<Job> = Vec::with_capacity(total);
+    let mut pending: std::collections::VecDeque<(usize, Ticket)> = Default::default();
+    let mut next_done = 0usize;
+    for i in 0..total {
+        jobs.push(Job::sized(&mut rng, 2, 4000));
+        let t = chan_enqueue(&ch, jobs.last_mut().unwrap(), OpFlags::empty()).expect("CPU policies accept every op");
+        pending.push_back((i, t));
+        if i % 16 == 15 {
+            ch.submit();
+            ch.progress();
+        }
+        while let Some(&(k, t)) = pending.front() {
+            if ch.retired() <= t {
+                break;
+            }
+            assert_eq!(k, next_done, "ops retired out of order");
+            jobs[k].assert_copied("retry", k);
+            next_done += 1;
+            pending.pop_front();
+        }
+    }
+    ch.drain();
+    for (k, _) in pending {
+        jobs[k].assert_copied("retry", k);
+    }
+    let s = ch.stats();
+    let inj = ch.with_engine(|f| f.injected());
+    assert!(inj.errors > 0 && inj.ring_full > 0, "nothing injected: {inj:?}");
+    assert_eq!(s.cpu_retry, inj.errors, "every failed op is retried by the CPU");
+    assert_eq!(s.errors, inj.errors);
+    assert!(s.cpu_ring_full >= inj.ring_full, "ring-full fallbacks not all counted");
+    assert_eq!(s.completed, total as u64, "ops lost");
+    assert_eq!(s.ops, s.offloaded + s.cpu_small + s.cpu_ring_full + s.cpu_refused);
+}
+
+/// Under the report policy a future resolves to the failed tickets of its own range.
+pub fn failed_copies_are_reported_with_their_ticket<E: CopyEngine>(e: E) {
+    let cfg = FaultConfig { error_rate: 0.1, seed: 7, ..FaultConfig::default() };
+    let ch = Channel::new(FaultEngine::new(e, cfg), Policy::offload_all().with_error(OnError::Report));
+    let mut rng = Rng::new(47);
+    let mut reported = 0u64;
+    for round in 0..20 {
+        let mut jobs: Vec<Job> = (0..8).map(|_| Job::new(&mut rng, 256)).collect();
+        for j in jobs.iter_mut() {
+            let d = GUARD + j.dst_off;
+            j.dst[d..d + j.len].fill(0);
+            j.src[j.src_off..].iter_mut().for_each(|b| *b |= 1);
+        }
+        let start = ch.next_ticket();
+        for j in jobs.iter_mut() {
+            chan_enqueue(&ch, j, OpFlags::empty()).expect("enqueue");
+        }
+        ch.submit();
+        let range = TicketRange::new(start, ch.next_ticket());
+        let mut fut = pin!(ch.future(range));
+        let out = loop {
+            if let Poll::Ready(out) = poll_inline(fut.as_mut()) {
+                break out;
+            }
+        };
+        let failed: Vec<Ticket> = out.err().map(|f| f.iter().map(|x| x.ticket).collect()).unwrap_or_default();
+        for (i, j) in jobs.iter().enumerate() {
+            let t = start.add(i as u64);
+            assert_eq!(failed.contains(&t), !j.copied(), "round {round} op {i}: failure reported wrongly");
+        }
+        reported += failed.len() as u64;
+    }
+    assert_eq!(ch.stats().errors_reported, reported);
+    assert_eq!(ch.with_engine(|f| f.injected().errors), reported, "a failure was not reported");
+}
+
+fn chan_enqueue<E: CopyEngine>(ch: &Channel<E>, job: &mut Job, flags: OpFlags) -> Result<Ticket, EnqueueError> {
+    let (s, d) = job.ptrs();
+    // SAFETY: jobs outlive the channel's drain at the end of each check.
+    unsafe { ch.enqueue(s, d, job.len, flags) }
+}
+
+/// A deterministic asynchronous engine for tests: ops are copied when reaped, at most `per_reap`
+/// per call, after being submitted. Everything above it sees real "not yet done" states.
+#[derive(Debug)]
+pub struct LazyEngine {
+    info: EngineInfo,
+    ops: std::collections::VecDeque<(usize, usize, usize)>,
+    next: Ticket,
+    retired: Ticket,
+    submitted: Ticket,
+    per_reap: usize,
+    stats: EngineStats,
+}
+
+impl LazyEngine {
+    /// A lazy engine with `ring_size` descriptors retiring at most `per_reap` ops per reap.
+    pub fn new(ring_size: usize, per_reap: usize) -> Self {
+        LazyEngine {
+            info: EngineInfo {
+                name: "lazy".into(),
+                capabilities: Capabilities::MEM_TO_MEM | Capabilities::SVA | Capabilities::FENCE,
+                ring_size,
+                max_len: 1 << 20,
+            },
+            ops: std::collections::VecDeque::with_capacity(ring_size),
+            next: Ticket::ZERO,
+            retired: Ticket::ZERO,
+            submitted: Ticket::ZERO,
+            per_reap: per_reap.max(1),
+            stats: EngineStats::default(),
+        }
+    }
+}
+
+impl CopyEngine for LazyEngine {
+    fn info(&self) -> &EngineInfo {
+        &self.info
+    }
+
+    fn burst_capacity(&self) -> usize {
+        self.info.ring_size - self.ops.len()
+    }
+
+    unsafe fn enqueue(&mut self, src: *const u8, dst: *mut u8, len: usize, flags: OpFlags) -> Result<Ticket, EnqueueError> {
+        check_copy(src, dst, len, self.info.max_len)?;
+        if self.ops.len() >= self.info.ring_size {
+            self.stats.ring_full += 1;
+            return Err(EnqueueError::RingFull);
+        }
+        self.ops.push_back((src as usize, dst as usize, len));
+        self.stats.on_enqueue(len);
+        let t = self.next;
+        self.next = t.next();
+        if flags.contains(OpFlags::SUBMIT) {
+            self.submit();
+        }
+        Ok(t)
+    }
+
+    fn submit(&mut self) {
+        self.submitted = self.next;
+        self.stats.submits += 1;
+    }
+
+    fn reap(&mut self, max: usize, _failed: &mut [FailedOp]) -> Reaped {
+        let n = (self.submitted.since(self.retired) as usize).min(max).min(self.per_reap);
+        for _ in 0..n {
+            let (s, d, len) = self.ops.pop_front().expect("op in ring");
+            if len != 0 {
+                // SAFETY: the enqueue contract keeps both ranges valid and disjoint until this op
+                // is retired, which is now.
+                unsafe { core::ptr::copy_nonoverlapping(s as *const u8, d as *mut u8, len) };
+            }
+        }
+        self.retired = self.retired.add(n as u64);
+        self.stats.on_reap(n, 0);
+        Reaped { retired: n, failed: 0 }
+    }
+
+    fn next_ticket(&self) -> Ticket {
+        self.next
+    }
+
+    fn retired(&self) -> Ticket {
+        self.retired
+    }
+
+    fn stats(&self) -> EngineStats {
+        self.stats
+    }
+
+    fn reset_stats(&mut self) {
+        self.stats = EngineStats::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lazy_engine_conforms() {
+        run_all(|| LazyEngine::new(64, 5));
+        run_fault(|| LazyEngine::new(64, 5));
+        run_policy(|| LazyEngine::new(64, 5));
+    }
+}

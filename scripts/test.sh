@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace, the DPDK-backed ones included.
+# Installs what is missing first (Debian's DPDK 22.11: libdpdk-dev, dpdk, pkg-config).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+pkg-config --exists libdpdk 2>/dev/null || need+=(libdpdk-dev)
+command -v dpdk-testpmd >/dev/null 2>&1 || need+=(dpdk)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "== installing: ${need[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+echo "== unit, conformance, policy and integration tests (CPU engines, no DPDK needed)"
+cargo test --workspace --all-targets
+
+if [ -d copy-engine-dmadev ]; then
+  echo "== dmadev backend on DPDK's dma_skeleton (--no-huge --no-pci)"
+  cargo test -p copy-engine-dmadev --features dmadev
+fi
