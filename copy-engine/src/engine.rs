@@ -144,12 +144,13 @@ pub trait EngineControl: Send {
     /// engine does touches memory after this returns.
     async fn stop(&mut self) -> Result<(), ControlError>;
 
-    /// Makes `[addr, addr + len)` reachable by the engine (a no-op on SVA engines). The datapath
-    /// calls this when a guest's memory table arrives.
-    async fn map_memory(&mut self, addr: *mut u8, len: usize) -> Result<(), ControlError>;
+    /// Makes the virtual range `[addr, addr + len)` reachable by the engine (a no-op on SVA
+    /// engines). The datapath calls this when a guest's memory table arrives. Addresses are plain
+    /// integers here: the control plane only names memory, it never touches it.
+    async fn map_memory(&mut self, addr: usize, len: usize) -> Result<(), ControlError>;
 
     /// Undoes [`map_memory`](Self::map_memory) once no op in flight touches the range.
-    async fn unmap_memory(&mut self, addr: *mut u8, len: usize) -> Result<(), ControlError>;
+    async fn unmap_memory(&mut self, addr: usize, len: usize) -> Result<(), ControlError>;
 }
 
 #[cfg(test)]
