@@ -32,15 +32,9 @@ mod link {
         probe.atleast_version(MIN_VERSION);
         // First pass: compile flags only. The shim archive must be named to the linker before the
         // DPDK libraries (they are linked `--as-needed`), so link flags are emitted afterwards.
-        let lib = probe
-            .cargo_metadata(false)
-            .probe(PACKAGE)
-            .unwrap_or_else(|e| not_found(&e));
+        let lib = probe.cargo_metadata(false).probe(PACKAGE).unwrap_or_else(|e| not_found(&e));
         let mut cc = cc::Build::new();
-        cc.file("shim/ce_shim.c")
-            .define("ALLOW_EXPERIMENTAL_API", None)
-            .opt_level(3)
-            .warnings(true);
+        cc.file("shim/ce_shim.c").define("ALLOW_EXPERIMENTAL_API", None).opt_level(3).warnings(true);
         for path in &lib.include_paths {
             cc.include(path);
         }
@@ -50,19 +44,14 @@ mod link {
         // The other cflags (`-include rte_config.h`, `-march=...`) in order: `-include` takes the
         // next argument.
         let pkg_config = std::env::var("PKG_CONFIG").unwrap_or_else(|_| "pkg-config".into());
-        let other = Command::new(pkg_config)
-            .args(["--cflags-only-other", PACKAGE])
-            .output()
-            .unwrap_or_else(|e| not_found(&e));
+        let other =
+            Command::new(pkg_config).args(["--cflags-only-other", PACKAGE]).output().unwrap_or_else(|e| not_found(&e));
         for flag in String::from_utf8_lossy(&other.stdout).split_whitespace() {
             cc.flag(flag);
         }
         cc.compile("ce_dpdk_shim");
         // Second pass: the link flags (`-L`, `-lrte_*`).
-        probe
-            .cargo_metadata(true)
-            .probe(PACKAGE)
-            .unwrap_or_else(|e| not_found(&e));
+        probe.cargo_metadata(true).probe(PACKAGE).unwrap_or_else(|e| not_found(&e));
         println!("cargo:version={}", lib.version);
     }
 }

@@ -38,7 +38,9 @@ fn dmadev(c: &mut Criterion) {
                 })
             });
             g.bench_function(BenchmarkId::new("c-loop", &id), |b| {
-                b.iter(|| e.raw_copy_loop(&src, &mut dst, rounds_per_iter * burst as u64, burst as u16).expect("raw loop"))
+                b.iter(|| {
+                    e.raw_copy_loop(&src, &mut dst, rounds_per_iter * burst as u64, burst as u16).expect("raw loop")
+                })
             });
             let (ratio, ta, tb) = median_ratio(
                 21,

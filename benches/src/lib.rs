@@ -84,7 +84,11 @@ pub fn raw_burst(bufs: &mut Buffers) {
 /// One burst the way a PMD loop does it: each copy through the channel, a future per copy into
 /// the defer queue, then the queue polled until empty.
 #[inline]
-pub fn channel_burst<E: CopyEngine>(ch: &Channel<E>, q: &mut DeferQueue<copy_engine::CopyFuture<'_, E>>, bufs: &mut Buffers) {
+pub fn channel_burst<E: CopyEngine>(
+    ch: &Channel<E>,
+    q: &mut DeferQueue<copy_engine::CopyFuture<'_, E>>,
+    bufs: &mut Buffers,
+) {
     for i in 0..bufs.burst() {
         let (s, d) = bufs.op(i);
         // SAFETY: the buffers outlive the burst, which is fully retired before returning.

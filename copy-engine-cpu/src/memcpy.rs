@@ -2,7 +2,9 @@
 //! engine is measured against and the CPU fallback's twin; its ring exists only to give the same
 //! ticket and completion accounting as a real engine.
 
-use copy_engine::{check_copy, Capabilities, CopyEngine, EngineInfo, EngineStats, EnqueueError, FailedOp, OpFlags, Reaped, Ticket};
+use copy_engine::{
+    check_copy, Capabilities, CopyEngine, EngineInfo, EngineStats, EnqueueError, FailedOp, OpFlags, Reaped, Ticket,
+};
 
 /// Default ring size: the same order as a dmadev channel's.
 pub const DEFAULT_RING: usize = 1024;

@@ -94,19 +94,12 @@ pub fn map_capabilities(capa: u64, completed_status: bool) -> Capabilities {
 }
 
 pub(crate) fn backend(context: &'static str, code: i32) -> ControlError {
-    ControlError::Backend {
-        context,
-        message: ffi::strerror(code),
-        code,
-    }
+    ControlError::Backend { context, message: ffi::strerror(code), code }
 }
 
 /// Every dmadev EAL found (`--vdev`s, bound PCI devices, idxd work queues).
 pub fn list_devices(_eal: &Eal) -> Vec<DeviceInfo> {
-    ffi::dma_ids()
-        .into_iter()
-        .filter_map(|id| DeviceInfo::query(id).ok())
-        .collect()
+    ffi::dma_ids().into_iter().filter_map(|id| DeviceInfo::query(id).ok()).collect()
 }
 
 /// Which device to open.
@@ -148,10 +141,7 @@ pub struct DeviceConfig {
 
 impl Default for DeviceConfig {
     fn default() -> Self {
-        DeviceConfig {
-            vchans: 1,
-            ring_size: DEFAULT_RING,
-        }
+        DeviceConfig { vchans: 1, ring_size: DEFAULT_RING }
     }
 }
 
@@ -160,11 +150,7 @@ pub fn descriptor_count(requested: usize, min: u16, max: u16) -> u16 {
     let max = (max as usize).clamp(1, MAX_RING);
     // A power of two no larger than the device's maximum (dma_skeleton requires powers of two).
     let max_pow2 = 1usize << (usize::BITS - 1 - max.leading_zeros());
-    let n = requested
-        .max(1)
-        .checked_next_power_of_two()
-        .unwrap_or(max_pow2)
-        .min(max_pow2);
+    let n = requested.max(1).checked_next_power_of_two().unwrap_or(max_pow2).min(max_pow2);
     n.max(min as usize).min(max) as u16
 }
 
@@ -257,10 +243,7 @@ pub struct DmadevDevice {
 
 impl std::fmt::Debug for DmadevDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DmadevDevice")
-            .field("info", &self.shared.info)
-            .field("nb_desc", &self.shared.nb_desc)
-            .finish()
+        f.debug_struct("DmadevDevice").field("info", &self.shared.info).field("nb_desc", &self.shared.nb_desc).finish()
     }
 }
 
@@ -273,11 +256,7 @@ impl DmadevDevice {
     /// `completed_status`, or a non-SVA device while EAL is not in IOVA-as-VA mode,
     /// [`ControlError::InvalidConfig`] for too many vchans, [`ControlError::Backend`] when DPDK
     /// refuses (the device is already open in this process: code `-EBUSY`).
-    pub fn open(
-        eal: &Eal,
-        device: impl Into<DeviceSelector>,
-        config: DeviceConfig,
-    ) -> Result<Self, ControlError> {
+    pub fn open(eal: &Eal, device: impl Into<DeviceSelector>, config: DeviceConfig) -> Result<Self, ControlError> {
         let sel = device.into();
         let id = match &sel {
             DeviceSelector::Name(name) => ffi::dma_id_by_name(name),
@@ -292,24 +271,15 @@ impl DmadevDevice {
             return Err(ControlError::NoSuchDevice { name, available });
         };
         let info = DeviceInfo::query(id)?;
-        let unsupported = |reason: &str| ControlError::Unsupported {
-            name: info.name.clone(),
-            reason: reason.into(),
-        };
+        let unsupported = |reason: &str| ControlError::Unsupported { name: info.name.clone(), reason: reason.into() };
         if !info.capabilities.contains(Capabilities::MEM_TO_MEM) {
-            return Err(unsupported(
-                "no memory-to-memory copy (RTE_DMA_CAPA_MEM_TO_MEM | RTE_DMA_CAPA_OPS_COPY)",
-            ));
+            return Err(unsupported("no memory-to-memory copy (RTE_DMA_CAPA_MEM_TO_MEM | RTE_DMA_CAPA_OPS_COPY)"));
         }
         if !info.completed_status {
-            return Err(unsupported(
-                "driver lacks rte_dma_completed_status (per-op error status)",
-            ));
+            return Err(unsupported("driver lacks rte_dma_completed_status (per-op error status)"));
         }
         if !info.capabilities.contains(Capabilities::SVA) && !eal.iova_is_va() {
-            return Err(unsupported(
-                "device has no SVA and EAL is not in IOVA-as-VA mode (pass --iova-mode=va)",
-            ));
+            return Err(unsupported("device has no SVA and EAL is not in IOVA-as-VA mode (pass --iova-mode=va)"));
         }
         if config.vchans == 0 || config.vchans > info.max_vchans {
             return Err(ControlError::InvalidConfig(format!(
@@ -345,14 +315,8 @@ impl DmadevDevice {
             return Err(backend("rte_dma_configure", rc));
         }
         for v in 0..config.vchans {
-            let vchan = ffi::Vchan::setup(id, v, nb_desc)
-                .map_err(|rc| backend("rte_dma_vchan_setup", rc))?;
-            shared
-                .state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .free
-                .push(Some(vchan));
+            let vchan = ffi::Vchan::setup(id, v, nb_desc).map_err(|rc| backend("rte_dma_vchan_setup", rc))?;
+            shared.state.lock().unwrap_or_else(|p| p.into_inner()).free.push(Some(vchan));
         }
         Ok(DmadevDevice { shared })
     }
@@ -379,13 +343,9 @@ impl DmadevDevice {
             let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
             let n = st.free.len();
             let Some(slot) = st.free.get_mut(vchan as usize) else {
-                return Err(ControlError::InvalidConfig(format!(
-                    "vchan {vchan} out of range (device has {n})"
-                )));
+                return Err(ControlError::InvalidConfig(format!("vchan {vchan} out of range (device has {n})")));
             };
-            slot.take().ok_or_else(|| {
-                ControlError::InvalidConfig(format!("vchan {vchan} is already in use"))
-            })?
+            slot.take().ok_or_else(|| ControlError::InvalidConfig(format!("vchan {vchan} is already in use")))?
         };
         DmadevEngine::new(self.shared.clone(), vchan, token)
     }

@@ -57,11 +57,7 @@ impl From<EalError> for copy_engine::ControlError {
             EalError::Init { code, .. } | EalError::Cleanup { code, .. } => *code,
             _ => 0,
         };
-        copy_engine::ControlError::Backend {
-            context: "DPDK EAL",
-            message: e.to_string(),
-            code,
-        }
+        copy_engine::ControlError::Backend { context: "DPDK EAL", message: e.to_string(), code }
     }
 }
 
@@ -243,10 +239,7 @@ impl EalBuilder {
         for d in &self.allow {
             a.extend(["-a".into(), d.clone()]);
         }
-        let prefix = self
-            .file_prefix
-            .clone()
-            .unwrap_or_else(|| format!("copy-engine-{}", std::process::id()));
+        let prefix = self.file_prefix.clone().unwrap_or_else(|| format!("copy-engine-{}", std::process::id()));
         a.push(format!("--file-prefix={prefix}"));
         for l in &self.log_level {
             a.push(format!("--log-level={l}"));
@@ -275,11 +268,7 @@ impl EalBuilder {
         if let Err(code) = ffi::eal_init(cargs) {
             // DPDK refuses any later init after a failed one, too.
             *slot = Slot::Gone;
-            return Err(EalError::Init {
-                args,
-                message: ffi::strerror(code),
-                code,
-            });
+            return Err(EalError::Init { args, message: ffi::strerror(code), code });
         }
         let inner = Arc::new(EalInner { args });
         *slot = Slot::Live(Arc::downgrade(&inner));
@@ -299,9 +288,7 @@ struct EalInner {
 
 impl std::fmt::Debug for Eal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Eal")
-            .field("args", &self.inner.args)
-            .finish()
+        f.debug_struct("Eal").field("args", &self.inner.args).finish()
     }
 }
 
@@ -333,10 +320,7 @@ impl Eal {
                 let rc = ffi::eal_cleanup();
                 std::mem::forget(inner);
                 if rc < 0 {
-                    Err(EalError::Cleanup {
-                        message: ffi::strerror(rc),
-                        code: rc,
-                    })
+                    Err(EalError::Cleanup { message: ffi::strerror(rc), code: rc })
                 } else {
                     Ok(())
                 }

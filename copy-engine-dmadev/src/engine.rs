@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use copy_engine::{
-    check_copy, CopyEngine, EngineControl, EngineInfo, EngineStats, EnqueueError, FailedOp,
-    OpFlags, OpStatus, Reaped, Ticket,
+    check_copy, CopyEngine, EngineControl, EngineInfo, EngineStats, EnqueueError, FailedOp, OpFlags, OpStatus, Reaped,
+    Ticket,
 };
 use copy_engine::{Capabilities, ControlError};
 
@@ -101,27 +101,11 @@ impl DmadevEngine {
     /// Opens `device` (by name or id) with one vchan of `ring_size` descriptors and returns that
     /// channel, running. The same as `DmadevDevice::open(eal, device, DeviceConfig { vchans: 1,
     /// ring_size })?.channel(0)`.
-    pub fn open(
-        eal: &Eal,
-        device: impl Into<DeviceSelector>,
-        ring_size: usize,
-    ) -> Result<Self, ControlError> {
-        DmadevDevice::open(
-            eal,
-            device,
-            DeviceConfig {
-                vchans: 1,
-                ring_size,
-            },
-        )?
-        .channel(0)
+    pub fn open(eal: &Eal, device: impl Into<DeviceSelector>, ring_size: usize) -> Result<Self, ControlError> {
+        DmadevDevice::open(eal, device, DeviceConfig { vchans: 1, ring_size })?.channel(0)
     }
 
-    pub(crate) fn new(
-        shared: Arc<DeviceShared>,
-        vchan: u16,
-        q: ffi::Vchan,
-    ) -> Result<Self, ControlError> {
+    pub(crate) fn new(shared: Arc<DeviceShared>, vchan: u16, q: ffi::Vchan) -> Result<Self, ControlError> {
         let epoch = match shared.channel_start() {
             Ok(e) => e,
             Err(e) => {
@@ -176,15 +160,8 @@ impl DmadevEngine {
 
     /// The device's own counters for this vchan (`rte_dma_stats_get`).
     pub fn device_stats(&self) -> Result<DeviceStats, ControlError> {
-        let (submitted, completed, errors) = self
-            .q()
-            .stats()
-            .map_err(|rc| backend("rte_dma_stats_get", rc))?;
-        Ok(DeviceStats {
-            submitted,
-            completed,
-            errors,
-        })
+        let (submitted, completed, errors) = self.q().stats().map_err(|rc| backend("rte_dma_stats_get", rc))?;
+        Ok(DeviceStats { submitted, completed, errors })
     }
 
     /// The full ticket of device ring index `idx`.
@@ -245,10 +222,7 @@ impl DmadevEngine {
         flags: OpFlags,
         submit: bool,
     ) -> Result<(Ticket, usize), EnqueueError> {
-        assert!(
-            src.len() == dst.len() && dst.len() == len.len(),
-            "burst slices differ in length"
-        );
+        assert!(src.len() == dst.len() && dst.len() == len.len(), "burst slices differ in length");
         if !self.running {
             return Err(EnqueueError::NotRunning);
         }
@@ -269,18 +243,7 @@ impl DmadevEngine {
             }
             // SAFETY: forwarded from this function's contract (a zero-length op touches no memory
             // of the caller's).
-            let t = unsafe {
-                self.enqueue(
-                    src[0],
-                    dst[0],
-                    0,
-                    if submit {
-                        flags | OpFlags::SUBMIT
-                    } else {
-                        flags
-                    },
-                )
-            }?;
+            let t = unsafe { self.enqueue(src[0], dst[0], 0, if submit { flags | OpFlags::SUBMIT } else { flags }) }?;
             return Ok((t, 1));
         }
         // Pointers and u64 have the same size and layout on the 64-bit targets DPDK supports.
@@ -294,10 +257,7 @@ impl DmadevEngine {
             )
         };
         // SAFETY: the caller upholds the enqueue contract for every op; the ranges were checked.
-        let (done, first, err) = unsafe {
-            self.q()
-                .copy_burst(s, d, &len[..ok], Self::op_flags(flags), submit)
-        };
+        let (done, first, err) = unsafe { self.q().copy_burst(s, d, &len[..ok], Self::op_flags(flags), submit) };
         let done = done as usize;
         if done == 0 {
             return Err(self.refused(err));
@@ -330,11 +290,7 @@ impl DmadevEngine {
             if Instant::now() > deadline {
                 return Err(ControlError::Backend {
                     context: "draining dmadev channel",
-                    message: format!(
-                        "{} ops still in flight after {:?}",
-                        self.in_flight(),
-                        DRAIN_TIMEOUT
-                    ),
+                    message: format!("{} ops still in flight after {:?}", self.in_flight(), DRAIN_TIMEOUT),
                     code: -110,
                 });
             }
@@ -351,11 +307,7 @@ impl DmadevEngine {
         if rc < 0 {
             let code = ffi::errno();
             return Err(ControlError::Backend {
-                context: if map {
-                    "rte_vfio_container_dma_map"
-                } else {
-                    "rte_vfio_container_dma_unmap"
-                },
+                context: if map { "rte_vfio_container_dma_map" } else { "rte_vfio_container_dma_unmap" },
                 message: ffi::strerror(code),
                 code,
             });
@@ -369,26 +321,17 @@ impl DmadevEngine {
     /// `n` have completed. Compare it with the same work through [`CopyEngine`] to measure the
     /// abstraction's cost. Needs a running channel with nothing in flight; returns `n`.
     #[doc(hidden)]
-    pub fn raw_copy_loop(
-        &mut self,
-        src: &[u8],
-        dst: &mut [u8],
-        n: u64,
-        burst: u16,
-    ) -> Result<u64, ControlError> {
+    pub fn raw_copy_loop(&mut self, src: &[u8], dst: &mut [u8], n: u64, burst: u16) -> Result<u64, ControlError> {
         if self.in_flight() != 0 || !self.running {
-            return Err(ControlError::InvalidConfig(
-                "raw loop needs a running, idle channel".into(),
-            ));
+            return Err(ControlError::InvalidConfig("raw loop needs a running, idle channel".into()));
         }
         let size = src.len().min(dst.len());
-        let size = u32::try_from(size).ok().filter(|&s| s > 0).ok_or_else(|| {
-            ControlError::InvalidConfig(format!("raw loop copy size {size} out of range"))
-        })?;
+        let size = u32::try_from(size)
+            .ok()
+            .filter(|&s| s > 0)
+            .ok_or_else(|| ControlError::InvalidConfig(format!("raw loop copy size {size} out of range")))?;
         if burst == 0 {
-            return Err(ControlError::InvalidConfig(
-                "raw loop burst must be at least 1".into(),
-            ));
+            return Err(ControlError::InvalidConfig("raw loop burst must be at least 1".into()));
         }
         let rc = self.q().bench_loop(src, dst, size, n, burst);
         // The device's ring indices moved on outside our tickets (by `n`, or by what was enqueued
@@ -433,11 +376,7 @@ impl CopyEngine for DmadevEngine {
         if !self.running {
             return Err(EnqueueError::NotRunning);
         }
-        let (s, d, l) = if len == 0 {
-            self.zero_op()
-        } else {
-            (src as u64, dst as u64, len as u32)
-        };
+        let (s, d, l) = if len == 0 { self.zero_op() } else { (src as u64, dst as u64, len as u32) };
         // SAFETY: the caller guarantees the enqueue contract (memory valid until retired);
         // `check_copy` proved the ranges non-null, non-wrapping, disjoint and at most u32::MAX long.
         // A zero-length op copies one byte inside `self.scratch`, which lives until drop has
@@ -447,11 +386,7 @@ impl CopyEngine for DmadevEngine {
             return Err(self.refused(rc));
         }
         let t = self.next;
-        debug_assert_eq!(
-            self.ticket_of(rc as u16),
-            t,
-            "dmadev ring index out of step"
-        );
+        debug_assert_eq!(self.ticket_of(rc as u16), t, "dmadev ring index out of step");
         self.next = t.next();
         self.stats.on_enqueue(len);
         if flags.contains(OpFlags::SUBMIT) {
@@ -504,10 +439,7 @@ impl CopyEngine for DmadevEngine {
             let (m, _) = self.q().completed_status(&mut buf[..k]);
             for (i, &code) in buf[..m as usize].iter().enumerate() {
                 if let Some(status) = map_status(code) {
-                    failed[nfail] = FailedOp {
-                        ticket: self.retired.add((retired + i) as u64),
-                        status,
-                    };
+                    failed[nfail] = FailedOp { ticket: self.retired.add((retired + i) as u64), status };
                     nfail += 1;
                 }
             }
@@ -519,10 +451,7 @@ impl CopyEngine for DmadevEngine {
         }
         self.retired = self.retired.add(retired as u64);
         self.stats.on_reap(retired - nfail, nfail);
-        Reaped {
-            retired,
-            failed: nfail,
-        }
+        Reaped { retired, failed: nfail }
     }
 
     #[inline]

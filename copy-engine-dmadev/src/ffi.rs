@@ -12,8 +12,8 @@ use dpdk_sys as sys;
 
 pub(crate) use sys::status;
 pub(crate) use sys::{
-    RTE_DMA_CAPA_MEM_TO_MEM, RTE_DMA_CAPA_OPS_COPY, RTE_DMA_CAPA_OPS_FILL, RTE_DMA_CAPA_SVA,
-    RTE_DMA_OP_FLAG_FENCE, RTE_DMA_OP_FLAG_LLC, RTE_DMA_OP_FLAG_SUBMIT,
+    RTE_DMA_CAPA_MEM_TO_MEM, RTE_DMA_CAPA_OPS_COPY, RTE_DMA_CAPA_OPS_FILL, RTE_DMA_CAPA_SVA, RTE_DMA_OP_FLAG_FENCE,
+    RTE_DMA_OP_FLAG_LLC, RTE_DMA_OP_FLAG_SUBMIT,
 };
 
 /// `ENOSPC`: dmadev's "ring full".
@@ -25,9 +25,7 @@ pub(crate) const ENOTSUP: i32 = 95;
 pub(crate) fn strerror(code: i32) -> String {
     // SAFETY: rte_strerror accepts any code and returns a NUL-terminated string in static or
     // thread-local storage, which is copied out before anything else runs on this thread.
-    unsafe { CStr::from_ptr(sys::ce_strerror(code.abs())) }
-        .to_string_lossy()
-        .into_owned()
+    unsafe { CStr::from_ptr(sys::ce_strerror(code.abs())) }.to_string_lossy().into_owned()
 }
 
 /// The calling thread's `rte_errno`.
@@ -125,9 +123,7 @@ pub(crate) fn dma_info(dev: i16) -> Result<RawInfo, i32> {
         return Err(rc);
     }
     // SAFETY: the shim always NUL-terminates `name` (it is zeroed, then at most len-1 bytes copied).
-    let name = unsafe { CStr::from_ptr(out.name.as_ptr()) }
-        .to_string_lossy()
-        .into_owned();
+    let name = unsafe { CStr::from_ptr(out.name.as_ptr()) }.to_string_lossy().into_owned();
     Ok(RawInfo {
         name,
         capa: out.capa,
@@ -207,9 +203,7 @@ impl Vchan {
         flags: u64,
         submit: bool,
     ) -> (u16, u16, i32) {
-        debug_assert!(
-            src.len() == dst.len() && dst.len() == len.len() && len.len() <= u16::MAX as usize
-        );
+        debug_assert!(src.len() == dst.len() && dst.len() == len.len() && len.len() <= u16::MAX as usize);
         let (mut first, mut err) = (0u16, 0 as c_int);
         // SAFETY: the slices are valid for `n` reads each (same length, checked by the caller);
         // (dev, vchan) is configured; the memory contract of each op is the caller's.
@@ -255,9 +249,7 @@ impl Vchan {
         // SAFETY: `status` is writable for `n` u32 (the shim checks enum rte_dma_status_code is 32
         // bits); (dev, vchan) is configured, and the device was checked at open to implement
         // completed_status.
-        let done = unsafe {
-            sys::ce_dma_completed_status(self.dev, self.vchan, n, &mut last, status.as_mut_ptr())
-        };
+        let done = unsafe { sys::ce_dma_completed_status(self.dev, self.vchan, n, &mut last, status.as_mut_ptr()) };
         (done, last)
     }
 
@@ -290,29 +282,14 @@ impl Vchan {
     ///
     /// Every op of the loop has completed when it returns (on errors too), so borrowed buffers
     /// suffice. `size` must be at most both slices' length.
-    pub(crate) fn bench_loop(
-        &self,
-        src: &[u8],
-        dst: &mut [u8],
-        size: u32,
-        n: u64,
-        burst: u16,
-    ) -> i64 {
+    pub(crate) fn bench_loop(&self, src: &[u8], dst: &mut [u8], size: u32, n: u64, burst: u16) -> i64 {
         assert!(size as usize <= src.len() && size as usize <= dst.len());
         // SAFETY: `src` and `dst` are valid, disjoint (shared vs exclusive borrow) buffers of at
         // least `size` bytes for the whole call, and the shim returns only after every op it
         // enqueued has completed; IOVA = VA holds for every channel this crate opens (checked at
         // open); (dev, vchan) is configured.
         unsafe {
-            sys::ce_bench_copy_loop(
-                self.dev,
-                self.vchan,
-                src.as_ptr() as u64,
-                dst.as_mut_ptr() as u64,
-                size,
-                n,
-                burst,
-            )
+            sys::ce_bench_copy_loop(self.dev, self.vchan, src.as_ptr() as u64, dst.as_mut_ptr() as u64, size, n, burst)
         }
     }
 }

@@ -62,12 +62,7 @@
 //! (`device.channel(i)`) to thread `i`. dmadev starts and stops whole devices, so the device runs
 //! while any of its channels does.
 
-#![deny(
-    missing_docs,
-    missing_debug_implementations,
-    unsafe_op_in_unsafe_fn,
-    unsafe_code
-)]
+#![deny(missing_docs, missing_debug_implementations, unsafe_op_in_unsafe_fn, unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 #[cfg(feature = "dmadev")]

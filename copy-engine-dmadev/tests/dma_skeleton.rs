@@ -10,12 +10,9 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use copy_engine::conformance::{self, Rng};
 use copy_engine::{
-    Capabilities, Channel, ControlError, CopyEngine, EngineControl, EnqueueError, FailedOp,
-    OpFlags, Policy, Ticket,
+    Capabilities, Channel, ControlError, CopyEngine, EngineControl, EnqueueError, FailedOp, OpFlags, Policy, Ticket,
 };
-use copy_engine_dmadev::{
-    list_devices, DeviceConfig, DmadevDevice, DmadevEngine, Eal, EalBuilder, EalError,
-};
+use copy_engine_dmadev::{list_devices, DeviceConfig, DmadevDevice, DmadevEngine, Eal, EalBuilder, EalError};
 
 const DEVICE_NAME: &str = "dma_skeleton0";
 
@@ -38,17 +35,11 @@ fn device() -> MutexGuard<'static, ()> {
 }
 
 fn engine(ring: usize) -> DmadevEngine {
-    DmadevEngine::open(eal(), DEVICE_NAME, ring)
-        .unwrap_or_else(|e| panic!("open {DEVICE_NAME}: {e}"))
+    DmadevEngine::open(eal(), DEVICE_NAME, ring).unwrap_or_else(|e| panic!("open {DEVICE_NAME}: {e}"))
 }
 
 /// Enqueues `src -> dst`; both outlive the op (each test drains before dropping its buffers).
-fn enqueue(
-    e: &mut DmadevEngine,
-    src: &[u8],
-    dst: &mut [u8],
-    flags: OpFlags,
-) -> Result<Ticket, EnqueueError> {
+fn enqueue(e: &mut DmadevEngine, src: &[u8], dst: &mut [u8], flags: OpFlags) -> Result<Ticket, EnqueueError> {
     assert!(src.len() <= dst.len());
     // SAFETY: the buffers are borrowed for the test's duration and the test drains the engine
     // before they are dropped or read.
@@ -61,12 +52,7 @@ fn drain(e: &mut DmadevEngine) {
     let mut spins = 0u64;
     while e.in_flight() > 0 {
         let r = e.reap(usize::MAX, &mut failed);
-        assert_eq!(
-            r.failed,
-            0,
-            "dma_skeleton reported a failure: {:?}",
-            &failed[..r.failed]
-        );
+        assert_eq!(r.failed, 0, "dma_skeleton reported a failure: {:?}", &failed[..r.failed]);
         spins += 1;
         assert!(spins < 1_000_000_000, "dma_skeleton never completes");
     }
@@ -131,25 +117,13 @@ fn random_copies_are_byte_exact_at_any_alignment() {
             })
             .collect();
         for (src, dst, so, d_o, len) in bufs.iter_mut() {
-            enqueue(
-                &mut e,
-                &src[*so..*so + *len],
-                &mut dst[*d_o..*d_o + *len],
-                OpFlags::empty(),
-            )
-            .expect("enqueue");
+            enqueue(&mut e, &src[*so..*so + *len], &mut dst[*d_o..*d_o + *len], OpFlags::empty()).expect("enqueue");
         }
         drain(&mut e);
         for (i, (src, dst, so, d_o, len)) in bufs.iter().enumerate() {
+            assert!(dst[*d_o..*d_o + *len] == src[*so..*so + *len], "round {round} op {i}: {len} bytes differ");
             assert!(
-                dst[*d_o..*d_o + *len] == src[*so..*so + *len],
-                "round {round} op {i}: {len} bytes differ"
-            );
-            assert!(
-                dst[..*d_o]
-                    .iter()
-                    .chain(&dst[*d_o + *len..])
-                    .all(|&b| b == 0x5a),
+                dst[..*d_o].iter().chain(&dst[*d_o + *len..]).all(|&b| b == 0x5a),
                 "round {round} op {i}: wrote outside"
             );
         }
@@ -206,10 +180,7 @@ fn completions_retire_in_submission_order() {
             let d = dsts[i].as_ptr();
             // SAFETY: op i has retired, so the device no longer writes dsts[i].
             let done = unsafe { std::slice::from_raw_parts(d, srcs[i].len()) };
-            assert!(
-                done == &srcs[i][..],
-                "op {i} retired before it was complete"
-            );
+            assert!(done == &srcs[i][..], "op {i} retired before it was complete");
         }
     }
 }
@@ -220,21 +191,13 @@ fn unknown_device_name_lists_available_devices() {
     match DmadevEngine::open(eal(), "no_such_dma0", 64) {
         Err(ControlError::NoSuchDevice { name, available }) => {
             assert_eq!(name, "no_such_dma0");
-            assert!(
-                available.iter().any(|d| d == DEVICE_NAME),
-                "available: {available:?}"
-            );
+            assert!(available.iter().any(|d| d == DEVICE_NAME), "available: {available:?}");
         }
         other => panic!("expected NoSuchDevice, got {other:?}"),
     }
-    assert!(matches!(
-        DmadevEngine::open(eal(), 999i16, 64),
-        Err(ControlError::NoSuchDevice { .. })
-    ));
+    assert!(matches!(DmadevEngine::open(eal(), 999i16, 64), Err(ControlError::NoSuchDevice { .. })));
     let devices = list_devices(eal());
-    assert!(devices
-        .iter()
-        .any(|d| d.name == DEVICE_NAME && d.completed_status));
+    assert!(devices.iter().any(|d| d.name == DEVICE_NAME && d.completed_status));
 }
 
 #[test]
@@ -245,50 +208,26 @@ fn device_opens_once_and_vchans_are_checked() {
         DmadevDevice::open(eal(), DEVICE_NAME, DeviceConfig::default()),
         Err(ControlError::Backend { .. })
     ));
-    assert!(matches!(
-        dev.channel(1),
-        Err(ControlError::InvalidConfig(_))
-    ));
+    assert!(matches!(dev.channel(1), Err(ControlError::InvalidConfig(_))));
     let ch = dev.channel(0).expect("vchan 0");
-    assert!(
-        matches!(dev.channel(0), Err(ControlError::InvalidConfig(_))),
-        "vchan handed out twice"
-    );
+    assert!(matches!(dev.channel(0), Err(ControlError::InvalidConfig(_))), "vchan handed out twice");
     drop(ch);
-    let _ch = dev
-        .channel(0)
-        .expect("vchan 0 is free again after its engine dropped");
+    let _ch = dev.channel(0).expect("vchan 0 is free again after its engine dropped");
     // dma_skeleton has one vchan.
     drop(_ch);
     drop(dev);
-    let too_many = DmadevDevice::open(
-        eal(),
-        DEVICE_NAME,
-        DeviceConfig {
-            vchans: 2,
-            ring_size: 64,
-        },
-    );
-    assert!(
-        matches!(too_many, Err(ControlError::InvalidConfig(_))),
-        "{too_many:?}"
-    );
+    let too_many = DmadevDevice::open(eal(), DEVICE_NAME, DeviceConfig { vchans: 2, ring_size: 64 });
+    assert!(matches!(too_many, Err(ControlError::InvalidConfig(_))), "{too_many:?}");
 }
 
 #[test]
 fn second_eal_init_is_refused_and_current_is_shared() {
     let _g = device();
-    assert!(matches!(
-        EalBuilder::skeleton().init(),
-        Err(EalError::AlreadyInitialized)
-    ));
+    assert!(matches!(EalBuilder::skeleton().init(), Err(EalError::AlreadyInitialized)));
     let cur = Eal::current().expect("EAL is live");
     assert_eq!(cur.args(), eal().args());
     assert!(cur.iova_is_va());
-    assert!(
-        matches!(cur.cleanup(), Err(EalError::InUse(_))),
-        "cleanup with live handles must be refused"
-    );
+    assert!(matches!(cur.cleanup(), Err(EalError::InUse(_))), "cleanup with live handles must be refused");
 }
 
 #[test]
@@ -306,10 +245,7 @@ fn stats_agree_with_the_device() {
     assert_eq!(r.retired, 0, "nothing may complete before the doorbell");
     drain(&mut e);
     let s = e.stats();
-    assert_eq!(
-        (s.enqueued, s.bytes, s.completed, s.errors),
-        (100, 300_000, 100, 0)
-    );
+    assert_eq!((s.enqueued, s.bytes, s.completed, s.errors), (100, 300_000, 100, 0));
     assert_eq!(s.submits, 1);
     assert!(s.empty_polls >= 1);
     let d = e.device_stats().expect("device stats");
@@ -331,10 +267,7 @@ fn full_ring_is_refused_and_counted() {
         enqueue(&mut e, &src, d, OpFlags::empty()).expect("enqueue");
     }
     let t = e.next_ticket();
-    assert_eq!(
-        enqueue(&mut e, &src, &mut dst[cap], OpFlags::empty()),
-        Err(EnqueueError::RingFull)
-    );
+    assert_eq!(enqueue(&mut e, &src, &mut dst[cap], OpFlags::empty()), Err(EnqueueError::RingFull));
     assert_eq!(e.next_ticket(), t);
     assert_eq!(e.stats().ring_full, 1);
     drain(&mut e);
@@ -355,8 +288,7 @@ fn burst_enqueue_is_one_call_and_keeps_tickets() {
     let mut lone_dst = [0u8; 10];
     enqueue(&mut e, &lone, &mut lone_dst, OpFlags::empty()).unwrap();
     // SAFETY: the buffers live until the drain below.
-    let (t, n) =
-        unsafe { e.enqueue_burst(&sp, &dp, &lens, OpFlags::empty(), true) }.expect("burst");
+    let (t, n) = unsafe { e.enqueue_burst(&sp, &dp, &lens, OpFlags::empty(), true) }.expect("burst");
     assert_eq!((t, n), (Ticket::new(1), 40));
     assert_eq!(e.next_ticket(), Ticket::new(41));
     assert_eq!(e.stats().submits, 1);
@@ -377,40 +309,30 @@ fn stop_drains_and_start_keeps_ticket_sequence() {
     futures::executor::block_on(e.stop()).expect("stop");
     assert_eq!(e.in_flight(), 0, "stop must drain");
     assert!(a.iter().all(|d| d[..] == src[..]));
-    assert_eq!(
-        enqueue(&mut e, &src, &mut a[0], OpFlags::empty()),
-        Err(EnqueueError::NotRunning)
-    );
+    assert_eq!(enqueue(&mut e, &src, &mut a[0], OpFlags::empty()), Err(EnqueueError::NotRunning));
     assert_eq!(e.burst_capacity(), 0);
     futures::executor::block_on(e.start()).expect("start");
     // The device restarted: its ring indices begin at zero, the tickets go on.
     let mut b = vec![[0u8; 512]; 50];
     for (i, d) in b.iter_mut().enumerate() {
-        assert_eq!(
-            enqueue(&mut e, &src, d, OpFlags::empty()).unwrap(),
-            Ticket::new(50 + i as u64)
-        );
+        assert_eq!(enqueue(&mut e, &src, d, OpFlags::empty()).unwrap(), Ticket::new(50 + i as u64));
     }
     drain(&mut e);
     assert!(b.iter().all(|d| d[..] == src[..]));
     let mut buf = [0u8; 64];
     futures::executor::block_on(e.map_memory(buf.as_mut_ptr() as usize, 64)).expect("map is a no-op on SVA");
-    futures::executor::block_on(e.unmap_memory(buf.as_mut_ptr() as usize, 64))
-        .expect("unmap is a no-op on SVA");
+    futures::executor::block_on(e.unmap_memory(buf.as_mut_ptr() as usize, 64)).expect("unmap is a no-op on SVA");
 }
 
 #[test]
 fn small_copies_go_to_cpu_and_bytes_are_counted() {
     let _g = device();
     let ch = Channel::new(engine(256), Policy::default().with_cpu_below(256));
-    let srcs: Vec<Vec<u8>> = (0..64)
-        .map(|i| vec![i as u8; if i % 2 == 0 { 100 } else { 1000 }])
-        .collect();
+    let srcs: Vec<Vec<u8>> = (0..64).map(|i| vec![i as u8; if i % 2 == 0 { 100 } else { 1000 }]).collect();
     let mut dsts: Vec<Vec<u8>> = srcs.iter().map(|s| vec![0u8; s.len()]).collect();
     for (s, d) in srcs.iter().zip(dsts.iter_mut()) {
         // SAFETY: the buffers outlive the drain below.
-        unsafe { ch.enqueue(s.as_ptr(), d.as_mut_ptr(), s.len(), OpFlags::empty()) }
-            .expect("enqueue");
+        unsafe { ch.enqueue(s.as_ptr(), d.as_mut_ptr(), s.len(), OpFlags::empty()) }.expect("enqueue");
     }
     ch.drain();
     let s = ch.stats();
@@ -430,10 +352,7 @@ fn full_ring_burst_falls_back_to_cpu_in_order() {
     let mut tickets = Vec::new();
     for (s, d) in srcs.iter().zip(dsts.iter_mut()) {
         // SAFETY: the buffers outlive the drain below.
-        tickets.push(
-            unsafe { ch.enqueue(s.as_ptr(), d.as_mut_ptr(), s.len(), OpFlags::empty()) }
-                .expect("enqueue"),
-        );
+        tickets.push(unsafe { ch.enqueue(s.as_ptr(), d.as_mut_ptr(), s.len(), OpFlags::empty()) }.expect("enqueue"));
     }
     assert!(tickets.windows(2).all(|w| w[1] == w[0].next()));
     let s = ch.stats();
@@ -458,11 +377,7 @@ fn raw_c_loop_runs_on_the_same_channel() {
     let mut e = engine(512);
     let src = vec![0xabu8; 2048];
     let mut dst = vec![0u8; 2048];
-    assert_eq!(
-        e.raw_copy_loop(&src, &mut dst, 10_000, 32)
-            .expect("raw loop"),
-        10_000
-    );
+    assert_eq!(e.raw_copy_loop(&src, &mut dst, 10_000, 32).expect("raw loop"), 10_000);
     assert_eq!(src, dst);
     // The engine's tickets and the device's ring indices are still in step afterwards.
     let mut d2 = vec![0u8; 100];

@@ -304,7 +304,12 @@ impl<E: CopyEngine> Channel<E> {
     ///
     /// # Safety
     /// As [`enqueue`](Self::enqueue).
-    pub unsafe fn copy_async(&self, src: *const u8, dst: *mut u8, len: usize) -> Result<AsyncCopy<'_, E>, EnqueueError> {
+    pub unsafe fn copy_async(
+        &self,
+        src: *const u8,
+        dst: *mut u8,
+        len: usize,
+    ) -> Result<AsyncCopy<'_, E>, EnqueueError> {
         // SAFETY: forwarded from this function's contract.
         let t = unsafe { self.enqueue(src, dst, len, OpFlags::SUBMIT)? };
         Ok(AsyncCopy::new(self, TicketRange::new(t, t.next())))

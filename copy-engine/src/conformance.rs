@@ -357,7 +357,12 @@ pub fn run_fault<E: CopyEngine>(mut make: impl FnMut() -> E) {
     let mut f = failed.iter().peekable();
     for (i, (t, job)) in jobs.iter().enumerate() {
         let reported = f.next_if(|x| x.ticket == *t).is_some();
-        assert_eq!(reported, !job.copied(), "op {i} ({t}): reported failed = {reported}, but copied = {}", job.copied());
+        assert_eq!(
+            reported,
+            !job.copied(),
+            "op {i} ({t}): reported failed = {reported}, but copied = {}",
+            job.copied()
+        );
         job.assert_guards("fault", i);
     }
 }
@@ -376,7 +381,8 @@ pub fn small_copies_go_to_cpu<E: CopyEngine>(e: E) {
     let ch = Channel::new(e, Policy::default().with_cpu_below(256));
     let mut rng = Rng::new(31);
     let mut jobs: Vec<Job> = (0..64).map(|i| Job::new(&mut rng, if i % 2 == 0 { 64 } else { 1024 })).collect();
-    let tickets: Vec<Ticket> = jobs.iter_mut().map(|j| chan_enqueue(&ch, j, OpFlags::empty()).expect("enqueue")).collect();
+    let tickets: Vec<Ticket> =
+        jobs.iter_mut().map(|j| chan_enqueue(&ch, j, OpFlags::empty()).expect("enqueue")).collect();
     assert!(tickets.windows(2).all(|w| w[1] == w[0].next()), "channel tickets not consecutive");
     ch.drain();
     let s = ch.stats();
@@ -575,7 +581,13 @@ impl CopyEngine for LazyEngine {
         self.info.ring_size - self.ops.len()
     }
 
-    unsafe fn enqueue(&mut self, src: *const u8, dst: *mut u8, len: usize, flags: OpFlags) -> Result<Ticket, EnqueueError> {
+    unsafe fn enqueue(
+        &mut self,
+        src: *const u8,
+        dst: *mut u8,
+        len: usize,
+        flags: OpFlags,
+    ) -> Result<Ticket, EnqueueError> {
         check_copy(src, dst, len, self.info.max_len)?;
         if self.ops.len() >= self.info.ring_size {
             self.stats.ring_full += 1;

@@ -39,12 +39,7 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy {
-            cpu_below: 256,
-            on_ring_full: OnRingFull::CpuCopy,
-            on_error: OnError::CpuRetry,
-            report_capacity: 64,
-        }
+        Policy { cpu_below: 256, on_ring_full: OnRingFull::CpuCopy, on_error: OnError::CpuRetry, report_capacity: 64 }
     }
 }
 

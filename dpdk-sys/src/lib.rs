@@ -174,8 +174,7 @@ mod bindings {
         pub fn ce_dma_stats_reset(dev: i16, vchan: u16) -> c_int;
 
         /// `rte_dma_copy`: a ring index (0..=65535) or a negative errno (`-ENOSPC`: ring full).
-        pub fn ce_dma_copy(dev: i16, vchan: u16, src: u64, dst: u64, len: u32, flags: u64)
-            -> c_int;
+        pub fn ce_dma_copy(dev: i16, vchan: u16, src: u64, dst: u64, len: u32, flags: u64) -> c_int;
         /// Enqueues up to `n` copies, stopping at the first refusal (its code in `*err`); rings
         /// the doorbell once when `submit` is non-zero. Returns how many were enqueued and the
         /// first one's ring index in `*first_idx`.
@@ -194,34 +193,14 @@ mod bindings {
         /// `rte_dma_submit`.
         pub fn ce_dma_submit(dev: i16, vchan: u16) -> c_int;
         /// `rte_dma_completed`: successful completions up to the first failure.
-        pub fn ce_dma_completed(
-            dev: i16,
-            vchan: u16,
-            n: u16,
-            last_idx: *mut u16,
-            has_error: *mut u8,
-        ) -> u16;
+        pub fn ce_dma_completed(dev: i16, vchan: u16, n: u16, last_idx: *mut u16, has_error: *mut u8) -> u16;
         /// `rte_dma_completed_status`: up to `n` completions with their status codes.
-        pub fn ce_dma_completed_status(
-            dev: i16,
-            vchan: u16,
-            n: u16,
-            last_idx: *mut u16,
-            status: *mut u32,
-        ) -> u16;
+        pub fn ce_dma_completed_status(dev: i16, vchan: u16, n: u16, last_idx: *mut u16, status: *mut u32) -> u16;
         /// `rte_dma_burst_capacity`.
         pub fn ce_dma_burst_capacity(dev: i16, vchan: u16) -> u16;
         /// Benchmark baseline: `n` copies of `size` bytes in bursts of `burst`, polled to the end;
         /// returns `n` or a negative errno.
-        pub fn ce_bench_copy_loop(
-            dev: i16,
-            vchan: u16,
-            src: u64,
-            dst: u64,
-            size: u32,
-            n: u64,
-            burst: u16,
-        ) -> i64;
+        pub fn ce_bench_copy_loop(dev: i16, vchan: u16, src: u64, dst: u64, size: u32, n: u64, burst: u16) -> i64;
     }
 }
 
