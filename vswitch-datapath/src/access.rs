@@ -1,0 +1,352 @@
+//! Raw access to mapped guest memory: the only module of this crate with `unsafe`.
+//!
+//! It owns [`Mapping`], one contiguous host mapping of guest memory (an anonymous mapping with
+//! optional guard pages, a shared mapping of a file descriptor as vhost-user `SET_MEM_TABLE` hands
+//! it over, or a `vm-memory` [`MmapRegion`] kept alive by its `Arc`), and every load and store
+//! into it: byte copies, small fixed-size reads and writes for ring fields and descriptors, and
+//! the acquire load / release store of `u16` ring indices. Every method takes an offset into the
+//! mapping and checks `offset + len` against the mapping's length (with overflow checks) before it
+//! touches a byte, so the safe API above cannot reach outside a mapping.
+//!
+//! This module must not know guest-physical addresses, virtio, or ring layouts: that is
+//! [`crate::memory`] and [`crate::virtio`]. It must not hand out references (`&[u8]`, `&mut [u8]`)
+//! into guest memory either: the guest may write any byte at any time, so every access is a
+//! volatile or atomic access through a raw pointer, and whatever is read is only a snapshot that the
+//! caller validates before use.
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+
+use vm_memory::MmapRegion;
+
+/// What keeps a [`Mapping`]'s memory mapped, and how to give it back.
+enum Backing {
+    /// Mapped by this module with `mmap`; `munmap(base, len)` on drop.
+    Owned {
+        /// Start of the whole mapping (guard pages included).
+        base: *mut u8,
+        /// Length of the whole mapping.
+        len: usize,
+    },
+    /// Owned by `vm-memory`; unmapped when the last `Arc` goes.
+    VmMemory(#[allow(dead_code)] Arc<MmapRegion>),
+}
+
+/// One contiguous host mapping of guest memory, readable and writable, that stays mapped for the
+/// mapping's lifetime.
+///
+/// Invariant: `ptr .. ptr + len` is mapped readable and writable for as long as `self` lives.
+pub struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+    backing: Backing,
+}
+
+// SAFETY: a `Mapping` is a plain address range that stays mapped until drop; it has no
+// thread-affine state, and all access through it is volatile/atomic with raw pointers.
+unsafe impl Send for Mapping {}
+// SAFETY: every method takes `&self` and only performs volatile or atomic accesses through raw
+// pointers (never creating references), so concurrent use from several threads is no different
+// from the guest writing the memory concurrently, which the API already tolerates.
+unsafe impl Sync for Mapping {}
+
+impl std::fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mapping")
+            .field("host", &(self.ptr as usize as *const u8))
+            .field("len", &self.len)
+            .field(
+                "backing",
+                &match self.backing {
+                    Backing::Owned { .. } => "owned",
+                    Backing::VmMemory(_) => "vm-memory",
+                },
+            )
+            .finish()
+    }
+}
+
+/// The system page size.
+pub(crate) fn page_size() -> usize {
+    // SAFETY: `sysconf` has no memory-safety preconditions.
+    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if v <= 0 {
+        4096
+    } else {
+        v as usize
+    }
+}
+
+fn round_up(v: usize, to: usize) -> Option<usize> {
+    v.checked_add(to - 1).map(|x| x & !(to - 1))
+}
+
+impl Mapping {
+    /// Maps `len` bytes of zeroed anonymous memory. With `guard`, the mapping is preceded and
+    /// followed by an inaccessible page, so a stray access next to it faults instead of reaching
+    /// other memory (what the test guest uses to prove bounds checks).
+    pub fn anonymous(len: usize, guard: bool) -> io::Result<Mapping> {
+        let page = page_size();
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
+        }
+        let inner =
+            round_up(len, page).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "length overflows"))?;
+        let g = if guard { page } else { 0 };
+        let total =
+            inner.checked_add(2 * g).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "length overflows"))?;
+        let prot = if guard { libc::PROT_NONE } else { libc::PROT_READ | libc::PROT_WRITE };
+        // SAFETY: an anonymous private mapping at an address of the kernel's choice does not
+        // alias any existing Rust object; the result is checked for MAP_FAILED.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                total,
+                prot,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = base.cast::<u8>();
+        // SAFETY: `g <= total`, so `base + g` is inside the mapping just created.
+        let ptr = unsafe { base.add(g) };
+        let m = Mapping { ptr, len, backing: Backing::Owned { base, len: total } };
+        if guard {
+            // SAFETY: `ptr .. ptr + inner` lies inside the mapping created above (between the two
+            // guard pages) and is page aligned; changing its protection affects only that mapping.
+            let rc = unsafe { libc::mprotect(ptr.cast(), inner, libc::PROT_READ | libc::PROT_WRITE) };
+            if rc != 0 {
+                return Err(io::Error::last_os_error()); // `m` drops and unmaps
+            }
+        }
+        Ok(m)
+    }
+
+    /// Maps `len` bytes of the file `fd` starting at byte `offset`, shared (`MAP_SHARED`), as
+    /// vhost-user memory regions are. `offset` need not be page aligned.
+    pub fn from_fd(fd: BorrowedFd<'_>, offset: u64, len: usize) -> io::Result<Mapping> {
+        let page = page_size();
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
+        }
+        let delta = (offset % page as u64) as usize;
+        let file_off = offset - delta as u64;
+        let total =
+            len.checked_add(delta).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "length overflows"))?;
+        let file_off = libc::off_t::try_from(file_off)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+        // SAFETY: a new shared mapping at an address of the kernel's choice does not alias any
+        // Rust object; the result is checked for MAP_FAILED.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                total,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_NORESERVE,
+                fd.as_raw_fd(),
+                file_off,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = base.cast::<u8>();
+        Ok(Mapping {
+            // SAFETY: `delta < page <= total`, inside the mapping just created.
+            ptr: unsafe { base.add(delta) },
+            len,
+            backing: Backing::Owned { base, len: total },
+        })
+    }
+
+    /// Uses a `vm-memory` mapping, keeping it mapped through its `Arc`.
+    pub fn from_mmap_region(region: Arc<MmapRegion>) -> io::Result<Mapping> {
+        let (ptr, len) = (region.as_ptr(), region.size());
+        if ptr.is_null() || len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
+        }
+        if region.prot() & (libc::PROT_READ | libc::PROT_WRITE) != libc::PROT_READ | libc::PROT_WRITE {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "vm-memory region is not readable and writable"));
+        }
+        Ok(Mapping { ptr, len, backing: Backing::VmMemory(region) })
+    }
+
+    /// Length in bytes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Never true (an empty mapping cannot be built); here for API symmetry.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Host virtual address of the first byte.
+    #[inline]
+    pub fn host_addr(&self) -> usize {
+        self.ptr as usize
+    }
+
+    /// A pointer to `off .. off + len` when that range lies inside the mapping.
+    #[inline]
+    fn range(&self, off: usize, len: usize) -> Option<*mut u8> {
+        let end = off.checked_add(len)?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: `off <= end <= self.len`, so the result is inside (or one past) the mapping.
+        Some(unsafe { self.ptr.add(off) })
+    }
+
+    /// Offset of the host range `host .. host + len` inside this mapping, if it lies inside.
+    #[inline]
+    pub fn offset_of_host(&self, host: usize, len: usize) -> Option<usize> {
+        let off = host.checked_sub(self.ptr as usize)?;
+        let end = off.checked_add(len)?;
+        (end <= self.len).then_some(off)
+    }
+
+    /// Copies `dst.len()` bytes from offset `off`. `false` (and nothing copied) when the range is
+    /// not inside the mapping.
+    #[inline]
+    pub fn read_bytes(&self, off: usize, dst: &mut [u8]) -> bool {
+        let Some(src) = self.range(off, dst.len()) else {
+            return false;
+        };
+        // SAFETY: `src .. src + dst.len()` is inside the mapping (checked by `range`), which stays
+        // mapped while `self` lives; `dst` is a distinct Rust buffer, so they do not overlap. The
+        // guest may write the source concurrently: the copy may then be torn, which callers treat
+        // as untrusted bytes anyway.
+        unsafe { std::ptr::copy_nonoverlapping(src.cast_const(), dst.as_mut_ptr(), dst.len()) };
+        true
+    }
+
+    /// Copies `src` to offset `off`. `false` (and nothing written) when the range is not inside the
+    /// mapping.
+    #[inline]
+    pub fn write_bytes(&self, off: usize, src: &[u8]) -> bool {
+        let Some(dst) = self.range(off, src.len()) else {
+            return false;
+        };
+        // SAFETY: `dst .. dst + src.len()` is inside the mapping (checked by `range`), mapped
+        // writable while `self` lives; `src` is a Rust buffer, never a reference into a mapping,
+        // so the ranges do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+        true
+    }
+
+    /// Reads `N` bytes at `off` with one volatile access (descriptors, used elements).
+    #[inline]
+    pub fn read_array<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        let p = self.range(off, N)?;
+        // SAFETY: `p .. p + N` is inside the mapping (checked by `range`); `[u8; N]` has
+        // alignment 1 and every bit pattern is valid.
+        Some(unsafe { std::ptr::read_volatile(p.cast::<[u8; N]>()) })
+    }
+
+    /// Writes `N` bytes at `off` with one volatile access.
+    #[inline]
+    pub fn write_array<const N: usize>(&self, off: usize, v: [u8; N]) -> bool {
+        let Some(p) = self.range(off, N) else {
+            return false;
+        };
+        // SAFETY: `p .. p + N` is inside the writable mapping (checked by `range`); `[u8; N]` has
+        // alignment 1.
+        unsafe { std::ptr::write_volatile(p.cast::<[u8; N]>(), v) };
+        true
+    }
+
+    /// A 2-byte aligned `u16` slot at `off`, as a pointer to an atomic.
+    #[inline]
+    fn atomic_u16(&self, off: usize) -> Option<&AtomicU16> {
+        let p = self.range(off, 2)?;
+        if (p as usize) % std::mem::align_of::<AtomicU16>() != 0 {
+            return None;
+        }
+        // SAFETY: `p` is inside the mapping (checked by `range`), aligned for `AtomicU16`
+        // (checked above), and stays mapped for the returned borrow of `self`. The other party
+        // (the guest) accesses ring indices only with atomic or volatile accesses of the same
+        // size, as the virtio memory model requires, and every access from this crate to this
+        // slot goes through an atomic.
+        Some(unsafe { AtomicU16::from_ptr(p.cast::<u16>()) })
+    }
+
+    /// Loads a little-endian `u16` at `off` with `Acquire` ordering (avail idx, used idx).
+    #[inline]
+    pub fn load_u16_acquire(&self, off: usize) -> Option<u16> {
+        Some(u16::from_le(self.atomic_u16(off)?.load(Ordering::Acquire)))
+    }
+
+    /// Loads a little-endian `u16` at `off`, relaxed (ring entries and flags read after an
+    /// acquire of the index that published them, or after a fence).
+    #[inline]
+    pub fn load_u16(&self, off: usize) -> Option<u16> {
+        Some(u16::from_le(self.atomic_u16(off)?.load(Ordering::Relaxed)))
+    }
+
+    /// Stores a little-endian `u16` at `off` with `Release` ordering, publishing every earlier
+    /// write (used elements before used idx, avail entries before avail idx).
+    #[inline]
+    pub fn store_u16_release(&self, off: usize, v: u16) -> bool {
+        match self.atomic_u16(off) {
+            Some(a) => {
+                a.store(v.to_le(), Ordering::Release);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stores a little-endian `u16` at `off`, relaxed (event-idx fields, flags).
+    #[inline]
+    pub fn store_u16(&self, off: usize, v: u16) -> bool {
+        match self.atomic_u16(off) {
+            Some(a) => {
+                a.store(v.to_le(), Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if let Backing::Owned { base, len } = self.backing {
+            // SAFETY: `base .. base + len` is exactly the mapping this value created and owns;
+            // no reference into it survives (none is ever handed out), and `HostSeg`s of it are
+            // plain numbers that are re-checked against live mappings before use.
+            unsafe { libc::munmap(base.cast(), len) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accesses_outside_the_mapping_are_refused() {
+        let m = Mapping::anonymous(100, true).unwrap();
+        let mut buf = [0u8; 8];
+        assert!(m.read_bytes(92, &mut buf));
+        assert!(!m.read_bytes(93, &mut buf));
+        assert!(!m.read_bytes(usize::MAX - 2, &mut buf));
+        assert!(!m.write_bytes(99, &[1, 2]));
+        assert!(m.read_array::<16>(85).is_none());
+        assert!(m.load_u16_acquire(99).is_none());
+        assert!(m.load_u16_acquire(1).is_none(), "misaligned");
+        assert!(m.store_u16_release(98, 7));
+        assert_eq!(m.load_u16(98), Some(7));
+    }
+}

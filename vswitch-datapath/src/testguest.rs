@@ -1,0 +1,392 @@
+//! An in-process test guest: the driver side of split virtqueues (virtio 1.2 spec, section 2.7.13
+//! "Supplying Buffers to The Device", 2.7.14 "Receiving Used Buffers From The Device").
+//!
+//! This module owns [`TestGuest`] (guest memory made of guarded anonymous regions, a bump
+//! allocator over it) and [`DriverQueue`] (one queue's rings as the driver sees them: post TX
+//! chains and RX buffers, direct or indirect, take used entries, set event-idx fields, and write
+//! hostile descriptors and indices on purpose). It uses the same [`GuestMemory`] as the device
+//! side, so the device translates what the driver wrote. It must not be used by the datapath
+//! itself: it is for tests and benches (feature `test-utils`), and it panics freely on misuse.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
+
+use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
+
+use crate::memory::{GuestMemory, GuestRegion, RegionHint};
+use crate::virtio::desc::{DescFlags, RawDescriptor, DESC_SIZE};
+use crate::virtio::split::{avail_ring_len, desc_table_len, used_ring_len, QueueConfig, SplitQueue};
+use crate::virtio::RingFeatures;
+
+/// Guest address of the first region made by [`TestGuest::new`] and [`TestGuest::split`].
+pub const GUEST_BASE: u64 = 0x10_0000;
+
+/// One buffer of a chain as the driver posts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Buf {
+    /// Guest-physical address.
+    pub gpa: u64,
+    /// Length in bytes.
+    pub len: u32,
+    /// Device-writable (RX) rather than device-readable (TX).
+    pub writable: bool,
+}
+
+/// One used element as the driver reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UsedElem {
+    /// Head index of the returned chain.
+    pub id: u32,
+    /// Bytes the device wrote.
+    pub len: u32,
+}
+
+/// A guest: guarded memory regions and a bump allocator over them.
+#[derive(Debug)]
+pub struct TestGuest {
+    mem: Arc<GuestMemory>,
+    /// (start, end) of each region, sorted.
+    ranges: Vec<(u64, u64)>,
+    next: Cell<u64>,
+}
+
+impl TestGuest {
+    /// One 4 MiB region at [`GUEST_BASE`].
+    pub fn new() -> Self {
+        Self::with_regions(&[(GUEST_BASE, 4 << 20)])
+    }
+
+    /// Two 2 MiB regions, contiguous in guest-physical space (the boundary is at
+    /// [`TestGuest::boundary`]) but separate host mappings with guard pages around each: a buffer
+    /// across the boundary becomes two host segments.
+    pub fn split() -> Self {
+        Self::with_regions(&[(GUEST_BASE, 2 << 20), (GUEST_BASE + (2 << 20), 2 << 20)])
+    }
+
+    /// Regions `(guest address, length)`, each a zeroed anonymous mapping with a guard page on
+    /// each side.
+    pub fn with_regions(regions: &[(u64, usize)]) -> Self {
+        let rs =
+            regions.iter().map(|&(gpa, len)| GuestRegion::anonymous_guarded(gpa, len).expect("map region")).collect();
+        let mem = Arc::new(GuestMemory::new(rs).expect("guest memory"));
+        let mut ranges: Vec<_> = regions.iter().map(|&(gpa, len)| (gpa, gpa + len as u64)).collect();
+        ranges.sort();
+        let next = Cell::new(ranges[0].0);
+        TestGuest { mem, ranges, next }
+    }
+
+    /// The end of the first region (the start of the second one for [`TestGuest::split`]).
+    pub fn boundary(&self) -> u64 {
+        self.ranges[0].1
+    }
+
+    /// The guest memory, shared with the device side.
+    pub fn memory(&self) -> &Arc<GuestMemory> {
+        &self.mem
+    }
+
+    /// Allocates `len` bytes aligned to `align` inside one region. Panics when memory runs out.
+    pub fn alloc(&self, len: usize, align: u64) -> u64 {
+        let mut at = self.next.get();
+        for &(start, end) in &self.ranges {
+            if at < start {
+                at = start;
+            }
+            let a = at.next_multiple_of(align);
+            if a + len as u64 <= end {
+                self.next.set(a + len as u64);
+                return a;
+            }
+        }
+        panic!("test guest out of memory");
+    }
+
+    /// Writes `bytes` at `gpa`.
+    pub fn write(&self, gpa: u64, bytes: &[u8]) {
+        self.mem.write(gpa, bytes).expect("guest write");
+    }
+
+    /// Reads `len` bytes at `gpa`.
+    pub fn read(&self, gpa: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0; len];
+        self.mem.read(gpa, &mut v).expect("guest read");
+        v
+    }
+
+    /// A copy of every byte of guest memory (to prove that something wrote nothing).
+    pub fn snapshot(&self) -> Vec<Vec<u8>> {
+        self.mem.regions().iter().map(|r| self.read(r.guest_addr(), r.len())).collect()
+    }
+
+    /// Lays out a queue of `size` entries (rings zeroed) and returns its driver side.
+    pub fn add_queue(&self, size: u16, features: RingFeatures) -> DriverQueue {
+        let desc = self.alloc(desc_table_len(size), 16);
+        let avail = self.alloc(avail_ring_len(size), 2);
+        let used = self.alloc(used_ring_len(size), 4);
+        self.write(desc, &vec![0; desc_table_len(size)]);
+        self.write(avail, &vec![0; avail_ring_len(size)]);
+        self.write(used, &vec![0; used_ring_len(size)]);
+        DriverQueue {
+            cfg: QueueConfig { size, desc_table: desc, avail_ring: avail, used_ring: used, features, avail_base: 0 },
+            free: (0..size).rev().collect(),
+            posted: HashMap::new(),
+            avail_idx: 0,
+            last_used: 0,
+        }
+    }
+}
+
+impl Default for TestGuest {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The driver side of one split queue in a [`TestGuest`].
+#[derive(Debug)]
+pub struct DriverQueue {
+    cfg: QueueConfig,
+    /// Free descriptor indices (pop from the end).
+    free: Vec<u16>,
+    /// Per posted head: its descriptor indices and buffers.
+    posted: HashMap<u16, (Vec<u16>, Vec<Buf>)>,
+    avail_idx: u16,
+    last_used: u16,
+}
+
+impl DriverQueue {
+    /// The device's view of this queue's configuration.
+    pub fn config(&self) -> QueueConfig {
+        self.cfg
+    }
+
+    /// Sets up the device side of this queue on the guest's memory.
+    pub fn device(&self, g: &TestGuest) -> SplitQueue {
+        SplitQueue::new(g.memory().clone(), self.cfg).expect("queue setup")
+    }
+
+    fn avail(&self, off: u64) -> u64 {
+        self.cfg.avail_ring + off
+    }
+
+    fn used(&self, off: u64) -> u64 {
+        self.cfg.used_ring + off
+    }
+
+    /// Writes descriptor `index` of the queue's table, raw (any values, hostile ones included).
+    pub fn write_desc(&self, g: &TestGuest, index: u16, d: RawDescriptor) {
+        g.write(self.cfg.desc_table + (DESC_SIZE * index as usize) as u64, &d.to_le_bytes());
+    }
+
+    /// Writes entry `i` of an indirect table at `table`, raw.
+    pub fn write_indirect(&self, g: &TestGuest, table: u64, i: u16, d: RawDescriptor) {
+        g.write(table + (DESC_SIZE * i as usize) as u64, &d.to_le_bytes());
+    }
+
+    /// Puts `head` in the next avail slot and publishes it (release store of the avail idx).
+    pub fn make_available(&mut self, g: &TestGuest, head: u16) {
+        let slot = (self.avail_idx % self.cfg.size) as u64;
+        g.write(self.avail(4 + 2 * slot), &head.to_le_bytes());
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        g.memory().store_u16_release(self.avail(2), self.avail_idx).expect("avail idx");
+    }
+
+    /// Descriptors not in any posted chain.
+    pub fn free_descriptors(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Stores any avail idx (hostile guests), release.
+    pub fn set_avail_idx(&mut self, g: &TestGuest, idx: u16) {
+        self.avail_idx = idx;
+        g.memory().store_u16_release(self.avail(2), idx).expect("avail idx");
+    }
+
+    /// Starts the queue at avail/used index `base` instead of 0 (to cross the 16-bit wrap).
+    pub fn start_at(&mut self, g: &TestGuest, base: u16) {
+        self.avail_idx = base;
+        self.last_used = base;
+        self.cfg.avail_base = base;
+        g.memory().store_u16_release(self.avail(2), base).unwrap();
+        g.memory().store_u16_release(self.used(2), base).unwrap();
+    }
+
+    fn take_descs(&mut self, n: usize) -> Vec<u16> {
+        assert!(self.free.len() >= n, "driver queue out of descriptors");
+        (0..n).map(|_| self.free.pop().unwrap()).collect()
+    }
+
+    /// Posts `bufs` as one direct chain and makes it available. Returns its head.
+    pub fn add_chain(&mut self, g: &TestGuest, bufs: &[Buf]) -> u16 {
+        let ids = self.take_descs(bufs.len());
+        for (i, b) in bufs.iter().enumerate() {
+            let mut flags = DescFlags::empty();
+            if b.writable {
+                flags |= DescFlags::WRITE;
+            }
+            let next = ids.get(i + 1).copied();
+            if next.is_some() {
+                flags |= DescFlags::NEXT;
+            }
+            self.write_desc(
+                g,
+                ids[i],
+                RawDescriptor { addr: b.gpa, len: b.len, flags: flags.bits(), next: next.unwrap_or(0) },
+            );
+        }
+        let head = ids[0];
+        self.posted.insert(head, (ids, bufs.to_vec()));
+        self.make_available(g, head);
+        head
+    }
+
+    /// Posts `bufs` through an indirect table (allocated in guest memory) and makes it available.
+    /// Returns the head and the table's guest address.
+    pub fn add_indirect(&mut self, g: &TestGuest, bufs: &[Buf]) -> (u16, u64) {
+        let table = g.alloc(DESC_SIZE * bufs.len(), 16);
+        for (i, b) in bufs.iter().enumerate() {
+            let mut flags = DescFlags::empty();
+            if b.writable {
+                flags |= DescFlags::WRITE;
+            }
+            if i + 1 < bufs.len() {
+                flags |= DescFlags::NEXT;
+            }
+            self.write_indirect(
+                g,
+                table,
+                i as u16,
+                RawDescriptor { addr: b.gpa, len: b.len, flags: flags.bits(), next: (i + 1) as u16 },
+            );
+        }
+        let ids = self.take_descs(1);
+        self.write_desc(
+            g,
+            ids[0],
+            RawDescriptor {
+                addr: table,
+                len: (DESC_SIZE * bufs.len()) as u32,
+                flags: DescFlags::INDIRECT.bits(),
+                next: 0,
+            },
+        );
+        let head = ids[0];
+        self.posted.insert(head, (ids, bufs.to_vec()));
+        self.make_available(g, head);
+        (head, table)
+    }
+
+    /// Posts `payload` as a TX chain of `frags` readable buffers (direct, or through an indirect
+    /// table), freshly allocated. Returns the head.
+    pub fn post_tx(&mut self, g: &TestGuest, payload: &[u8], frags: usize, indirect: bool) -> u16 {
+        assert!(frags >= 1 && payload.len() >= frags);
+        let per = payload.len().div_ceil(frags);
+        let bufs: Vec<Buf> = payload
+            .chunks(per)
+            .map(|c| {
+                let gpa = g.alloc(c.len(), 8);
+                g.write(gpa, c);
+                Buf { gpa, len: c.len() as u32, writable: false }
+            })
+            .collect();
+        if indirect {
+            self.add_indirect(g, &bufs).0
+        } else {
+            self.add_chain(g, &bufs)
+        }
+    }
+
+    /// Posts a TX chain over buffers at given addresses (e.g. across a region boundary), writing
+    /// `payload` into them in order. Returns the head.
+    pub fn post_tx_at(&mut self, g: &TestGuest, bufs: &[(u64, u32)], payload: &[u8]) -> u16 {
+        let mut at = 0;
+        let bufs: Vec<Buf> = bufs
+            .iter()
+            .map(|&(gpa, len)| {
+                g.write(gpa, &payload[at..at + len as usize]);
+                at += len as usize;
+                Buf { gpa, len, writable: false }
+            })
+            .collect();
+        assert_eq!(at, payload.len());
+        self.add_chain(g, &bufs)
+    }
+
+    /// Posts an RX chain of `ndesc` writable buffers of `len` bytes each (zero-filled). Returns
+    /// the head.
+    pub fn post_rx(&mut self, g: &TestGuest, len: u32, ndesc: usize) -> u16 {
+        let bufs: Vec<Buf> = (0..ndesc)
+            .map(|_| {
+                let gpa = g.alloc(len as usize, 8);
+                Buf { gpa, len, writable: true }
+            })
+            .collect();
+        self.add_chain(g, &bufs)
+    }
+
+    /// The buffers posted under `head`.
+    pub fn buffers(&self, head: u16) -> &[Buf] {
+        &self.posted[&head].1
+    }
+
+    /// Reads the first `len` bytes the device wrote into the writable buffers of `head`.
+    pub fn read_written(&self, g: &TestGuest, head: u16, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len);
+        for b in self.buffers(head).iter().filter(|b| b.writable) {
+            let n = (len - out.len()).min(b.len as usize);
+            out.extend(g.read(b.gpa, n));
+        }
+        assert_eq!(out.len(), len, "device claims more bytes than the buffers hold");
+        out
+    }
+
+    /// The used idx as the device published it (acquire).
+    pub fn used_idx(&self, g: &TestGuest) -> u16 {
+        g.memory().load_u16_acquire(self.used(2)).unwrap()
+    }
+
+    /// Takes the next used element, if the device published one, and frees its descriptors.
+    pub fn pop_used(&mut self, g: &TestGuest) -> Option<UsedElem> {
+        if self.used_idx(g) == self.last_used {
+            return None;
+        }
+        let slot = (self.last_used % self.cfg.size) as u64;
+        let e = g.memory().read_array::<8>(self.used(4 + 8 * slot), &mut RegionHint::default()).unwrap();
+        self.last_used = self.last_used.wrapping_add(1);
+        let id = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
+        let len = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
+        if let Some((ids, _)) = self.posted.get(&(id as u16)) {
+            self.free.extend(ids.iter().rev());
+        }
+        Some(UsedElem { id, len })
+    }
+
+    /// Sets `used_event` (event idx: interrupt me when the used idx passes this), then a full
+    /// fence, as a driver does before re-checking the used idx.
+    pub fn set_used_event(&self, g: &TestGuest, v: u16) {
+        let off = 4 + 2 * self.cfg.size as u64;
+        g.write(self.avail(off), &v.to_le_bytes());
+        fence(Ordering::SeqCst);
+    }
+
+    /// Sets or clears `VIRTQ_AVAIL_F_NO_INTERRUPT`.
+    pub fn set_no_interrupt(&self, g: &TestGuest, on: bool) {
+        let v = if on { VRING_AVAIL_F_NO_INTERRUPT as u16 } else { 0 };
+        g.write(self.avail(0), &v.to_le_bytes());
+        fence(Ordering::SeqCst);
+    }
+
+    /// The device's `avail_event` (event idx).
+    pub fn avail_event(&self, g: &TestGuest) -> u16 {
+        let v = g.read(self.used(4 + 8 * self.cfg.size as u64), 2);
+        u16::from_le_bytes([v[0], v[1]])
+    }
+
+    /// The used ring's flags (`VIRTQ_USED_F_NO_NOTIFY`).
+    pub fn used_flags(&self, g: &TestGuest) -> u16 {
+        let v = g.read(self.used(0), 2);
+        u16::from_le_bytes([v[0], v[1]])
+    }
+}

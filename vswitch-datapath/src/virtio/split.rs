@@ -1,0 +1,488 @@
+//! The device side of a split virtqueue (virtio 1.2 spec, section 2.7 "Split Virtqueues").
+//!
+//! This module owns [`SplitQueue`]: the three ring areas in guest memory (descriptor table, avail
+//! ring, used ring), the device's positions in them, taking chains from the avail ring
+//! ([`SplitQueue::pop`], walking direct and indirect chains into host segments), returning them on
+//! the used ring (batched: [`SplitQueue::push_used`] then one [`SplitQueue::publish_used`]),
+//! notification suppression (event idx, `VIRTQ_AVAIL_F_NO_INTERRUPT`, `VIRTQ_USED_F_NO_NOTIFY`),
+//! and the broken state. It must not know packets, headers or copy engines, and it never touches a
+//! payload byte: it hands out segments.
+//!
+//! # The guest is untrusted
+//!
+//! Every value read from the rings is checked before use; any violation returns a
+//! [`VirtqError`] and leaves the queue broken: every later call returns [`VirtqError::Broken`] and
+//! writes nothing. Breaking one queue never affects another queue on the same memory. Nothing is
+//! written to guest memory while taking a chain, so a chain that fails half-way leaves no trace.
+//!
+//! # Memory ordering (section 2.7.13, 2.7.7)
+//!
+//! - The avail idx is loaded with `Acquire`; the ring entries and descriptors it publishes are read
+//!   after it.
+//! - Used elements are written first, then the used idx is stored with `Release`
+//!   ([`publish_used`](SplitQueue::publish_used)), so the guest never sees an index before the
+//!   elements it covers.
+//! - [`needs_notify`](SplitQueue::needs_notify) issues a full fence between that store and its
+//!   load of `used_event` / the avail flags (a store-load order that release/acquire alone do not
+//!   give), matching the driver's fence between writing `used_event` and re-reading the used idx.
+//! - [`set_kicks`](SplitQueue::set_kicks) does the same between enabling kicks and the caller's
+//!   re-check of the avail ring.
+
+use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
+
+use virtio_bindings::virtio_ring::{VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY};
+
+use super::chain::DescChain;
+use super::desc::{DescContext, Descriptor, RawDescriptor, DESC_SIZE};
+use super::error::{QueueConfigError, VirtqError};
+use super::{vring_need_event, RingFeatures, MAX_QUEUE_SIZE};
+use crate::access::Mapping;
+use crate::memory::{GuestMemory, MemoryError, Place, RegionHint};
+
+/// Where a split queue's rings are and how it starts (what vhost-user `SET_VRING_NUM`,
+/// `SET_VRING_ADDR` and `SET_VRING_BASE` carry, with ring addresses already guest-physical).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Queue size: a power of two, 1 ..= [`MAX_QUEUE_SIZE`].
+    pub size: u16,
+    /// Guest-physical address of the descriptor table (16-aligned, `16 * size` bytes).
+    pub desc_table: u64,
+    /// Guest-physical address of the avail ring (2-aligned, `6 + 2 * size` bytes).
+    pub avail_ring: u64,
+    /// Guest-physical address of the used ring (4-aligned, `6 + 8 * size` bytes).
+    pub used_ring: u64,
+    /// Negotiated ring features.
+    pub features: RingFeatures,
+    /// The first avail index to take (0 for a fresh queue; `SET_VRING_BASE` on reconnect).
+    pub avail_base: u16,
+}
+
+/// Byte size of a descriptor table of `size` entries (section 2.7).
+pub fn desc_table_len(size: u16) -> usize {
+    DESC_SIZE * size as usize
+}
+
+/// Byte size of an avail ring of `size` entries, `used_event` included (section 2.7.6).
+pub fn avail_ring_len(size: u16) -> usize {
+    6 + 2 * size as usize
+}
+
+/// Byte size of a used ring of `size` entries, `avail_event` included (section 2.7.8).
+pub fn used_ring_len(size: u16) -> usize {
+    6 + 8 * size as usize
+}
+
+/// Offsets inside the avail ring: `le16 flags; le16 idx; le16 ring[size]; le16 used_event;`.
+const AVAIL_FLAGS: usize = 0;
+const AVAIL_IDX: usize = 2;
+const AVAIL_RING: usize = 4;
+/// Offsets inside the used ring: `le16 flags; le16 idx; {le32 id; le32 len} ring[size];
+/// le16 avail_event;`.
+const USED_FLAGS: usize = 0;
+const USED_IDX: usize = 2;
+const USED_RING: usize = 4;
+const USED_ELEM: usize = 8;
+
+/// A position in the avail ring, to [`rewind`](SplitQueue::rewind) to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AvailMark(u16);
+
+/// The device side of one split virtqueue. Owned by one PMD thread; holds its guest memory.
+#[derive(Debug)]
+pub struct SplitQueue {
+    mem: Arc<GuestMemory>,
+    cfg: QueueConfig,
+    mask: u16,
+    desc: Place,
+    avail: Place,
+    used: Place,
+    /// Next avail index to take.
+    last_avail: u16,
+    /// The avail idx as last loaded from the guest.
+    avail_cache: u16,
+    /// Next used index to write (entries below it and at or above `published` are not visible).
+    used_next: u16,
+    /// Used idx as last stored to the guest.
+    published: u16,
+    /// Used idx when the guest was last considered for a notification.
+    signalled: u16,
+    /// Chains taken and not yet returned on the used ring.
+    in_flight: u16,
+    hint: RegionHint,
+    broken: Option<VirtqError>,
+}
+
+impl SplitQueue {
+    /// Sets up a queue on `mem`: checks the size and that each ring lies, aligned, inside one
+    /// guest region (section 2.7, table "Virtqueue Part Alignment"). The used idx starts from what
+    /// the used ring holds.
+    pub fn new(mem: Arc<GuestMemory>, cfg: QueueConfig) -> Result<Self, QueueConfigError> {
+        let size = cfg.size;
+        if size == 0 || !size.is_power_of_two() || size > MAX_QUEUE_SIZE {
+            return Err(QueueConfigError::BadSize(size as u32));
+        }
+        let desc = mem
+            .place(cfg.desc_table, desc_table_len(size), 16)
+            .map_err(|_| QueueConfigError::DescTable(cfg.desc_table))?;
+        let avail = mem
+            .place(cfg.avail_ring, avail_ring_len(size), 2)
+            .map_err(|_| QueueConfigError::AvailRing(cfg.avail_ring))?;
+        let used =
+            mem.place(cfg.used_ring, used_ring_len(size), 4).map_err(|_| QueueConfigError::UsedRing(cfg.used_ring))?;
+        let used_idx = mem
+            .region(used.region)
+            .mapping()
+            .load_u16_acquire(used.offset + USED_IDX)
+            .ok_or(QueueConfigError::UsedRing(cfg.used_ring))?;
+        Ok(SplitQueue {
+            mem,
+            cfg,
+            mask: size - 1,
+            desc,
+            avail,
+            used,
+            last_avail: cfg.avail_base,
+            avail_cache: cfg.avail_base,
+            used_next: used_idx,
+            published: used_idx,
+            signalled: used_idx,
+            in_flight: 0,
+            hint: RegionHint::default(),
+            broken: None,
+        })
+    }
+
+    /// The configuration it was set up with.
+    #[inline]
+    pub fn config(&self) -> &QueueConfig {
+        &self.cfg
+    }
+
+    /// Queue size.
+    #[inline]
+    pub fn size(&self) -> u16 {
+        self.cfg.size
+    }
+
+    /// The guest memory the rings and buffers live in.
+    #[inline]
+    pub fn memory(&self) -> &Arc<GuestMemory> {
+        &self.mem
+    }
+
+    /// Next avail index to take (what vhost-user `GET_VRING_BASE` returns).
+    #[inline]
+    pub fn last_avail_idx(&self) -> u16 {
+        self.last_avail
+    }
+
+    /// Next used index to write (entries pushed but not yet published included).
+    #[inline]
+    pub fn used_idx(&self) -> u16 {
+        self.used_next
+    }
+
+    /// Chains taken and not yet pushed to the used ring.
+    #[inline]
+    pub fn in_flight(&self) -> u16 {
+        self.in_flight
+    }
+
+    /// Whether an error broke the queue.
+    #[inline]
+    pub fn is_broken(&self) -> bool {
+        self.broken.is_some()
+    }
+
+    /// The error that broke the queue, if any.
+    #[inline]
+    pub fn broken(&self) -> Option<VirtqError> {
+        self.broken
+    }
+
+    #[inline]
+    fn avail_map(&self) -> &Mapping {
+        self.mem.region(self.avail.region).mapping()
+    }
+
+    #[inline]
+    fn used_map(&self) -> &Mapping {
+        self.mem.region(self.used.region).mapping()
+    }
+
+    #[inline]
+    fn check(&self) -> Result<(), VirtqError> {
+        match self.broken {
+            Some(_) => Err(VirtqError::Broken),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a guest error (breaking the queue) and returns it.
+    #[cold]
+    fn fail(&mut self, e: VirtqError) -> VirtqError {
+        if e.breaks_queue() {
+            self.broken = Some(e);
+        }
+        e
+    }
+
+    /// Loads the avail idx (`Acquire`) and checks it moved at most the queue size ahead.
+    fn refresh_avail(&mut self) -> Result<(), VirtqError> {
+        let off = self.avail.offset + AVAIL_IDX;
+        let idx = self
+            .avail_map()
+            .load_u16_acquire(off)
+            .ok_or(VirtqError::Memory(MemoryError::NotContiguous { addr: self.cfg.avail_ring }))?;
+        if idx.wrapping_sub(self.last_avail) > self.cfg.size {
+            return Err(VirtqError::AvailIdxJump { avail_idx: idx, last_avail: self.last_avail });
+        }
+        self.avail_cache = idx;
+        Ok(())
+    }
+
+    /// How many chains the guest has made available and the device has not taken. Loads the avail
+    /// idx (`Acquire`).
+    pub fn avail_count(&mut self) -> Result<u16, VirtqError> {
+        self.check()?;
+        if let Err(e) = self.refresh_avail() {
+            return Err(self.fail(e));
+        }
+        Ok(self.avail_cache.wrapping_sub(self.last_avail))
+    }
+
+    /// Takes the next available chain into `chain` (cleared first) and returns `Ok(true)`, or
+    /// `Ok(false)` when the avail ring is empty. The avail idx is loaded only when the chains
+    /// seen at the last load are used up.
+    ///
+    /// On a guest error the queue breaks, the error is returned, and `chain` holds nothing useful;
+    /// nothing is written to guest memory.
+    pub fn pop(&mut self, chain: &mut DescChain) -> Result<bool, VirtqError> {
+        self.check()?;
+        if self.avail_cache == self.last_avail {
+            if let Err(e) = self.refresh_avail() {
+                return Err(self.fail(e));
+            }
+            if self.avail_cache == self.last_avail {
+                return Ok(false);
+            }
+        }
+        let slot = (self.last_avail & self.mask) as usize;
+        let Some(head) = self.avail_map().load_u16(self.avail.offset + AVAIL_RING + 2 * slot) else {
+            let addr = self.cfg.avail_ring;
+            return Err(self.fail(MemoryError::NotContiguous { addr }.into()));
+        };
+        let mut hint = self.hint;
+        let r = walk_chain(&self.mem, self.desc, self.cfg.size, self.cfg.features, &mut hint, head, chain);
+        self.hint = hint;
+        if let Err(e) = r {
+            return Err(self.fail(e));
+        }
+        self.last_avail = self.last_avail.wrapping_add(1);
+        self.in_flight += 1;
+        Ok(true)
+    }
+
+    /// The current avail position, to [`rewind`](Self::rewind) to if a packet cannot get all the
+    /// buffers it needs (mergeable RX).
+    #[inline]
+    pub fn mark(&self) -> AvailMark {
+        AvailMark(self.last_avail)
+    }
+
+    /// Gives back every chain taken since `mark`: the next [`pop`](Self::pop) returns them again.
+    /// Their used entries must not have been pushed. Returns how many chains were given back.
+    /// Nothing is written to guest memory (taking a chain writes nothing).
+    pub fn rewind(&mut self, mark: AvailMark) -> Result<u16, VirtqError> {
+        self.check()?;
+        let n = self.last_avail.wrapping_sub(mark.0);
+        if n > self.in_flight {
+            return Err(VirtqError::BadRewind);
+        }
+        self.last_avail = mark.0;
+        self.in_flight -= n;
+        Ok(n)
+    }
+
+    /// Writes one used element (`id = head`, `len` = bytes the device wrote into the chain) at the
+    /// next used slot. It stays invisible to the guest until [`publish_used`](Self::publish_used).
+    #[inline]
+    pub fn push_used(&mut self, head: u16, len: u32) -> Result<(), VirtqError> {
+        self.check()?;
+        if self.in_flight == 0 {
+            return Err(VirtqError::TooManyUsed);
+        }
+        let slot = (self.used_next & self.mask) as usize;
+        let mut elem = [0u8; USED_ELEM];
+        elem[..4].copy_from_slice(&(head as u32).to_le_bytes());
+        elem[4..].copy_from_slice(&len.to_le_bytes());
+        let off = self.used.offset + USED_RING + USED_ELEM * slot;
+        if !self.used_map().write_array(off, elem) {
+            let addr = self.cfg.used_ring;
+            return Err(self.fail(MemoryError::NotContiguous { addr }.into()));
+        }
+        self.used_next = self.used_next.wrapping_add(1);
+        self.in_flight -= 1;
+        Ok(())
+    }
+
+    /// Makes every pushed used element visible: with event idx, first sets `avail_event` to the
+    /// next avail index (section 2.7.10), then stores the used idx with `Release`. Returns how
+    /// many elements became visible.
+    pub fn publish_used(&mut self) -> Result<u16, VirtqError> {
+        self.check()?;
+        let n = self.used_next.wrapping_sub(self.published);
+        if self.cfg.features.contains(RingFeatures::EVENT_IDX) {
+            self.store_avail_event(self.last_avail)?;
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        let off = self.used.offset + USED_IDX;
+        if !self.used_map().store_u16_release(off, self.used_next) {
+            let addr = self.cfg.used_ring;
+            return Err(self.fail(MemoryError::NotContiguous { addr }.into()));
+        }
+        self.published = self.used_next;
+        Ok(n)
+    }
+
+    fn store_avail_event(&mut self, v: u16) -> Result<(), VirtqError> {
+        let off = self.used.offset + USED_RING + USED_ELEM * self.cfg.size as usize;
+        if !self.used_map().store_u16(off, v) {
+            let addr = self.cfg.used_ring;
+            return Err(self.fail(MemoryError::NotContiguous { addr }.into()));
+        }
+        Ok(())
+    }
+
+    /// Whether the guest wants an interrupt for the used entries published since the last call
+    /// (section 2.7.7.2): with event idx, when the used idx crossed `used_event`
+    /// ([`vring_need_event`]); otherwise unless the avail flags have `VIRTQ_AVAIL_F_NO_INTERRUPT`.
+    /// Never true when nothing new was published. Issues a full fence first.
+    pub fn needs_notify(&mut self) -> Result<bool, VirtqError> {
+        self.check()?;
+        fence(Ordering::SeqCst);
+        let (new, old) = (self.published, self.signalled);
+        self.signalled = new;
+        if new == old {
+            return Ok(false);
+        }
+        let base = self.avail.offset;
+        if self.cfg.features.contains(RingFeatures::EVENT_IDX) {
+            let off = base + AVAIL_RING + 2 * self.cfg.size as usize;
+            let Some(used_event) = self.avail_map().load_u16(off) else {
+                let addr = self.cfg.avail_ring;
+                return Err(self.fail(MemoryError::NotContiguous { addr }.into()));
+            };
+            Ok(vring_need_event(used_event, new, old))
+        } else {
+            let Some(flags) = self.avail_map().load_u16(base + AVAIL_FLAGS) else {
+                let addr = self.cfg.avail_ring;
+                return Err(self.fail(MemoryError::NotContiguous { addr }.into()));
+            };
+            Ok(flags & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0)
+        }
+    }
+
+    /// Asks the guest to notify (kick) the device when it makes buffers available, or not
+    /// (section 2.7.10): without event idx through `VIRTQ_USED_F_NO_NOTIFY` in the used flags;
+    /// with event idx, enabling sets `avail_event` to the next avail index and disabling is a
+    /// no-op (the guest then kicks only once `avail_event` is passed). Ends with a full fence, so
+    /// that after enabling, the caller's next [`avail_count`](Self::avail_count) or
+    /// [`pop`](Self::pop) sees buffers the guest added without kicking.
+    pub fn set_kicks(&mut self, enabled: bool) -> Result<(), VirtqError> {
+        self.check()?;
+        if self.cfg.features.contains(RingFeatures::EVENT_IDX) {
+            if enabled {
+                self.store_avail_event(self.last_avail)?;
+            }
+        } else {
+            let v = if enabled { 0 } else { VRING_USED_F_NO_NOTIFY as u16 };
+            if !self.used_map().store_u16(self.used.offset + USED_FLAGS, v) {
+                let addr = self.cfg.used_ring;
+                return Err(self.fail(MemoryError::NotContiguous { addr }.into()));
+            }
+        }
+        fence(Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Which table a chain walk is reading.
+#[derive(Clone, Copy)]
+enum Table {
+    /// The queue's descriptor table.
+    Direct,
+    /// An indirect table at this guest address.
+    Indirect(u64),
+}
+
+/// Walks the chain starting at `head` of the descriptor table at `desc` into `chain` (sections
+/// 2.7.5.2, 2.7.5.3). Reads each descriptor once into a local copy, checks it, then translates
+/// its buffer. Writes nothing to guest memory.
+fn walk_chain(
+    mem: &GuestMemory,
+    desc: Place,
+    size: u16,
+    features: RingFeatures,
+    hint: &mut RegionHint,
+    head: u16,
+    chain: &mut DescChain,
+) -> Result<(), VirtqError> {
+    chain.reset(head);
+    if head >= size {
+        return Err(VirtqError::DescIndexOutOfRange { index: head, size: size as u32 });
+    }
+    let table_map = mem.region(desc.region).mapping();
+    let indirect_negotiated = features.contains(RingFeatures::INDIRECT_DESC);
+    let mut table = Table::Direct;
+    let mut ctx = DescContext { table_len: size as u32, in_indirect: false, indirect_negotiated };
+    let mut idx = head;
+    let mut visits: u32 = 0;
+    let mut seen_writable = false;
+    loop {
+        visits += 1;
+        if visits > ctx.table_len {
+            return Err(VirtqError::ChainTooLong { limit: ctx.table_len });
+        }
+        let raw = match table {
+            Table::Direct => table_map
+                .read_array::<DESC_SIZE>(desc.offset + DESC_SIZE * idx as usize)
+                .ok_or(MemoryError::NotContiguous { addr: 0 })?,
+            // `base + 16 * idx < base + len`, which did not overflow (checked descriptor).
+            Table::Indirect(base) => mem.read_array::<DESC_SIZE>(base + (DESC_SIZE * idx as usize) as u64, hint)?,
+        };
+        let d = Descriptor::new_checked(RawDescriptor::from_le_bytes(raw), idx, ctx)?;
+        if let Some(count) = d.indirect_count() {
+            if visits != 1 {
+                return Err(VirtqError::IndirectNotHead { index: idx });
+            }
+            table = Table::Indirect(d.addr());
+            ctx = DescContext { table_len: count, in_indirect: true, indirect_negotiated };
+            idx = 0;
+            visits = 0;
+            continue;
+        }
+        chain.descriptors += 1;
+        if d.is_write_only() {
+            seen_writable = true;
+            chain.writable_len = chain.writable_len.checked_add(d.len()).ok_or(VirtqError::ChainLenOverflow)?;
+            mem.translate(d.addr(), d.len(), hint, &mut chain.writable)?;
+        } else {
+            if seen_writable {
+                return Err(VirtqError::ReadableAfterWritable { index: idx });
+            }
+            chain.readable_len = chain.readable_len.checked_add(d.len()).ok_or(VirtqError::ChainLenOverflow)?;
+            mem.translate(d.addr(), d.len(), hint, &mut chain.readable)?;
+        }
+        if chain.readable_len.checked_add(chain.writable_len).is_none() {
+            return Err(VirtqError::ChainLenOverflow);
+        }
+        match d.next() {
+            Some(n) => idx = n,
+            None => return Ok(()),
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! The device side of split virtqueues against the in-process test guest: chains become the right
+//! segments, used entries are published in order and in batches, notifications follow event idx.
+
+use vswitch_datapath::net::{NetHdr, NetHdrRepr, NET_HDR_LEN};
+use vswitch_datapath::testguest::{TestGuest, UsedElem};
+use vswitch_datapath::virtio::vring_need_event;
+use vswitch_datapath::{DescChain, HostSeg, RingFeatures, VirtqError};
+
+fn payload(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 + 3) as u8).collect()
+}
+
+fn gather(g: &TestGuest, segs: &[HostSeg], len: usize) -> Vec<u8> {
+    let mut v = vec![0; len];
+    g.memory().gather(segs, &mut v).unwrap();
+    v
+}
+
+#[test]
+fn tx_chain_is_walked_into_its_segments() {
+    let g = TestGuest::new();
+    let mut dq = g.add_queue(256, RingFeatures::INDIRECT_DESC);
+    let mut q = dq.device(&g);
+    let p = payload(1500);
+    let head = dq.post_tx(&g, &p, 3, false);
+    let mut c = DescChain::new();
+    assert_eq!(q.pop(&mut c), Ok(true));
+    assert_eq!(c.head(), head);
+    assert_eq!(c.readable().len(), 3);
+    assert_eq!(c.descriptors(), 3);
+    assert_eq!(c.readable_len(), 1500);
+    assert!(c.writable().is_empty());
+    assert_eq!(gather(&g, c.readable(), 1500), p);
+    assert_eq!(q.pop(&mut c), Ok(false));
+    assert_eq!(q.in_flight(), 1);
+}
+
+#[test]
+fn indirect_tx_chain_is_walked_into_its_segments() {
+    let g = TestGuest::new();
+    let mut dq = g.add_queue(64, RingFeatures::INDIRECT_DESC);
+    let mut q = dq.device(&g);
+    let p = payload(9000);
+    let head = dq.post_tx(&g, &p, 5, true);
+    let mut c = DescChain::new();
+    assert_eq!(q.pop(&mut c), Ok(true));
+    assert_eq!(c.head(), head);
+    assert_eq!(c.readable().len(), 5);
+    assert_eq!(c.readable_len(), 9000);
+    assert_eq!(gather(&g, c.readable(), 9000), p);
+}
+
+#[test]
+fn rx_chain_receives_bytes_that_the_guest_reads_back() {
+    let g = TestGuest::new();
+    let mut dq = g.add_queue(64, RingFeatures::empty());
+    let mut q = dq.device(&g);
+    let head = dq.post_rx(&g, 256, 3);
+    let mut c = DescChain::new();
+    assert_eq!(q.pop(&mut c), Ok(true));
+    assert!(c.readable().is_empty());
+    assert_eq!(c.writable_len(), 768);
+    let data = payload(600);
+    g.memory().scatter(&data, c.writable()).unwrap();
+    q.push_used(c.head(), 600).unwrap();
+    assert_eq!(q.publish_used(), Ok(1));
+    assert_eq!(dq.pop_used(&g), Some(UsedElem { id: head as u32, len: 600 }));
+    assert_eq!(dq.read_written(&g, head, 600), data);
+}
+
+#[test]
+fn used_entries_stay_invisible_until_published_and_keep_their_order() {
+    let g = TestGuest::new();
+    let mut dq = g.add_queue(8, RingFeatures::empty());
+    let mut q = dq.device(&g);
+    let heads: Vec<u16> = (0..3).map(|i| dq.post_tx(&g, &payload(64 + i), 1, false)).collect();
+    let mut c = DescChain::new();
+    let mut lens = vec![];
+    while q.pop(&mut c).unwrap() {
+        lens.push((c.head(), c.readable_len()));
+    }
+    assert_eq!(lens.len(), 3);
+    for &(h, l) in &lens {
+        q.push_used(h, l).unwrap();
+    }
+    assert_eq!(dq.used_idx(&g), 0, "pushed entries must not be visible yet");
+    assert_eq!(dq.pop_used(&g), None);
+    assert_eq!(q.publish_used(), Ok(3));
+    assert_eq!(dq.used_idx(&g), 3);
+    for (i, &h) in heads.iter().enumerate() {
+        let e = dq.pop_used(&g).unwrap();
+        assert_eq!(e, UsedElem { id: h as u32, len: 64 + i as u32 });
+    }
+    assert_eq!(q.publish_used(), Ok(0), "nothing new to publish");
+    assert_eq!(q.push_used(0, 0), Err(VirtqError::TooManyUsed));
+    assert!(!q.is_broken(), "a caller mistake does not break the queue");
+}
+
+#[test]
+fn vring_need_event_matches_the_spec_formula_across_wrap() {
+    // Crossed: old < event + 1 <= new.
+    assert!(vring_need_event(1, 2, 1));
+    assert!(vring_need_event(1, 4, 0));
+    assert!(!vring_need_event(1, 1, 0));
+    assert!(!vring_need_event(5, 4, 2));
+    assert!(!vring_need_event(1, 4, 2), "already passed before old");
+    // Across the 16-bit wrap.
+    assert!(vring_need_event(65535, 2, 65534));
+    assert!(!vring_need_event(65535, 65535, 65530));
+    assert!(vring_need_event(0, 1, 65535));
+    // Nothing new: never.
+    assert!(!vring_need_event(7, 7, 7));
+}
+
+#[test]
+fn event_idx_notifies_only_when_used_event_is_crossed() {
+    let g = TestGuest::new();
+    let mut dq = g.add_queue(16, RingFeatures::EVENT_IDX);
+    let mut q = dq.device(&g);
+    for _ in 0..6 {
+        dq.post_tx(&g, &payload(60), 1, false);
+    }
+    let mut c = DescChain::new();
+    let mut heads = vec![];
+    while q.pop(&mut c).unwrap() {
+        heads.push(c.head());
+    }
+    // "Interrupt me when the entry with index 1 is used" (used idx goes past 1).
+    dq.set_used_event(&g, 1);
+    let mut step = |q: &mut vswitch_datapath::SplitQueue, n: usize| {
+        for _ in 0..n {
+            let h = heads.remove(0);
+            q.push_used(h, 0).unwrap();
+        }
+        q.publish_used().unwrap();
+        q.needs_notify().unwrap()
+    };
+    assert!(!step(&mut q, 1), "used idx 0 -> 1 does not pass entry 1");
+    assert!(step(&mut q, 1), "used idx 1 -> 2 passes entry 1");
+    assert!(!step(&mut q, 2), "2 -> 4: the event was already passed");
+    dq.set_used_event(&g, 5);
+    assert!(step(&mut q, 2), "4 -> 6 passes entry 5");
+    assert!(!q.needs_notify().unwrap(), "nothing new published");
+    assert_eq!(dq.avail_event(&g), 6, "avail_event follows the device");
+}
+
+#[test]
+fn no_interrupt_flag_suppresses_notification_without_event_idx() {
+    let g = TestGuest::new();
+    let mut dq = g.add_queue(8, RingFeatures::empty());
+    let mut q = dq.device(&g);
+    let mut c = DescChain::new();
+    for suppress in [true, false] {
+        dq.set_no_interrupt(&g, suppress);
+        dq.post_tx(&g, &payload(60), 1, false);
+        assert!(q.pop(&mut c).unwrap());
+        q.push_used(c.head(), 0).unwrap();
+        q.publish_used().unwrap();
+        assert_eq!(q.needs_notify().unwrap(), !suppress);
+    }
+}
+
+#[test]
+fn kicks_are_switched_through_used_flags_or_avail_event() {
+    let g = TestGuest::new();
+    let dq = g.add_queue(8, RingFeatures::empty());
+    let mut q = dq.device(&g);
+    q.set_kicks(false).unwrap();
+    assert_eq!(dq.used_flags(&g), 1, "VIRTQ_USED_F_NO_NOTIFY");
+    q.set_kicks(true).unwrap();
+    assert_eq!(dq.used_flags(&g), 0);
+
+    let mut dq = g.add_queue(8, RingFeatures::EVENT_IDX);
+    let mut q = dq.device(&g);
+    let mut c = DescChain::new();
+    dq.post_tx(&g, &payload(60), 1, false);
+    dq.post_tx(&g, &payload(60), 1, false);
+    assert!(q.pop(&mut c).unwrap());
+    assert!(q.pop(&mut c).unwrap());
+    q.set_kicks(true).unwrap();
+    assert_eq!(dq.avail_event(&g), 2);
+}
+
+#[test]
+fn chain_spanning_two_regions_becomes_two_segments() {
+    let g = TestGuest::split();
+    let mut dq = g.add_queue(8, RingFeatures::empty());
+    let mut q = dq.device(&g);
+    let b = g.boundary();
+    let p = payload(400);
+    // One buffer across the boundary (100 + 200 bytes), one wholly in the second region.
+    dq.post_tx_at(&g, &[(b - 100, 300), (b + 4096, 100)], &p);
+    let mut c = DescChain::new();
+    assert!(q.pop(&mut c).unwrap());
+    let regions = g.memory().regions();
+    let segs = c.readable();
+    assert_eq!(segs.len(), 3);
+    assert_eq!(segs[0].len(), 100);
+    assert_eq!(segs[0].host_addr(), regions[0].host_addr() + regions[0].len() - 100);
+    assert_eq!(segs[1].len(), 200);
+    assert_eq!(segs[1].host_addr(), regions[1].host_addr());
+    assert_eq!(segs[2].host_addr(), regions[1].host_addr() + 4096);
+    assert_eq!(c.readable_len(), 400);
+    assert_eq!(gather(&g, segs, 400), p);
+}
+
+#[test]
+fn rewind_gives_back_chains_a_packet_could_not_use() {
+    let g = TestGuest::new();
+    let mut dq = g.add_queue(8, RingFeatures::empty());
+    let mut q = dq.device(&g);
+    let heads: Vec<u16> = (0..3).map(|_| dq.post_rx(&g, 128, 1)).collect();
+    let mut c = DescChain::new();
+    let mark = q.mark();
+    assert!(q.pop(&mut c).unwrap());
+    assert!(q.pop(&mut c).unwrap());
+    assert_eq!(q.in_flight(), 2);
+    // The packet needs 500 bytes; 2 chains give 256 and the third 128: give them back.
+    assert_eq!(q.rewind(mark), Ok(2));
+    assert_eq!(q.in_flight(), 0);
+    assert_eq!(q.avail_count(), Ok(3));
+    assert!(q.pop(&mut c).unwrap());
+    assert_eq!(c.head(), heads[0], "the same chains come again");
+    q.push_used(c.head(), 10).unwrap();
+    assert_eq!(q.rewind(mark), Err(VirtqError::BadRewind), "its used entry was pushed");
+    assert!(!q.is_broken());
+    assert_eq!(dq.used_idx(&g), 0, "taking and giving back wrote nothing");
+}
+
+#[test]
+fn mergeable_rx_packet_spreads_over_several_chains() {
+    let g = TestGuest::new();
+    let mut dq = g.add_queue(8, RingFeatures::empty());
+    let mut q = dq.device(&g);
+    let heads: Vec<u16> = (0..3).map(|_| dq.post_rx(&g, 1024, 1)).collect();
+    let pkt = payload(1500);
+    let need = NET_HDR_LEN + pkt.len();
+    let mut chains = [DescChain::new(), DescChain::new(), DescChain::new()];
+    let (mut n, mut room) = (0, 0usize);
+    while room < need {
+        assert!(q.pop(&mut chains[n]).unwrap());
+        room += chains[n].writable_len() as usize;
+        n += 1;
+    }
+    assert_eq!(n, 2);
+    let mut frame = vec![0; need];
+    NetHdrRepr { num_buffers: n as u16, ..Default::default() }.emit(&mut frame, NET_HDR_LEN).unwrap();
+    frame[NET_HDR_LEN..].copy_from_slice(&pkt);
+    let mut at = 0;
+    for c in &chains[..n] {
+        let take = (need - at).min(c.writable_len() as usize);
+        g.memory().scatter(&frame[at..at + take], c.writable()).unwrap();
+        q.push_used(c.head(), take as u32).unwrap();
+        at += take;
+    }
+    q.publish_used().unwrap();
+    let e0 = dq.pop_used(&g).unwrap();
+    let e1 = dq.pop_used(&g).unwrap();
+    assert_eq!((e0.id, e0.len), (heads[0] as u32, 1024));
+    assert_eq!((e1.id, e1.len), (heads[1] as u32, (need - 1024) as u32));
+    let first = dq.read_written(&g, heads[0], 1024);
+    assert_eq!(NetHdr::new_checked(&first[..], NET_HDR_LEN).unwrap().num_buffers(), 2);
+    assert_eq!(q.avail_count(), Ok(1), "the third buffer stays available");
+}
+
+#[test]
+fn avail_and_used_indices_wrap_at_16_bits() {
+    let g = TestGuest::new();
+    let mut dq = g.add_queue(4, RingFeatures::empty());
+    dq.start_at(&g, 65533);
+    let mut q = dq.device(&g);
+    let mut c = DescChain::new();
+    for i in 0..10usize {
+        let p = payload(100 + i);
+        let head = dq.post_tx(&g, &p, 1, false);
+        assert!(q.pop(&mut c).unwrap());
+        assert_eq!(gather(&g, c.readable(), p.len()), p);
+        q.push_used(c.head(), i as u32).unwrap();
+        q.publish_used().unwrap();
+        assert_eq!(dq.pop_used(&g), Some(UsedElem { id: head as u32, len: i as u32 }));
+    }
+    assert_eq!(q.last_avail_idx(), 65533u16.wrapping_add(10));
+}
