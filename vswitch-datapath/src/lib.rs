@@ -1,29 +1,44 @@
-//! vswitch-datapath: the vhost datapath of the copy-engine project, lower layers.
+//! vswitch-datapath: the vhost datapath of the copy-engine project.
 //!
 //! A virtual switch's PMD thread serves virtio-net guests through vhost: it takes buffers from the
-//! guest's virtqueues, copies packet bytes between them and host packet buffers (later through a
-//! `copy_engine::CopyEngine`), and returns them on the used ring. This crate holds the parts that
-//! know no copy engine yet:
+//! guest's virtqueues, copies packet bytes between them and host packet buffers through a
+//! [`copy_engine::Channel`] (memcpy, a worker thread, or a DPDK dmadev), never waiting for a copy,
+//! and returns the buffers on the used ring once the copies are done, in order.
 //!
 //! - [`memory`]: guest memory regions and checked translation of guest addresses to host segments.
 //! - [`virtio`]: the VIRTIO 1.x split virtqueue, device side: descriptors, chains (direct and
 //!   indirect), avail/used rings, event idx, the broken-queue state for hostile guests.
 //! - [`net`]: the virtio-net header.
-//! - `testguest` (feature `test-utils`): the driver side, an in-process guest for tests and benches.
+//! - [`vhost`]: asynchronous northbound (host -> guest) and southbound (guest -> host) paths.
+//! - [`pool`], [`port`], [`pmd`]: packet buffers, the port trait, the PMD loop; [`vhost_port`] and
+//!   [`traffic`] are ports (a guest's queue pair; a traffic source/sink).
+//! - `testguest`, `loopguest` (feature `test-utils`): the driver side, an in-process guest for
+//!   tests, benches and the PVP demo.
 //!
 //! The guest is untrusted: every guest address and ring value is checked; a violation is a typed
 //! error and a broken queue, never undefined behaviour, a panic, or a write outside guest memory.
-//! `unsafe` code lives only in the `access` module.
+//! `unsafe` code lives only in `access` (guest mappings), [`pool`] (packet buffer memory) and
+//! `vhost::copy` (handing guest segments to a copy engine, called once each from the north and
+//! south paths).
 
 #![deny(missing_docs, missing_debug_implementations, unsafe_op_in_unsafe_fn)]
 #![deny(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod access;
+#[cfg(feature = "test-utils")]
+pub mod loopguest;
 pub mod memory;
 pub mod net;
+pub mod pmd;
+#[allow(unsafe_code)]
+pub mod pool;
+pub mod port;
 #[cfg(feature = "test-utils")]
 pub mod testguest;
+pub mod traffic;
+pub mod vhost;
+pub mod vhost_port;
 pub mod virtio;
 
 pub use memory::{GuestMemory, GuestRegion, HostSeg, MemoryConfigError, MemoryError, RegionHint};
@@ -32,3 +47,10 @@ pub use virtio::chain::DescChain;
 pub use virtio::error::{QueueConfigError, VirtqError};
 pub use virtio::split::{AvailMark, QueueConfig, SplitQueue};
 pub use virtio::RingFeatures;
+
+pub use pmd::{Pmd, PmdStats};
+pub use pool::{Packet, PacketPool, HEADROOM};
+pub use port::{Port, PortCtx, PortStats};
+pub use traffic::{TrafficConfig, TrafficError, TrafficPort};
+pub use vhost::{Burst, Northbound, Notifier, QueueStats, Southbound, VhostError, BURST};
+pub use vhost_port::VhostPort;

@@ -1,0 +1,83 @@
+//! Copies between one flat host buffer (a packet) and guest segments, through a [`Channel`].
+//!
+//! This is the one place the vhost paths hand guest memory to a copy engine, so it is where the
+//! engine's memory contract is upheld: guest segments come only from a validated descriptor chain
+//! (inside a mapped region), packet buffers only from the [`PacketPool`](crate::pool::PacketPool),
+//! and both stay valid until the copies retire, because a queue frees a packet and returns a chain
+//! only after its tickets retire, and stop/clear drain the channel before memory goes away.
+
+use copy_engine::{Channel, CopyEngine, EnqueueError, OpFlags};
+
+use crate::memory::HostSeg;
+
+/// Which way the bytes go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dir {
+    /// Packet -> guest (northbound).
+    ToGuest,
+    /// Guest -> packet (southbound).
+    FromGuest,
+}
+
+/// What one scatter/gather copy did.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Copied {
+    /// Copies handed to the channel.
+    pub ops: u32,
+    /// Pieces the channel pushed back (ring full under the push-back policy) that were copied by
+    /// the CPU here instead.
+    pub pushed_back: u32,
+}
+
+/// Copies `len` bytes between `flat` and `segs` (starting `skip` bytes into the segments), one
+/// channel op per contiguous piece. The caller checked that the segments hold `skip + len` bytes.
+///
+/// # Safety
+/// `flat` is valid for `len` bytes (reads for [`Dir::ToGuest`], writes for [`Dir::FromGuest`]) and
+/// stays so, with the guest segments, until the channel retires the ops enqueued here.
+pub(crate) unsafe fn copy_segments<E: CopyEngine>(
+    chan: &Channel<E>,
+    dir: Dir,
+    flat: *mut u8,
+    len: usize,
+    segs: &[HostSeg],
+    mut skip: usize,
+) -> Result<Copied, EnqueueError> {
+    let mut done = 0usize;
+    let mut out = Copied::default();
+    for s in segs {
+        if done == len {
+            break;
+        }
+        let seg_len = s.len() as usize;
+        if skip >= seg_len {
+            skip -= seg_len;
+            continue;
+        }
+        let n = (seg_len - skip).min(len - done);
+        let guest = (s.host_addr() + skip) as *mut u8;
+        let host = flat.wrapping_add(done);
+        let (src, dst) = match dir {
+            Dir::ToGuest => (host as *const u8, guest),
+            Dir::FromGuest => (guest as *const u8, host),
+        };
+        // SAFETY: `guest..guest+n` lies inside a segment of a validated chain (mapped guest
+        // memory) and `host..host+n` inside the caller's buffer; both stay valid until the op
+        // retires (this function's contract).
+        match unsafe { chan.enqueue(src, dst, n, OpFlags::empty()) } {
+            Ok(_) => out.ops += 1,
+            Err(EnqueueError::RingFull) => {
+                // Push-back policy: the engine has no room; this piece is copied by the CPU now.
+                // It is still reported done only with the packet, after every earlier ticket.
+                // SAFETY: as above; the ranges are disjoint (guest memory vs. the packet pool).
+                unsafe { core::ptr::copy_nonoverlapping(src, dst, n) };
+                out.pushed_back += 1;
+            }
+            Err(e) => return Err(e),
+        }
+        done += n;
+        skip = 0;
+    }
+    debug_assert_eq!(done, len, "segments shorter than checked");
+    Ok(out)
+}

@@ -1,0 +1,57 @@
+//! Asynchronous vhost: guest virtqueues served through a copy engine (DESIGN.md §5).
+//!
+//! - [`Northbound`]: host -> guest (the guest's RX queue; "Vhost_TX" in OVS terms).
+//! - [`Southbound`]: guest -> host (the guest's TX queue; "Vhost_RX").
+//!
+//! Both are generic over the PMD thread's [`copy_engine::Channel`], keep their in-flight packets
+//! in order, and complete them only when their tickets retire, so the used ring never shows the
+//! guest a buffer before its bytes have landed, and never out of order, whichever path (engine,
+//! CPU below the threshold, ring-full fallback, CPU retry of a failed op) each copy took. The
+//! channel must use the CPU-retry error policy (the default): the vhost paths have no way to
+//! redo a copy the engine reported failed.
+//!
+//! This module owns the in-flight state; rings are reached only through [`SplitQueue`](crate::SplitQueue)
+//! and memory only through [`GuestMemory`](crate::GuestMemory) and the one copy helper.
+
+#[allow(unsafe_code)]
+mod copy;
+#[allow(unsafe_code)] // one call: handing a packet's copies to copy::copy_segments
+pub mod north;
+mod notify;
+#[allow(unsafe_code)] // one call: handing a packet's copies to copy::copy_segments
+pub mod south;
+mod stats;
+
+use smallvec::SmallVec;
+
+pub use north::Northbound;
+pub use notify::Notifier;
+pub use south::Southbound;
+pub use stats::QueueStats;
+
+use crate::memory::MemoryError;
+use crate::pool::Packet;
+use crate::virtio::error::VirtqError;
+
+/// Most packets one burst carries.
+pub const BURST: usize = 32;
+
+/// A burst of packets (inline, no allocation up to [`BURST`]).
+pub type Burst = SmallVec<[Packet; BURST]>;
+
+/// Why a vhost queue stopped serving a burst.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VhostError {
+    /// The queue is broken by an earlier guest error; it serves nothing until it is reset.
+    #[error("queue is broken")]
+    Broken,
+    /// The guest's ring or descriptors are invalid; the queue is now broken.
+    #[error("guest ring error: {0}")]
+    Ring(#[from] VirtqError),
+    /// A guest buffer is outside guest memory; the queue is now broken.
+    #[error("guest memory error: {0}")]
+    Memory(#[from] MemoryError),
+    /// The copy channel refused an op (a stopped device).
+    #[error("copy engine refused an op: {0}")]
+    Engine(copy_engine::EnqueueError),
+}

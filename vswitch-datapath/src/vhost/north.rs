@@ -1,0 +1,293 @@
+//! Northbound, host -> guest ("Vhost_TX", vhost enqueue): packets into a guest's RX queue.
+//!
+//! For each packet the queue takes guest RX chains (several with mergeable RX buffers, section
+//! 5.1.6.3.1 of the virtio 1.2 spec), writes the `virtio_net_hdr` with the CPU, and enqueues copies
+//! of the packet into the chains' writable segments on the PMD thread's [`Channel`]. The packet
+//! stays in flight until its tickets retire; then, strictly in the order packets were accepted,
+//! the used entries are written, published with one release store per poll, the packet buffer is
+//! freed and the guest is notified if it asked. A packet that cannot get enough buffers is handed
+//! back to the caller (the chains it took are rewound), never dropped.
+//!
+//! This module must not touch the rings except through [`SplitQueue`].
+
+use std::collections::VecDeque;
+
+use copy_engine::{Channel, CopyEngine, Ticket};
+use smallvec::SmallVec;
+
+use crate::memory::HostSeg;
+use crate::net::NetHdr;
+use crate::pool::{Packet, PacketPool};
+use crate::vhost::copy::{copy_segments, Dir};
+use crate::vhost::{Burst, Notifier, QueueStats, VhostError};
+use crate::virtio::chain::DescChain;
+use crate::virtio::split::SplitQueue;
+
+/// One accepted packet: its used entries wait in `used` until `end` retires.
+#[derive(Debug)]
+struct InFlight {
+    /// The packet, freed when `end` retires.
+    pkt: Option<Packet>,
+    /// How many entries of `used` belong to it.
+    used: u16,
+    /// One past its last ticket.
+    end: Ticket,
+    /// Whether the guest receives it (false: its chains go back unused).
+    delivered: bool,
+}
+
+/// The northbound path of one guest RX virtqueue.
+#[derive(Debug)]
+pub struct Northbound {
+    q: SplitQueue,
+    hdr_len: usize,
+    mergeable: bool,
+    inflight: VecDeque<InFlight>,
+    /// Used entries `(head, len)` of in-flight packets, in order.
+    used: VecDeque<(u16, u32)>,
+    chain: DescChain,
+    segs: SmallVec<[HostSeg; 16]>,
+    notifier: Notifier,
+    stats: QueueStats,
+}
+
+impl Northbound {
+    /// Serves `q` (a guest RX queue) with a `hdr_len`-byte net header (see
+    /// [`net_hdr_len`](crate::net_hdr_len)); `mergeable` when VIRTIO_NET_F_MRG_RXBUF was
+    /// negotiated.
+    pub fn new(q: SplitQueue, hdr_len: usize, mergeable: bool, notifier: Notifier) -> Self {
+        let size = q.size() as usize;
+        Northbound {
+            q,
+            hdr_len,
+            mergeable,
+            inflight: VecDeque::with_capacity(size),
+            used: VecDeque::with_capacity(size),
+            chain: DescChain::new(),
+            segs: SmallVec::new(),
+            notifier,
+            stats: QueueStats::default(),
+        }
+    }
+
+    /// Accepts packets from the front of `pkts` while the guest has buffers for them, enqueuing
+    /// their copies (the caller submits). Accepted packets leave `pkts`; the rest stay, in order.
+    /// Returns how many were accepted. A broken queue accepts nothing.
+    pub fn enqueue_burst<E: CopyEngine>(
+        &mut self,
+        chan: &Channel<E>,
+        pool: &mut PacketPool,
+        pkts: &mut Burst,
+    ) -> Result<usize, VhostError> {
+        if self.q.is_broken() {
+            return Err(VhostError::Broken);
+        }
+        let before = chan.stats();
+        let mut left = Burst::new();
+        let mut accepted = 0;
+        let mut result = Ok(());
+        let mut iter = std::mem::take(pkts).into_iter();
+        for pkt in iter.by_ref() {
+            match self.enqueue_one(chan, pool, pkt) {
+                Ok(None) => accepted += 1,
+                Ok(Some(back)) => {
+                    self.stats.no_buffers += 1;
+                    left.push(back);
+                    break;
+                }
+                Err((back, e)) => {
+                    left.extend(back);
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        left.extend(iter);
+        *pkts = left;
+        let after = chan.stats();
+        self.stats.copies_offloaded += after.offloaded - before.offloaded;
+        self.stats.copies_cpu += after.cpu_copies() - before.cpu_copies();
+        self.stats.in_flight = self.inflight.len() as u64;
+        result.map(|()| accepted)
+    }
+
+    /// One packet: `Ok(None)` accepted, `Ok(Some(pkt))` no buffers (pushed back); an error hands
+    /// the packet back when it is still the caller's.
+    #[allow(clippy::type_complexity)]
+    fn enqueue_one<E: CopyEngine>(
+        &mut self,
+        chan: &Channel<E>,
+        pool: &mut PacketPool,
+        pkt: Packet,
+    ) -> Result<Option<Packet>, (Option<Packet>, VhostError)> {
+        let need = self.hdr_len + pkt.len();
+        let mark = self.q.mark();
+        let used_mark = self.used.len();
+        self.segs.clear();
+        let mut got = 0usize;
+        while got < need {
+            match self.q.pop(&mut self.chain) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.used.truncate(used_mark);
+                    if let Err(e) = self.q.rewind(mark) {
+                        return Err((Some(pkt), self.broke(e.into())));
+                    }
+                    return Ok(Some(pkt));
+                }
+                Err(e) => {
+                    self.used.truncate(used_mark);
+                    return Err((Some(pkt), self.broke(e.into())));
+                }
+            }
+            let room = self.chain.writable_len() as usize;
+            if !self.mergeable && room < need {
+                // Without mergeable buffers one chain must hold the whole packet: this guest
+                // posted a buffer too small for it. Return the chain unused; count the packet.
+                self.used.truncate(used_mark);
+                self.used.push_back((self.chain.head(), 0));
+                self.stats.bad_chains += 1;
+                self.inflight.push_back(InFlight { pkt: None, used: 1, end: chan.next_ticket(), delivered: false });
+                pool.free(pkt);
+                return Ok(None);
+            }
+            let take = room.min(need - got);
+            self.used.push_back((self.chain.head(), take as u32));
+            self.segs.extend_from_slice(self.chain.writable());
+            got += take;
+        }
+        let chains = self.used.len() - used_mark;
+        let mut hdr = [0u8; crate::net::NET_HDR_LEN];
+        if self.mergeable {
+            NetHdr::new_checked(&mut hdr[..], self.hdr_len)
+                .expect("header buffer fits the header")
+                .set_num_buffers(chains as u16);
+        }
+        if let Err(e) = self.q.memory().scatter(&hdr[..self.hdr_len], &self.segs) {
+            self.used.truncate(used_mark);
+            return Err((Some(pkt), self.broke(VhostError::Memory(e))));
+        }
+        self.stats.copies_cpu += 1;
+        // SAFETY: the packet's buffer stays in the pool, owned by the in-flight record, and the
+        // chains stay taken, until `end` retires; the segments come from validated chains.
+        let r = unsafe { copy_segments(chan, Dir::ToGuest, pool.data_ptr(&pkt), pkt.len(), &self.segs, self.hdr_len) };
+        match r {
+            Ok(c) => self.stats.copies_cpu += c.pushed_back as u64,
+            Err(e) => {
+                // Only a channel refusing a well-formed op gets here (a stopped device). Earlier
+                // pieces may be in flight, so the packet stays in flight with its chains, which go
+                // back to the guest with length 0 (nothing delivered) once those pieces retire.
+                self.used.range_mut(used_mark..).for_each(|u| u.1 = 0);
+                self.inflight.push_back(InFlight {
+                    pkt: Some(pkt),
+                    used: chains as u16,
+                    end: chan.next_ticket(),
+                    delivered: false,
+                });
+                self.stats.engine_errors += 1;
+                return Err((None, VhostError::Engine(e)));
+            }
+        }
+        self.inflight.push_back(InFlight {
+            pkt: Some(pkt),
+            used: chains as u16,
+            end: chan.next_ticket(),
+            delivered: true,
+        });
+        Ok(None)
+    }
+
+    fn broke(&mut self, e: VhostError) -> VhostError {
+        self.stats.broken += 1;
+        e
+    }
+
+    /// Retires packets whose copies are done, in order: writes their used entries, publishes them
+    /// with one release store, frees the packets, notifies the guest if it asked. Call after
+    /// [`Channel::progress`]. Returns how many packets completed.
+    pub fn complete<E: CopyEngine>(&mut self, chan: &Channel<E>, pool: &mut PacketPool) -> Result<usize, VhostError> {
+        let retired = chan.retired();
+        let mut n = 0;
+        while let Some(f) = self.inflight.front() {
+            if f.end > retired {
+                break;
+            }
+            let f = self.inflight.pop_front().expect("front exists");
+            for _ in 0..f.used {
+                let (head, len) = self.used.pop_front().expect("used entries of an in-flight packet");
+                if let Err(e) = self.q.push_used(head, len) {
+                    if let Some(p) = f.pkt {
+                        pool.free(p);
+                    }
+                    return Err(self.broke(e.into()));
+                }
+            }
+            if let Some(p) = f.pkt {
+                if f.delivered {
+                    self.stats.packets += 1;
+                    self.stats.bytes += p.len() as u64;
+                }
+                pool.free(p);
+            }
+            n += 1;
+        }
+        self.stats.in_flight = self.inflight.len() as u64;
+        if n != 0 {
+            self.publish()?;
+        }
+        Ok(n)
+    }
+
+    fn publish(&mut self) -> Result<(), VhostError> {
+        self.q.publish_used().map_err(|e| self.broke(e.into()))?;
+        if self.q.needs_notify().map_err(|e| self.broke(e.into()))? {
+            self.notifier.notify();
+            self.stats.notifications += 1;
+        } else {
+            self.stats.notifications_suppressed += 1;
+        }
+        Ok(())
+    }
+
+    /// Stops the queue: waits until every copy of this PMD's channel has retired, then returns
+    /// every in-flight packet's chains to the guest. After it returns no copy touches this queue's
+    /// guest memory.
+    pub fn drain<E: CopyEngine>(&mut self, chan: &Channel<E>, pool: &mut PacketPool) -> Result<(), VhostError> {
+        chan.drain();
+        self.complete(chan, pool).map(|_| ())
+    }
+
+    /// Clears the queue for a guest that went away: waits for every copy to retire (so none lands
+    /// in memory about to be unmapped), then frees the in-flight packets without touching the
+    /// guest's rings.
+    pub fn clear<E: CopyEngine>(&mut self, chan: &Channel<E>, pool: &mut PacketPool) {
+        chan.drain();
+        for f in self.inflight.drain(..) {
+            if let Some(p) = f.pkt {
+                pool.free(p);
+            }
+        }
+        self.used.clear();
+        self.stats.in_flight = 0;
+    }
+
+    /// Packets in flight.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// The queue's counters.
+    pub fn stats(&self) -> QueueStats {
+        self.stats
+    }
+
+    /// The ring.
+    pub fn queue(&self) -> &SplitQueue {
+        &self.q
+    }
+
+    /// The ring, mutable (control plane: kicks, state).
+    pub fn queue_mut(&mut self) -> &mut SplitQueue {
+        &mut self.q
+    }
+}

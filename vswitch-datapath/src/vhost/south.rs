@@ -1,0 +1,258 @@
+//! Southbound, guest -> host ("Vhost_RX", vhost dequeue): packets out of a guest's TX queue.
+//!
+//! For each TX chain the queue checks the `virtio_net_hdr` against what the chain holds, takes a
+//! packet buffer from the pool and enqueues copies of the chain's readable segments (after the
+//! header) into it on the PMD thread's [`Channel`]. When the tickets retire, strictly in the order
+//! the chains were taken, the packets are handed to the switch and the chains go back on the used
+//! ring, published with one release store per poll. Without a free packet buffer the queue simply
+//! takes no more chains (they wait in the ring: push back, never drop).
+//!
+//! This module must not touch the rings except through [`SplitQueue`].
+
+use std::collections::VecDeque;
+
+use copy_engine::{Channel, CopyEngine, Ticket};
+
+use crate::net::{NetHdr, NET_HDR_LEN};
+use crate::pool::{Packet, PacketPool};
+use crate::vhost::copy::{copy_segments, Dir};
+use crate::vhost::{Burst, Notifier, QueueStats, VhostError};
+use crate::virtio::chain::DescChain;
+use crate::virtio::split::SplitQueue;
+
+/// One taken chain: its packet (none for a malformed chain) waits until `end` retires.
+#[derive(Debug)]
+struct InFlight {
+    /// The packet being filled.
+    pkt: Option<Packet>,
+    /// The chain's head, returned on the used ring.
+    head: u16,
+    /// One past the packet's last ticket.
+    end: Ticket,
+    /// Whether the packet goes to the switch (false: freed; its copy was refused).
+    deliver: bool,
+}
+
+/// The southbound path of one guest TX virtqueue.
+#[derive(Debug)]
+pub struct Southbound {
+    q: SplitQueue,
+    hdr_len: usize,
+    inflight: VecDeque<InFlight>,
+    chain: DescChain,
+    notifier: Notifier,
+    stats: QueueStats,
+}
+
+impl Southbound {
+    /// Serves `q` (a guest TX queue) whose chains start with a `hdr_len`-byte net header.
+    pub fn new(q: SplitQueue, hdr_len: usize, notifier: Notifier) -> Self {
+        let size = q.size() as usize;
+        Southbound {
+            q,
+            hdr_len,
+            inflight: VecDeque::with_capacity(size),
+            chain: DescChain::new(),
+            notifier,
+            stats: QueueStats::default(),
+        }
+    }
+
+    /// Takes up to `max` TX chains and enqueues the copies out of them (the caller submits).
+    /// Returns how many chains were taken.
+    pub fn dequeue_burst<E: CopyEngine>(
+        &mut self,
+        chan: &Channel<E>,
+        pool: &mut PacketPool,
+        max: usize,
+    ) -> Result<usize, VhostError> {
+        if self.q.is_broken() {
+            return Err(VhostError::Broken);
+        }
+        let before = chan.stats();
+        let mut taken = 0;
+        let mut result = Ok(());
+        while taken < max {
+            if pool.available() == 0 {
+                self.stats.no_buffers += 1;
+                break;
+            }
+            match self.q.pop(&mut self.chain) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    self.stats.broken += 1;
+                    result = Err(e.into());
+                    break;
+                }
+            }
+            taken += 1;
+            if let Err(e) = self.start_copy(chan, pool) {
+                result = Err(e);
+                break;
+            }
+        }
+        let after = chan.stats();
+        self.stats.copies_offloaded += after.offloaded - before.offloaded;
+        self.stats.copies_cpu += after.cpu_copies() - before.cpu_copies();
+        self.stats.in_flight = self.inflight.len() as u64;
+        result.map(|()| taken)
+    }
+
+    /// Checks the chain just taken and starts copying it into a fresh packet.
+    fn start_copy<E: CopyEngine>(&mut self, chan: &Channel<E>, pool: &mut PacketPool) -> Result<(), VhostError> {
+        let head = self.chain.head();
+        let total = self.chain.readable_len() as usize;
+        let Some(plen) = self.packet_len(total) else {
+            // Malformed for TX: returned to the guest unused, after every earlier chain.
+            self.stats.bad_chains += 1;
+            self.inflight.push_back(InFlight { pkt: None, head, end: chan.next_ticket(), deliver: false });
+            return Ok(());
+        };
+        if plen > pool.data_room() {
+            self.stats.bad_chains += 1;
+            self.inflight.push_back(InFlight { pkt: None, head, end: chan.next_ticket(), deliver: false });
+            return Ok(());
+        }
+        let mut pkt = pool.alloc().expect("checked a buffer is free");
+        pool.set_len(&mut pkt, plen);
+        // SAFETY: the packet buffer is owned by the in-flight record and the chain stays taken
+        // until `end` retires; the segments come from a validated chain.
+        let r = unsafe {
+            copy_segments(chan, Dir::FromGuest, pool.data_ptr(&pkt), plen, self.chain.readable(), self.hdr_len)
+        };
+        match r {
+            Ok(c) => {
+                self.stats.copies_cpu += c.pushed_back as u64;
+                self.inflight.push_back(InFlight { pkt: Some(pkt), head, end: chan.next_ticket(), deliver: true });
+                Ok(())
+            }
+            Err(e) => {
+                // A stopped device refused the op: earlier pieces may be in flight, so the buffer
+                // is freed and the chain returned only after they retire; nothing is forwarded.
+                self.stats.engine_errors += 1;
+                self.inflight.push_back(InFlight { pkt: Some(pkt), head, end: chan.next_ticket(), deliver: false });
+                Err(VhostError::Engine(e))
+            }
+        }
+    }
+
+    /// The payload length of a TX chain of `total` readable bytes, or `None` when its header is
+    /// missing or claims more than the chain holds.
+    fn packet_len(&self, total: usize) -> Option<usize> {
+        if total < self.hdr_len {
+            return None;
+        }
+        let plen = total - self.hdr_len;
+        let mut raw = [0u8; NET_HDR_LEN];
+        self.q.memory().gather(self.chain.readable(), &mut raw[..self.hdr_len]).ok()?;
+        let hdr = NetHdr::new_checked(&raw[..], self.hdr_len).ok()?.repr();
+        // No offloads are negotiated: a GSO packet or a checksum request outside the packet is a
+        // header claiming what the chain does not hold.
+        if hdr.gso_type != 0 {
+            return None;
+        }
+        if hdr.needs_csum() && hdr.csum_start as usize + hdr.csum_offset as usize + 2 > plen {
+            return None;
+        }
+        Some(plen)
+    }
+
+    /// Hands the packets whose copies are done to `out` (until it holds `max`), in order, and
+    /// returns their chains on the used ring (one release store), notifying the guest if it asked.
+    /// Call after [`Channel::progress`]. Returns how many chains completed.
+    pub fn complete<E: CopyEngine>(
+        &mut self,
+        chan: &Channel<E>,
+        pool: &mut PacketPool,
+        out: &mut Burst,
+        max: usize,
+    ) -> Result<usize, VhostError> {
+        let retired = chan.retired();
+        let mut n = 0;
+        while let Some(f) = self.inflight.front() {
+            if f.end > retired || (f.deliver && out.len() >= max) {
+                break;
+            }
+            let f = self.inflight.pop_front().expect("front exists");
+            self.q.push_used(f.head, 0).map_err(|e| {
+                self.stats.broken += 1;
+                VhostError::from(e)
+            })?;
+            match f.pkt {
+                Some(p) if f.deliver => {
+                    self.stats.packets += 1;
+                    self.stats.bytes += p.len() as u64;
+                    out.push(p);
+                }
+                Some(p) => pool.free(p),
+                None => {}
+            }
+            n += 1;
+        }
+        self.stats.in_flight = self.inflight.len() as u64;
+        if n != 0 {
+            self.q.publish_used().map_err(|e| {
+                self.stats.broken += 1;
+                VhostError::from(e)
+            })?;
+            if self.q.needs_notify()? {
+                self.notifier.notify();
+                self.stats.notifications += 1;
+            } else {
+                self.stats.notifications_suppressed += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Stops the queue: waits until every copy has retired, then hands the finished packets to
+    /// `out` (and their chains back to the guest). After it returns no copy touches this queue's
+    /// guest memory. `out` must have room for every in-flight packet (the queue size is enough).
+    pub fn drain<E: CopyEngine>(
+        &mut self,
+        chan: &Channel<E>,
+        pool: &mut PacketPool,
+        out: &mut Vec<Packet>,
+    ) -> Result<(), VhostError> {
+        chan.drain();
+        while !self.inflight.is_empty() {
+            let mut burst = Burst::new();
+            self.complete(chan, pool, &mut burst, crate::vhost::BURST)?;
+            out.extend(burst);
+        }
+        Ok(())
+    }
+
+    /// Clears the queue for a guest that went away: waits for every copy to retire, then frees
+    /// the in-flight packets without touching the guest's rings.
+    pub fn clear<E: CopyEngine>(&mut self, chan: &Channel<E>, pool: &mut PacketPool) {
+        chan.drain();
+        for f in self.inflight.drain(..) {
+            if let Some(p) = f.pkt {
+                pool.free(p);
+            }
+        }
+        self.stats.in_flight = 0;
+    }
+
+    /// Chains in flight.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// The queue's counters.
+    pub fn stats(&self) -> QueueStats {
+        self.stats
+    }
+
+    /// The ring.
+    pub fn queue(&self) -> &SplitQueue {
+        &self.q
+    }
+
+    /// The ring, mutable (control plane).
+    pub fn queue_mut(&mut self) -> &mut SplitQueue {
+        &mut self.q
+    }
+}
