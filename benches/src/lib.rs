@@ -84,9 +84,9 @@ pub fn raw_burst(bufs: &mut Buffers) {
 /// One burst the way a PMD loop does it: each copy through the channel, a future per copy into
 /// the defer queue, then the queue polled until empty.
 #[inline]
-pub fn channel_burst<E: CopyEngine>(
-    ch: &Channel<E>,
-    q: &mut DeferQueue<copy_engine::CopyFuture<'_, E>>,
+pub fn channel_burst<'c, E: CopyEngine>(
+    ch: &'c Channel<E>,
+    q: &mut DeferQueue<copy_engine::CopyFuture<'c, E>>,
     bufs: &mut Buffers,
 ) {
     for i in 0..bufs.burst() {

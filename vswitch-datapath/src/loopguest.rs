@@ -16,9 +16,23 @@ use crate::testguest::{Buf, DriverQueue, TestGuest};
 use crate::virtio::split::SplitQueue;
 use crate::virtio::RingFeatures;
 
+/// What the guest does with traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum GuestMode {
+    /// Forward every received packet back out (PVP).
+    #[default]
+    Loopback,
+    /// Take received packets and give the buffers straight back (northbound only).
+    RxSink,
+    /// Keep the TX ring full of packets of this many bytes, ignore RX (southbound only).
+    TxSource(u32),
+}
+
 /// How the loopback guest sets up its queues.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoopGuestConfig {
+    /// What the guest does with traffic.
+    pub mode: GuestMode,
     /// Entries per queue.
     pub queue_size: u16,
     /// Bytes per guest buffer (one RX descriptor each).
@@ -38,6 +52,7 @@ pub struct LoopGuestConfig {
 impl Default for LoopGuestConfig {
     fn default() -> Self {
         LoopGuestConfig {
+            mode: GuestMode::Loopback,
             queue_size: 256,
             buf_len: 2048,
             buffers: 256,
@@ -58,6 +73,8 @@ pub struct LoopGuest {
     tx: DriverQueue,
     /// Received packets waiting for TX descriptors: their (gpa, len) pieces.
     pending: VecDeque<Vec<(u64, u32)>>,
+    /// TX-source mode: the prefilled packets.
+    tx_bufs: Vec<Buf>,
     looped: u64,
     bad_headers: u64,
 }
@@ -70,7 +87,23 @@ impl LoopGuest {
         let g = TestGuest::with_regions(&[(crate::testguest::GUEST_BASE, mem_len)]);
         let rx = g.add_queue(cfg.queue_size, cfg.features);
         let tx = g.add_queue(cfg.queue_size, cfg.features);
-        let mut me = LoopGuest { g, cfg, rx, tx, pending: VecDeque::new(), looped: 0, bad_headers: 0 };
+        let mut me =
+            LoopGuest { g, cfg, rx, tx, pending: VecDeque::new(), tx_bufs: Vec::new(), looped: 0, bad_headers: 0 };
+        if let GuestMode::TxSource(len) = cfg.mode {
+            // Prefilled TX packets (header + payload), posted again as soon as they come back.
+            for i in 0..cfg.queue_size as usize {
+                let total = cfg.hdr_len + len as usize;
+                let gpa = me.g.alloc(total, 64);
+                let mut bytes = vec![0u8; total];
+                bytes[cfg.hdr_len..].iter_mut().enumerate().for_each(|(k, b)| *b = (i + k) as u8);
+                me.g.write(gpa, &bytes);
+                me.tx_bufs.push(Buf { gpa, len: total as u32, writable: false });
+            }
+            for b in me.tx_bufs.clone() {
+                me.tx.add_chain(&me.g, &[b]);
+            }
+            return me;
+        }
         for _ in 0..cfg.buffers.min(cfg.queue_size as usize) {
             let gpa = me.g.alloc(cfg.buf_len as usize, 64);
             me.rx.add_chain(&me.g, &[Buf { gpa, len: cfg.buf_len, writable: true }]);
@@ -98,9 +131,36 @@ impl LoopGuest {
         self.bad_headers
     }
 
-    /// One round of the guest: take received packets, post them for TX, recycle returned TX
-    /// buffers for RX. Returns packets looped back in this round.
+    /// One round of the guest: in loopback mode, take received packets, post them for TX, and
+    /// recycle returned TX buffers for RX; in the sink/source modes, recycle what came back.
+    /// Returns packets handled in this round.
     pub fn poll(&mut self) -> u64 {
+        match self.cfg.mode {
+            GuestMode::Loopback => self.poll_loopback(),
+            GuestMode::RxSink => {
+                let mut n = 0;
+                while let Some(e) = self.rx.pop_used(&self.g) {
+                    let gpa = self.rx.buffers(e.id as u16)[0].gpa;
+                    self.rx.add_chain(&self.g, &[Buf { gpa, len: self.cfg.buf_len, writable: true }]);
+                    n += 1;
+                }
+                self.looped += n;
+                n
+            }
+            GuestMode::TxSource(_) => {
+                let mut n = 0;
+                while let Some(e) = self.tx.pop_used(&self.g) {
+                    let b = self.tx.buffers(e.id as u16)[0];
+                    self.tx.add_chain(&self.g, &[b]);
+                    n += 1;
+                }
+                self.looped += n;
+                n
+            }
+        }
+    }
+
+    fn poll_loopback(&mut self) -> u64 {
         let hdr_len = self.cfg.hdr_len;
         // RX used -> packets. With mergeable buffers the header's num_buffers says how many used
         // entries make up one packet.
