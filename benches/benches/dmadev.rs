@@ -42,15 +42,19 @@ fn dmadev(c: &mut Criterion) {
                     e.raw_copy_loop(&src, &mut dst, rounds_per_iter * burst as u64, burst as u16).expect("raw loop")
                 })
             });
+            // Both closures drive the same channel, one after the other.
+            let shared = std::cell::RefCell::new((&mut e, &mut bufs, &mut dst));
             let (ratio, ta, tb) = median_ratio(
                 21,
                 20,
                 || {
-                    e.raw_copy_loop(&src, &mut dst, rounds_per_iter * burst as u64, burst as u16).expect("raw loop");
+                    let (e, _, dst) = &mut *shared.borrow_mut();
+                    e.raw_copy_loop(&src, dst, rounds_per_iter * burst as u64, burst as u16).expect("raw loop");
                 },
                 || {
+                    let (e, bufs, _) = &mut *shared.borrow_mut();
                     for _ in 0..rounds_per_iter {
-                        engine_burst(&mut e, &mut bufs)
+                        engine_burst(*e, bufs)
                     }
                 },
             );

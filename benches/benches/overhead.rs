@@ -12,7 +12,7 @@ use std::pin::pin;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 use copy_engine::{poll_inline, Channel, DeferQueue, OpFlags, Policy, TicketRange};
-use copy_engine_benches::{channel_burst, median_ratio, raw_burst, Buffers};
+use copy_engine_benches::{channel_burst, channel_burst_per_op, median_ratio, raw_burst, Buffers};
 use copy_engine_cpu::{MemcpyEngine, WorkerConfig, WorkerEngine};
 
 fn overhead(c: &mut Criterion) {
@@ -28,11 +28,18 @@ fn overhead(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("memcpy+channel+futures+defer", &id), |b| {
             b.iter(|| channel_burst(&ch, &mut q, &mut via))
         });
+        g.bench_function(BenchmarkId::new("memcpy+channel+future-per-op+defer", &id), |b| {
+            b.iter(|| channel_burst_per_op(&ch, &mut q, &mut via))
+        });
         let (ratio, ta, tb) = median_ratio(41, 2000, || raw_burst(&mut raw), || channel_burst(&ch, &mut q, &mut via));
+        let (ratio_op, _, tc) =
+            median_ratio(41, 2000, || raw_burst(&mut raw), || channel_burst_per_op(&ch, &mut q, &mut via));
         println!(
-            "overhead ratio {size}B burst {burst}: {ratio:.3}x (raw {:.1} ns/burst, engine path {:.1} ns/burst)",
+            "overhead ratio {size}B burst {burst}: {ratio:.3}x with a future per burst, {ratio_op:.3}x with a future per op \
+             (raw {:.1} ns/burst, engine path {:.1} / {:.1} ns/burst)",
             ta.as_nanos() as f64 / 2000.0,
-            tb.as_nanos() as f64 / 2000.0
+            tb.as_nanos() as f64 / 2000.0,
+            tc.as_nanos() as f64 / 2000.0
         );
         assert!(raw.verify() && via.verify());
     }

@@ -13,12 +13,14 @@ pub const SIZES: [usize; 5] = [64, 256, 1518, 4096, 65536];
 /// Burst lengths the benchmarks sweep.
 pub const BURSTS: [usize; 3] = [1, 8, 32];
 
-/// Source and destination buffers for `burst` copies of `size` bytes, spread over a working set
-/// a bit larger than L1 so the copies are not all cache-hot lines.
+/// Source and destination buffers for `burst` copies of `size` bytes, in one allocation with a
+/// fixed layout (so every run has the same relative alignment of source and destination, away
+/// from 4 KiB aliasing, which otherwise makes copy timings depend on the allocator's luck).
 #[derive(Debug)]
 pub struct Buffers {
-    src: Vec<u8>,
-    dst: Vec<u8>,
+    mem: Vec<u8>,
+    base: usize,
+    dst_off: usize,
     size: usize,
     burst: usize,
 }
@@ -27,16 +29,19 @@ impl Buffers {
     /// Buffers for bursts of `burst` copies of `size` bytes.
     pub fn new(size: usize, burst: usize) -> Self {
         let stride = size.next_multiple_of(64);
-        let mut src = vec![0u8; stride * burst];
-        src.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
-        Buffers { src, dst: vec![0u8; stride * burst], size, burst }
+        let dst_off = (stride * burst).next_multiple_of(4096) + 2048 + 64;
+        let mut mem = vec![0u8; dst_off + stride * burst + 4096];
+        let base = mem.as_ptr().align_offset(4096);
+        mem[base..base + stride * burst].iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+        Buffers { mem, base, dst_off, size, burst }
     }
 
     /// Pointers of copy `i`.
     #[inline]
     pub fn op(&mut self, i: usize) -> (*const u8, *mut u8) {
         let stride = self.size.next_multiple_of(64);
-        (self.src.as_ptr().wrapping_add(i * stride), self.dst.as_mut_ptr().wrapping_add(i * stride))
+        let p = self.mem.as_mut_ptr().wrapping_add(self.base + i * stride);
+        (p as *const u8, p.wrapping_add(self.dst_off))
     }
 
     /// Copy size.
@@ -52,7 +57,10 @@ impl Buffers {
     /// True when every destination equals its source.
     pub fn verify(&self) -> bool {
         let stride = self.size.next_multiple_of(64);
-        (0..self.burst).all(|i| self.src[i * stride..][..self.size] == self.dst[i * stride..][..self.size])
+        (0..self.burst).all(|i| {
+            let s = self.base + i * stride;
+            self.mem[s..s + self.size] == self.mem[s + self.dst_off..s + self.dst_off + self.size]
+        })
     }
 }
 
@@ -81,10 +89,32 @@ pub fn raw_burst(bufs: &mut Buffers) {
     }
 }
 
-/// One burst the way a PMD loop does it: each copy through the channel, a future per copy into
-/// the defer queue, then the queue polled until empty.
+/// One burst the way a PMD loop does it: each copy through the channel, one future for the
+/// burst's ticket range into the defer queue, then the queue polled until empty.
 #[inline]
 pub fn channel_burst<'c, E: CopyEngine>(
+    ch: &'c Channel<E>,
+    q: &mut DeferQueue<copy_engine::CopyFuture<'c, E>>,
+    bufs: &mut Buffers,
+) {
+    let start = ch.next_ticket();
+    for i in 0..bufs.burst() {
+        let (s, d) = bufs.op(i);
+        // SAFETY: the buffers outlive the burst, which is fully retired before returning.
+        unsafe { ch.enqueue(s, d, bufs.size(), OpFlags::empty()) }.expect("enqueue");
+    }
+    if q.push(ch.future(TicketRange::new(start, ch.next_ticket()))).is_err() {
+        panic!("defer queue full");
+    }
+    ch.submit();
+    while !q.is_empty() {
+        q.poll(|out| debug_assert!(out.is_ok()));
+    }
+}
+
+/// As [`channel_burst`], with one future per copy (every op awaited on its own).
+#[inline]
+pub fn channel_burst_per_op<'c, E: CopyEngine>(
     ch: &'c Channel<E>,
     q: &mut DeferQueue<copy_engine::CopyFuture<'c, E>>,
     bufs: &mut Buffers,

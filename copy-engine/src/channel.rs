@@ -20,7 +20,7 @@ use smallvec::SmallVec;
 
 use crate::engine::{check_copy, CopyEngine};
 use crate::error::{EnqueueError, FailedOp};
-use crate::flags::OpFlags;
+use crate::flags::{Capabilities, OpFlags};
 use crate::future::{CopyFuture, Failures};
 use crate::policy::{OnError, OnRingFull, Policy};
 use crate::stats::{EngineStats, PolicyStats};
@@ -58,6 +58,9 @@ struct Inner<E> {
     /// Reported failures waiting to be claimed, oldest first, with channel tickets.
     failures: std::collections::VecDeque<FailedOp>,
     reap_buf: [FailedOp; REAP_BATCH],
+    /// Whether the engine can fail ops ([`Capabilities::ERROR_STATUS`]): only then are the
+    /// buffers of each op kept for a CPU retry.
+    keep_buffers: bool,
     wakers: SmallVec<[(Ticket, Waker); 2]>,
     stats: PolicyStats,
 }
@@ -67,6 +70,9 @@ pub struct Channel<E: CopyEngine> {
     inner: RefCell<Inner<E>>,
     /// Every channel ticket below this is retired; read without borrowing `inner`.
     retired: Cell<Ticket>,
+    /// Reported failures waiting to be claimed (mirrors `inner.failures.len()`), so resolving a
+    /// range on the fast path needs no borrow.
+    failures: Cell<usize>,
 }
 
 impl<E: CopyEngine> fmt::Debug for Channel<E> {
@@ -98,6 +104,7 @@ impl<E: CopyEngine> Channel<E> {
     /// A channel over `engine`, ruled by `policy`.
     pub fn new(engine: E, policy: Policy) -> Self {
         let slots = engine.info().ring_size.max(1).next_power_of_two();
+        let keep_buffers = engine.info().capabilities.contains(Capabilities::ERROR_STATUS);
         let start = engine.next_ticket();
         let report = policy.report_capacity.max(1);
         Channel {
@@ -110,10 +117,12 @@ impl<E: CopyEngine> Channel<E> {
                 mask: slots as u64 - 1,
                 failures: std::collections::VecDeque::with_capacity(report),
                 reap_buf: [FailedOp::EMPTY; REAP_BATCH],
+                keep_buffers,
                 wakers: SmallVec::new(),
                 stats: PolicyStats::default(),
             }),
             retired: Cell::new(Ticket::ZERO),
+            failures: Cell::new(0),
         }
     }
 
@@ -133,7 +142,6 @@ impl<E: CopyEngine> Channel<E> {
         len: usize,
         flags: OpFlags,
     ) -> Result<Ticket, EnqueueError> {
-        check_copy(src, dst, len, usize::MAX)?;
         let mut guard = self.inner.borrow_mut();
         let inner = &mut *guard;
         let len64 = len as u64;
@@ -151,11 +159,13 @@ impl<E: CopyEngine> Channel<E> {
             match res {
                 Ok(et) => {
                     let chan = inner.next;
-                    inner.shadow[et.ring_index(inner.mask)] =
-                        Shadow { chan, cpu_after: 0, src: src as usize, dst: dst as usize, len };
+                    let slot = &mut inner.shadow[et.ring_index(inner.mask)];
+                    slot.chan = chan;
+                    slot.cpu_after = 0;
+                    if inner.keep_buffers {
+                        (slot.src, slot.dst, slot.len) = (src as usize, dst as usize, len);
+                    }
                     inner.next = chan.next();
-                    inner.stats.ops += 1;
-                    inner.stats.bytes += len64;
                     inner.stats.offloaded += 1;
                     inner.stats.offloaded_bytes += len64;
                     return Ok(chan);
@@ -171,7 +181,9 @@ impl<E: CopyEngine> Channel<E> {
                 Err(e) => return Err(e),
             }
         }
-        // The CPU path. A fenced op must not start before earlier engine ops finish.
+        // The CPU path (the engine path leaves the checks to the engine). A fenced op must not
+        // start before earlier engine ops finish.
+        check_copy(src, dst, len, usize::MAX)?;
         if flags.contains(OpFlags::FENCE) && inner.engine_busy() {
             inner.stats.fence_drains += 1;
             drop(guard);
@@ -183,8 +195,7 @@ impl<E: CopyEngine> Channel<E> {
         unsafe { cpu_copy(src as usize, dst as usize, len) };
         let chan = inner.next;
         inner.next = chan.next();
-        inner.stats.ops += 1;
-        inner.stats.bytes += len64;
+        inner.stats.cpu_bytes += len64;
         if inner.engine_busy() {
             let newest = inner.engine.next_ticket().get() - 1;
             inner.shadow[Ticket::new(newest).ring_index(inner.mask)].cpu_after += 1;
@@ -209,6 +220,7 @@ impl<E: CopyEngine> Channel<E> {
             let mut guard = self.inner.borrow_mut();
             let inner = &mut *guard;
             let newly = inner.progress(&self.retired);
+            self.failures.set(inner.failures.len());
             if newly != 0 && !inner.wakers.is_empty() {
                 let done = self.retired.get();
                 let mut i = 0;
@@ -266,8 +278,12 @@ impl<E: CopyEngine> Channel<E> {
     /// Takes the reported failures whose tickets lie in `range`. Failures of earlier tickets that
     /// nobody claimed are discarded and counted in [`PolicyStats::errors_unclaimed`]; resolve
     /// ranges in ticket order (a [`DeferQueue`](crate::DeferQueue) does) so none is discarded.
+    #[inline]
     pub fn take_failures(&self, range: TicketRange) -> Failures {
         let mut out = Failures::new();
+        if self.failures.get() == 0 {
+            return out;
+        }
         let mut inner = self.inner.borrow_mut();
         while let Some(f) = inner.failures.front().copied() {
             if f.ticket >= range.end {
@@ -280,6 +296,7 @@ impl<E: CopyEngine> Channel<E> {
                 out.push(f);
             }
         }
+        self.failures.set(inner.failures.len());
         out
     }
 
@@ -334,7 +351,10 @@ impl<E: CopyEngine> Channel<E> {
 
     /// The policy layer's counters.
     pub fn stats(&self) -> PolicyStats {
-        self.inner.borrow().stats
+        let mut s = self.inner.borrow().stats;
+        s.ops = s.offloaded + s.cpu_small + s.cpu_ring_full + s.cpu_refused;
+        s.bytes = s.offloaded_bytes + s.cpu_bytes;
+        s
     }
 
     /// The engine's own counters.
@@ -392,13 +412,15 @@ impl<E: CopyEngine> Inner<E> {
             let slot = self.shadow[f.ticket.ring_index(self.mask)];
             self.stats.errors += 1;
             match self.policy.on_error {
-                OnError::CpuRetry => {
+                OnError::CpuRetry if self.keep_buffers => {
                     // SAFETY: the op has not been reported retired, so the enqueue contract still
                     // holds for its buffers, which `check_copy` proved disjoint at enqueue.
                     unsafe { cpu_copy(slot.src, slot.dst, slot.len) };
                     self.stats.cpu_retry += 1;
                 }
-                OnError::Report => {
+                // Report policy, or an engine that failed an op although it claims it cannot
+                // (its buffers were not kept): the failure goes to whoever waits for it.
+                OnError::Report | OnError::CpuRetry => {
                     self.failures.push_back(FailedOp { ticket: slot.chan, status: f.status });
                     self.stats.errors_reported += 1;
                 }

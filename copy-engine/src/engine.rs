@@ -122,10 +122,13 @@ pub fn check_copy(src: *const u8, dst: *mut u8, len: usize, max_len: usize) -> R
         return Ok(());
     }
     let (s, d) = (src as usize, dst as usize);
-    if s == 0 || d == 0 || s.checked_add(len).is_none() || d.checked_add(len).is_none() {
+    let (s_end, s_wraps) = s.overflowing_add(len);
+    let (d_end, d_wraps) = d.overflowing_add(len);
+    // Non-short-circuit `|` and `&`: one branch for the rare error instead of one per test.
+    if (s == 0) | (d == 0) | s_wraps | d_wraps {
         return Err(EnqueueError::BadAddress);
     }
-    if s < d + len && d < s + len {
+    if (s < d_end) & (d < s_end) {
         return Err(EnqueueError::Overlap);
     }
     Ok(())

@@ -18,8 +18,9 @@ use crate::engine::CopyEngine;
 use crate::error::FailedOp;
 use crate::ticket::TicketRange;
 
-/// The failed ops of one range (inline storage for a few; failures are rare).
-pub type Failures = SmallVec<[FailedOp; 4]>;
+/// The failed ops of one range. One is stored inline (the common failure case costs no
+/// allocation, and the success path moves only 24 bytes); more spill to the heap.
+pub type Failures = SmallVec<[FailedOp; 1]>;
 
 /// What a copy future resolves to: success, or the ops that failed (report policy only; under
 /// the CPU-retry policy failed ops are redone and the range succeeds).

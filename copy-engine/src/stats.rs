@@ -55,6 +55,8 @@ pub struct PolicyStats {
     pub offloaded: u64,
     /// Bytes handed to the engine.
     pub offloaded_bytes: u64,
+    /// Bytes copied by the CPU when the op was accepted (retries not counted).
+    pub cpu_bytes: u64,
     /// Ops retired (engine or CPU), in order.
     pub completed: u64,
     /// CPU copies because the op was below the size threshold.
