@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 pkg-config --exists libdpdk 2>/dev/null || need+=(libdpdk-dev)
-command -v dpdk-testpmd >/dev/null 2>&1 || need+=(dpdk)
+dpkg -s dpdk >/dev/null 2>&1 || need+=(dpdk)
+command -v dpdk-testpmd >/dev/null 2>&1 || need+=(dpdk-dev)   # Debian ships dpdk-testpmd in dpdk-dev
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -18,7 +19,8 @@ fi
 echo "== unit, conformance, policy and integration tests (CPU engines, no DPDK needed)"
 cargo test --workspace --all-targets
 
-if [ -d copy-engine-dmadev ]; then
-  echo "== dmadev backend on DPDK's dma_skeleton (--no-huge --no-pci)"
-  cargo test -p copy-engine-dmadev --features dmadev
-fi
+echo "== dmadev backend on DPDK's dma_skeleton (--no-huge --no-pci)"
+cargo test -p copy-engine-dmadev --features dmadev
+
+echo "== the vhost datapath on dma_skeleton"
+cargo test -p vswitch-datapath --features dmadev --test dmadev_pvp
