@@ -12,6 +12,7 @@
 //! - [`vhost`]: asynchronous northbound (host -> guest) and southbound (guest -> host) paths.
 //! - [`pool`], [`port`], [`pmd`]: packet buffers, the port trait, the PMD loop; [`vhost_port`] and
 //!   [`traffic`] are ports (a guest's queue pair; a traffic source/sink).
+//! - [`vhost_user`]: the vhost-user backend (one socket and control thread per port).
 //! - `testguest`, `loopguest` (feature `test-utils`): the driver side, an in-process guest for
 //!   tests, benches and the PVP demo.
 //!
@@ -39,6 +40,7 @@ pub mod testguest;
 pub mod traffic;
 pub mod vhost;
 pub mod vhost_port;
+pub mod vhost_user;
 pub mod virtio;
 
 pub use memory::{GuestMemory, GuestRegion, HostSeg, MemoryConfigError, MemoryError, RegionHint};
@@ -53,4 +55,4 @@ pub use pool::{Packet, PacketPool, HEADROOM};
 pub use port::{Port, PortCtx, PortStats};
 pub use traffic::{TrafficConfig, TrafficError, TrafficPort};
 pub use vhost::{Burst, Northbound, Notifier, QueueStats, Southbound, VhostError, BURST};
-pub use vhost_port::VhostPort;
+pub use vhost_port::{DetachMode, DetachedBases, PortCommand, VhostPort};

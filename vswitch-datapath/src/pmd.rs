@@ -5,12 +5,22 @@
 //! keeps what it cannot take: push back), then ring the doorbell once, reap the channel's
 //! completions once, and let every port complete what finished. Nothing waits for a copy. This
 //! module owns the loop's state; it must not know virtio.
+//!
+//! A control plane on another thread (vhost-user) reaches the loop only through a
+//! [`PortCommand`] channel, which the loop checks with `try_recv` once every
+//! [`COMMAND_POLL_EVERY`] iterations: no lock is ever taken on the hot path.
+
+use std::sync::mpsc::{Receiver, TryRecvError};
 
 use copy_engine::{Channel, CopyEngine};
 
 use crate::pool::PacketPool;
 use crate::port::{Port, PortCtx, PortStats};
 use crate::vhost::{Burst, BURST};
+use crate::vhost_port::{PortCommand, VhostPort};
+
+/// The loop checks its command channel once every this many iterations.
+pub const COMMAND_POLL_EVERY: u64 = 64;
 
 /// A cross-connect: everything received on `from` is sent to `to`.
 #[derive(Debug)]
@@ -40,6 +50,7 @@ pub struct Pmd<E: CopyEngine> {
     ports: Vec<Box<dyn Port<E>>>,
     links: Vec<Link>,
     stats: PmdStats,
+    commands: Option<Receiver<PortCommand>>,
 }
 
 impl<E: CopyEngine> std::fmt::Debug for Pmd<E> {
@@ -55,7 +66,7 @@ impl<E: CopyEngine> std::fmt::Debug for Pmd<E> {
 impl<E: CopyEngine> Pmd<E> {
     /// A PMD over `chan` and `pool`, with no ports yet.
     pub fn new(chan: Channel<E>, pool: PacketPool) -> Self {
-        Pmd { chan, pool, ports: Vec::new(), links: Vec::new(), stats: PmdStats::default() }
+        Pmd { chan, pool, ports: Vec::new(), links: Vec::new(), stats: PmdStats::default(), commands: None }
     }
 
     /// Adds a port and returns its index.
@@ -70,8 +81,51 @@ impl<E: CopyEngine> Pmd<E> {
         self.links.push(Link { from, to, pending: Burst::new() });
     }
 
+    /// Takes control-plane commands from `rx` (checked every [`COMMAND_POLL_EVERY`] iterations
+    /// and by [`apply_commands`](Self::apply_commands)).
+    pub fn set_commands(&mut self, rx: Receiver<PortCommand>) {
+        self.commands = Some(rx);
+    }
+
+    /// Applies every pending control-plane command now. Returns how many were applied. A command
+    /// for a port that is not a [`VhostPort`] is ignored (a detach is answered with `None`).
+    pub fn apply_commands(&mut self) -> usize {
+        let mut n = 0;
+        loop {
+            let Some(rx) = &self.commands else { return n };
+            let cmd = match rx.try_recv() {
+                Ok(c) => c,
+                Err(TryRecvError::Empty) => return n,
+                Err(TryRecvError::Disconnected) => {
+                    self.commands = None;
+                    return n;
+                }
+            };
+            n += 1;
+            let port = match &cmd {
+                PortCommand::Attach { port, .. } | PortCommand::Detach { port, .. } => *port,
+            };
+            let mut cx = PortCtx { chan: &self.chan, pool: &mut self.pool };
+            let vp = self.ports.get_mut(port).and_then(|p| p.as_any_mut().downcast_mut::<VhostPort>());
+            match (cmd, vp) {
+                (PortCommand::Attach { north, south, .. }, Some(vp)) => {
+                    vp.attach(&mut cx, north, south);
+                }
+                (PortCommand::Attach { .. }, None) => {}
+                (PortCommand::Detach { mode, reply, .. }, vp) => {
+                    let bases = vp.and_then(|vp| vp.detach(&mut cx, mode));
+                    // The control thread may have given up waiting; the queues are gone anyway.
+                    let _ = reply.send(bases);
+                }
+            }
+        }
+    }
+
     /// One iteration of the loop. Returns packets forwarded plus ops retired (0: idle).
     pub fn run_once(&mut self) -> u64 {
+        if self.commands.is_some() && self.stats.iterations % COMMAND_POLL_EVERY == 0 {
+            self.apply_commands();
+        }
         let mut cx = PortCtx { chan: &self.chan, pool: &mut self.pool };
         let mut moved = 0u64;
         for link in &mut self.links {

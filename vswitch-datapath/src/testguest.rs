@@ -77,6 +77,14 @@ impl TestGuest {
         TestGuest { mem, ranges, next }
     }
 
+    /// A guest over memory mapped elsewhere (e.g. a file also shared with a vhost-user backend).
+    /// The allocator starts at the lowest region.
+    pub fn from_memory(mem: Arc<GuestMemory>) -> Self {
+        let ranges: Vec<_> = mem.regions().iter().map(|r| (r.guest_addr(), r.guest_addr() + r.len() as u64)).collect();
+        let next = Cell::new(ranges[0].0);
+        TestGuest { mem, ranges, next }
+    }
+
     /// The end of the first region (the start of the second one for [`TestGuest::split`]).
     pub fn boundary(&self) -> u64 {
         self.ranges[0].1

@@ -1,0 +1,95 @@
+//! Feature negotiation: the virtio-net feature bits and vhost-user protocol features this backend
+//! offers, and checking what the frontend acks (virtio 1.2 spec, section 2.2 "Feature Bits";
+//! vhost-user spec, "Feature negotiation").
+
+use vhost::vhost_user::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+
+use super::VhostUserError;
+
+/// The virtio feature bits offered by `GET_FEATURES`: VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF,
+/// VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC and VHOST_USER_F_PROTOCOL_FEATURES. No
+/// offloads (checksum, GSO): a TX header asking for one is a malformed chain.
+pub fn offered_features() -> u64 {
+    (1 << VIRTIO_F_VERSION_1)
+        | (1 << VIRTIO_NET_F_MRG_RXBUF)
+        | (1 << VIRTIO_RING_F_EVENT_IDX)
+        | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+        | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+}
+
+/// The protocol features offered by `GET_PROTOCOL_FEATURES`: MQ (so that `GET_QUEUE_NUM` answers:
+/// one queue pair). REPLY_ACK is added by the `vhost` crate, which implements it.
+pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::MQ
+}
+
+/// Checks the features a frontend acked with `SET_FEATURES`: a subset of what was offered.
+pub fn check_acked(acked: u64) -> Result<u64, VhostUserError> {
+    let extra = acked & !offered_features();
+    if extra != 0 {
+        return Err(VhostUserError::UnsupportedFeatures(extra));
+    }
+    Ok(acked)
+}
+
+/// Checks the protocol features a frontend acked with `SET_PROTOCOL_FEATURES`.
+pub fn check_acked_protocol(acked: u64) -> Result<VhostUserProtocolFeatures, VhostUserError> {
+    let offered = offered_protocol_features() | VhostUserProtocolFeatures::REPLY_ACK;
+    let extra = acked & !offered.bits();
+    if extra != 0 {
+        return Err(VhostUserError::UnsupportedProtocolFeatures(extra));
+    }
+    Ok(VhostUserProtocolFeatures::from_bits_truncate(acked))
+}
+
+/// Whether the frontend acked VHOST_USER_F_PROTOCOL_FEATURES (rings then start disabled until
+/// `SET_VRING_ENABLE`).
+pub fn has_protocol_features(acked: u64) -> bool {
+    acked & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0
+}
+
+/// Whether mergeable RX buffers were negotiated.
+pub fn mergeable(acked: u64) -> bool {
+    acked & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::net_hdr_len;
+    use crate::RingFeatures;
+
+    #[test]
+    fn offered_features_cover_what_dpdk_virtio_user_needs() {
+        let f = offered_features();
+        for bit in [32, 15, 29, 28, 30] {
+            assert_ne!(f & (1 << bit), 0, "bit {bit} offered");
+        }
+        // No offloads: CSUM (0), GUEST_CSUM (1), HOST_TSO4 (11).
+        assert_eq!(f & ((1 << 0) | (1 << 1) | (1 << 11)), 0);
+    }
+
+    #[test]
+    fn acked_features_select_header_length_and_ring_features() {
+        let all = check_acked(offered_features()).unwrap();
+        assert_eq!(net_hdr_len(all), 12);
+        assert!(mergeable(all));
+        assert!(has_protocol_features(all));
+        assert_eq!(RingFeatures::from_negotiated(all), RingFeatures::EVENT_IDX | RingFeatures::INDIRECT_DESC);
+        // A legacy frontend without VERSION_1 and MRG_RXBUF gets the 10-byte header.
+        let legacy = check_acked(1 << VIRTIO_RING_F_EVENT_IDX).unwrap();
+        assert_eq!(net_hdr_len(legacy), 10);
+        assert!(!mergeable(legacy) && !has_protocol_features(legacy));
+    }
+
+    #[test]
+    fn features_that_were_not_offered_are_refused() {
+        assert!(matches!(check_acked(1 << 0), Err(VhostUserError::UnsupportedFeatures(1))));
+        assert!(check_acked_protocol(VhostUserProtocolFeatures::CONFIG.bits()).is_err());
+        let ok = (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK).bits();
+        assert!(check_acked_protocol(ok).is_ok());
+    }
+}

@@ -1,0 +1,112 @@
+//! A vhost-user backend (the device side of the vhost-user protocol, as QEMU and DPDK's
+//! virtio-user speak it): one Unix socket per [`VhostPort`](crate::VhostPort), one guest queue
+//! pair each.
+//!
+//! The protocol itself (framing, file descriptors, replies, REPLY_ACK) is rust-vmm's `vhost` crate
+//! ([`vhost::vhost_user::BackendReqHandler`]); this module owns what the requests *mean* for our
+//! datapath:
+//!
+//! - [`memtable`]: `SET_MEM_TABLE` regions mapped from the frontend's fds, and the translation of
+//!   the frontend's user virtual addresses (what `SET_VRING_ADDR` carries) to guest-physical ones.
+//! - [`features`]: the virtio and protocol features we offer, and checking what the frontend acks.
+//! - [`device`]: [`VhostUserDevice`], the request handler: ring state per vring, and the handoff of
+//!   ready queue pairs to the PMD thread ([`PortCommand::Attach`](crate::PortCommand)) and back
+//!   ([`PortCommand::Detach`](crate::PortCommand), which drains or clears in-flight copies).
+//! - [`server`]: [`VhostUserServer`], the control thread of one socket: listen, accept, serve
+//!   requests, and on disconnect detach, unmap and listen again.
+//!
+//! # Threads and handoff
+//!
+//! The control plane never touches a queue the PMD thread serves: it builds the
+//! [`Northbound`](crate::Northbound) / [`Southbound`](crate::Southbound) pair and *moves* it to the
+//! PMD over an `mpsc` channel, which the PMD checks every few dozen iterations. To change anything
+//! under running queues (ring addresses, the memory table, the call fd, a stop, a disconnect) it
+//! first asks the PMD to detach them and waits for the answer: by then every copy of the PMD's
+//! channel has retired and the queues, with their reference to the guest memory, are dropped. Guest
+//! memory is reference-counted, so a region is unmapped only after the last queue using it is gone.
+//!
+//! This module must not touch rings or payload bytes: that is [`crate::virtio`] and
+//! [`crate::vhost`] on the PMD thread.
+
+pub mod device;
+pub mod features;
+pub mod memtable;
+pub mod server;
+
+use std::path::PathBuf;
+
+pub use device::{DeviceConfig, VhostUserDevice};
+pub use memtable::{AddressMap, MemTable, UserRegion};
+pub use server::VhostUserServer;
+
+use crate::memory::MemoryConfigError;
+use crate::virtio::error::QueueConfigError;
+
+/// A vhost-user control-plane failure.
+#[derive(Debug, thiserror::Error)]
+pub enum VhostUserError {
+    /// Another process is listening on the socket path.
+    #[error("socket {0} is in use: another process is listening on it")]
+    SocketInUse(PathBuf),
+    /// The socket path exists and is not a socket (it is never removed).
+    #[error("{0} exists and is not a Unix socket")]
+    NotASocket(PathBuf),
+    /// Checking, removing or binding the socket path failed.
+    #[error("cannot listen on {path}: {source}")]
+    Listen {
+        /// The socket path.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// A vring index other than 0 (RX) or 1 (TX): one queue pair per port.
+    #[error("vring index {0} is out of range (one queue pair per port)")]
+    BadVring(u32),
+    /// A queue size that is zero, not a power of two, or too large.
+    #[error("bad vring size {0}")]
+    BadRingSize(u32),
+    /// The frontend acked features that were not offered.
+    #[error("frontend acked features {0:#x} that were not offered")]
+    UnsupportedFeatures(u64),
+    /// The frontend acked protocol features that were not offered.
+    #[error("frontend acked protocol features {0:#x} that were not offered")]
+    UnsupportedProtocolFeatures(u64),
+    /// A memory region's user or guest range overflows, or regions overlap in user space.
+    #[error("memory region at user address {0:#x} is invalid (overflow or overlap)")]
+    BadRegion(u64),
+    /// A memory region's fd could not be mapped, or the regions overlap in guest space.
+    #[error("memory table: {0}")]
+    Memory(#[from] MemoryConfigError),
+    /// The memory table has more regions than fds, or fewer.
+    #[error("memory table has {regions} regions and {fds} fds")]
+    FdCount {
+        /// Regions in the message.
+        regions: usize,
+        /// File descriptors attached.
+        fds: usize,
+    },
+    /// A ring's user address is in no region of the memory table.
+    #[error("ring address {0:#x} is not in the frontend's memory table")]
+    UnmappedRing(u64),
+    /// Rings were configured before any memory table.
+    #[error("no memory table yet")]
+    NoMemoryTable,
+    /// The rings do not fit the memory (misaligned, across regions, bad size).
+    #[error("queue setup: {0}")]
+    Queue(#[from] QueueConfigError),
+    /// Duplicating a call eventfd failed.
+    #[error("cannot duplicate the call fd: {0}")]
+    CallFd(std::io::Error),
+    /// The PMD thread did not answer a detach in time (its queues keep the memory mapped).
+    #[error("the PMD thread did not answer a detach within {0:?}")]
+    PmdTimeout(std::time::Duration),
+    /// The PMD thread is gone.
+    #[error("the PMD thread has stopped")]
+    PmdGone,
+}
+
+impl From<VhostUserError> for vhost::vhost_user::Error {
+    fn from(e: VhostUserError) -> Self {
+        vhost::vhost_user::Error::ReqHandlerError(std::io::Error::other(e))
+    }
+}

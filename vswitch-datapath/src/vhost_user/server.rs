@@ -1,0 +1,199 @@
+//! [`VhostUserServer`]: the control thread of one vhost-user socket.
+//!
+//! The thread listens on the socket path, accepts one frontend, and serves its requests with the
+//! `vhost` crate's [`BackendReqHandler`] over our [`VhostUserDevice`]. When the frontend's socket
+//! closes (mid-traffic too), the device detaches its queue pair from the PMD, clearing in-flight
+//! copies, unmaps its memory, and the thread listens again on the same path: a new frontend
+//! connects and traffic resumes without restarting the switch.
+//!
+//! A socket path that another process is listening on is refused ([`VhostUserError::SocketInUse`]);
+//! a stale socket file nobody listens on is replaced; anything else at the path is left alone.
+
+use std::io::ErrorKind;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vhost::vhost_user::{BackendReqHandler, Error as ProtoError, Listener};
+
+use super::device::{DeviceConfig, VhostUserDevice};
+use super::VhostUserError;
+
+/// How often an idle listener checks for a stop.
+const ACCEPT_POLL: Duration = Duration::from_millis(20);
+
+/// What the control thread shares with its owner.
+#[derive(Debug, Default)]
+struct Shared {
+    stop: AtomicBool,
+    /// The connection being served, to shut it down on stop.
+    conn: Mutex<Option<UnixStream>>,
+    connections: AtomicU64,
+    disconnects: AtomicU64,
+    connected: AtomicBool,
+}
+
+/// The control thread of one vhost-user socket. Dropping it (or [`stop`](Self::stop)) closes the
+/// connection, detaches the queue pair and removes the socket file.
+#[derive(Debug)]
+pub struct VhostUserServer {
+    path: PathBuf,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Makes `path` free to bind: nothing there, or a stale socket (removed). A live listener or a
+/// file that is not a socket is an error.
+pub fn claim_socket_path(path: &Path) -> Result<(), VhostUserError> {
+    let listen_err = |source| VhostUserError::Listen { path: path.to_owned(), source };
+    let md = match std::fs::symlink_metadata(path) {
+        Ok(md) => md,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(listen_err(e)),
+    };
+    if !md.file_type().is_socket() {
+        return Err(VhostUserError::NotASocket(path.to_owned()));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(VhostUserError::SocketInUse(path.to_owned())),
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => std::fs::remove_file(path).map_err(listen_err),
+        Err(e) => Err(listen_err(e)),
+    }
+}
+
+impl VhostUserServer {
+    /// Binds `path` (see [`claim_socket_path`]) and starts the control thread for the port that
+    /// `cfg` names.
+    pub fn start(path: impl AsRef<Path>, cfg: DeviceConfig) -> Result<Self, VhostUserError> {
+        let path = path.as_ref().to_owned();
+        claim_socket_path(&path)?;
+        let to_io = |e: ProtoError| match e {
+            ProtoError::SocketError(io) => io,
+            other => std::io::Error::other(other.to_string()),
+        };
+        let listener =
+            Listener::new(&path, false).map_err(|e| VhostUserError::Listen { path: path.clone(), source: to_io(e) })?;
+        listener.set_nonblocking(true).map_err(|e| VhostUserError::Listen { path: path.clone(), source: to_io(e) })?;
+        let name = cfg.name.clone();
+        let device = Arc::new(Mutex::new(VhostUserDevice::new(cfg)));
+        let shared = Arc::new(Shared::default());
+        let thread = std::thread::Builder::new()
+            .name(format!("vhost-user-{name}"))
+            .spawn({
+                let shared = shared.clone();
+                move || serve(listener, device, shared, name)
+            })
+            .map_err(|e| VhostUserError::Listen { path: path.clone(), source: e })?;
+        Ok(VhostUserServer { path, shared, thread: Some(thread) })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Frontend connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::Acquire)
+    }
+
+    /// Frontend connections that ended (and were cleaned up) so far.
+    pub fn disconnects(&self) -> u64 {
+        self.shared.disconnects.load(Ordering::Acquire)
+    }
+
+    /// Whether a frontend is connected now.
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Acquire)
+    }
+
+    /// Stops the thread: closes the connection (detaching the queue pair: the PMD must still be
+    /// running, or gone), waits for it, removes the socket file.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Ok(conn) = self.shared.conn.lock() {
+            if let Some(c) = conn.as_ref() {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for VhostUserServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Whether a request error ends the connection (the stream is closed, broken or out of sync).
+fn ends_connection(e: &ProtoError) -> bool {
+    !matches!(
+        e,
+        ProtoError::ReqHandlerError(_)
+            | ProtoError::InvalidParam
+            | ProtoError::InvalidOperation(_)
+            | ProtoError::InactiveFeature(_)
+            | ProtoError::InactiveOperation(_)
+    )
+}
+
+fn serve(listener: Listener, device: Arc<Mutex<VhostUserDevice>>, shared: Arc<Shared>, name: String) {
+    while !shared.stop.load(Ordering::Acquire) {
+        let stream = match listener.accept() {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                std::thread::sleep(ACCEPT_POLL);
+                continue;
+            }
+            Err(e) => {
+                eprintln!("vhost-user {name}: accept failed: {e}");
+                std::thread::sleep(ACCEPT_POLL);
+                continue;
+            }
+        };
+        if stream.set_nonblocking(false).is_err() {
+            continue;
+        }
+        match (stream.try_clone(), shared.conn.lock()) {
+            (Ok(clone), Ok(mut conn)) => *conn = Some(clone),
+            _ => continue,
+        }
+        shared.connections.fetch_add(1, Ordering::AcqRel);
+        shared.connected.store(true, Ordering::Release);
+        let mut handler = BackendReqHandler::from_stream(stream, device.clone());
+        while !shared.stop.load(Ordering::Acquire) {
+            match handler.handle_request() {
+                Ok(()) => {}
+                Err(e) if !ends_connection(&e) => eprintln!("vhost-user {name}: request failed: {e}"),
+                Err(ProtoError::Disconnected | ProtoError::PartialMessage | ProtoError::SocketBroken(_)) => break,
+                Err(e) => {
+                    eprintln!("vhost-user {name}: closing the connection: {e}");
+                    break;
+                }
+            }
+        }
+        drop(handler);
+        if let Ok(mut conn) = shared.conn.lock() {
+            *conn = None;
+        }
+        // The frontend is gone: detach (clearing copies in flight), then unmap its memory.
+        let r = device.lock().map_err(|_| VhostUserError::PmdGone).and_then(|mut d| d.disconnect());
+        // A PMD that is gone (the switch is shutting down) took the queues with it.
+        if let Err(e) = r.or_else(|e| if matches!(e, VhostUserError::PmdGone) { Ok(()) } else { Err(e) }) {
+            eprintln!("vhost-user {name}: cleaning up after the frontend: {e}");
+        }
+        shared.connected.store(false, Ordering::Release);
+        shared.disconnects.fetch_add(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,314 @@
+//! The vhost-user backend with an in-process frontend (rust-vmm `vhost`'s `Frontend`): guest
+//! memory is a file that both sides map, ring addresses are the frontend's own user addresses,
+//! and the PMD runs on the test thread with a slow engine (completions delayed) so that copies are
+//! in flight when the frontend stops its rings or goes away.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use copy_engine::fault::{FaultConfig, FaultEngine};
+use copy_engine::{Channel, Policy};
+use copy_engine_cpu::{WorkerConfig, WorkerEngine};
+use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vmm_sys_util::eventfd::EventFd;
+use vswitch_datapath::testguest::{DriverQueue, TestGuest, GUEST_BASE};
+use vswitch_datapath::vhost_user::{DeviceConfig, VhostUserServer};
+use vswitch_datapath::{
+    GuestMemory, GuestRegion, PacketPool, Pmd, RingFeatures, TrafficConfig, TrafficPort, VhostPort,
+};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+const MEM_LEN: usize = 4 << 20;
+const QSIZE: u16 = 256;
+
+type SlowEngine = FaultEngine<WorkerEngine>;
+
+fn unique(tag: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("vswitch-vu-{tag}-{}-{n}", std::process::id()))
+}
+
+/// The frontend's side: guest memory in a file, the driver side of both rings.
+struct Guest {
+    file: File,
+    path: PathBuf,
+    g: TestGuest,
+    rx: DriverQueue,
+    tx: DriverQueue,
+}
+
+impl Guest {
+    fn new() -> Guest {
+        let path = unique("mem");
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        file.set_len(MEM_LEN as u64).unwrap();
+        let region = GuestRegion::from_fd(GUEST_BASE, MEM_LEN, std::os::fd::AsFd::as_fd(&file), 0).unwrap();
+        let g = TestGuest::from_memory(Arc::new(GuestMemory::new(vec![region]).unwrap()));
+        let feats = RingFeatures::EVENT_IDX | RingFeatures::INDIRECT_DESC;
+        let rx = g.add_queue(QSIZE, feats);
+        let tx = g.add_queue(QSIZE, feats);
+        Guest { file, path, g, rx, tx }
+    }
+
+    /// The frontend's user address of `gpa` (its own mapping of the file).
+    fn user_addr(&self, gpa: u64) -> u64 {
+        self.g.memory().regions()[0].host_addr() as u64 + (gpa - GUEST_BASE)
+    }
+
+    /// How many mappings of the memory file this process has (the frontend's, plus the
+    /// backend's while it holds the memory table).
+    fn mappings(&self) -> usize {
+        self.mapping_lines().len()
+    }
+
+    /// The `/proc/self/maps` lines of the memory file (address ranges first).
+    fn mapping_lines(&self) -> Vec<String> {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let name = self.path.file_name().unwrap().to_str().unwrap().to_owned();
+        maps.lines().filter(|l| l.contains(&name)).map(String::from).collect()
+    }
+
+    /// Connects and sets up both rings, the way DPDK's virtio-user does.
+    fn connect(&self, sock: &PathBuf) -> (Frontend, Vec<EventFd>) {
+        let mut f = Frontend::connect(sock, 2).expect("connect to the backend");
+        f.set_owner().unwrap();
+        let offered = f.get_features().unwrap();
+        f.set_features(offered).unwrap();
+        let pf = f.get_protocol_features().unwrap();
+        assert!(pf.contains(VhostUserProtocolFeatures::MQ));
+        assert!(pf.contains(VhostUserProtocolFeatures::REPLY_ACK));
+        f.set_protocol_features(VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK).unwrap();
+        // (GET_QUEUE_NUM answers queue *pairs*, as DPDK and QEMU read it; this frontend would read
+        // it as queues, so it is not asked here.)
+        let region = VhostUserMemoryRegionInfo {
+            guest_phys_addr: GUEST_BASE,
+            memory_size: MEM_LEN as u64,
+            userspace_addr: self.user_addr(GUEST_BASE),
+            mmap_offset: 0,
+            mmap_handle: self.file.as_raw_fd(),
+        };
+        f.set_mem_table(&[region]).unwrap();
+        let mut fds = Vec::new();
+        for (i, q) in [&self.rx, &self.tx].into_iter().enumerate() {
+            let c = q.config();
+            f.set_vring_num(i, c.size).unwrap();
+            let addrs = VringConfigData {
+                queue_max_size: c.size,
+                queue_size: c.size,
+                flags: 0,
+                desc_table_addr: self.user_addr(c.desc_table),
+                used_ring_addr: self.user_addr(c.used_ring),
+                avail_ring_addr: self.user_addr(c.avail_ring),
+                log_addr: None,
+            };
+            f.set_vring_addr(i, &addrs).unwrap();
+            f.set_vring_base(i, 0).unwrap();
+            let (call, kick) = (EventFd::new(0).unwrap(), EventFd::new(0).unwrap());
+            f.set_vring_call(i, &call).unwrap();
+            f.set_vring_kick(i, &kick).unwrap();
+            fds.extend([call, kick]);
+        }
+        for i in 0..2 {
+            f.set_vring_enable(i, true).unwrap();
+        }
+        (f, fds)
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A PMD with a traffic source cross-connected to one unattached vhost port, and its server.
+fn switch(delay_polls: u32) -> (Pmd<SlowEngine>, VhostUserServer, PathBuf) {
+    let engine = FaultEngine::new(
+        WorkerEngine::new(WorkerConfig::default()).unwrap(),
+        FaultConfig { delay_polls, ..FaultConfig::default() },
+    );
+    let mut pmd = Pmd::new(Channel::new(engine, Policy::offload_all()), PacketPool::new(512, 2048));
+    let cfg = TrafficConfig { budget: None, ..TrafficConfig::fixed(1000) };
+    let t = pmd.add_port(Box::new(TrafficPort::new("traffic", cfg)));
+    let v = pmd.add_port(Box::new(VhostPort::unattached("vhost0")));
+    pmd.connect(t, v);
+    pmd.connect(v, t);
+    let (tx, rx) = mpsc::channel();
+    pmd.set_commands(rx);
+    let sock = unique("sock");
+    let dcfg = DeviceConfig { name: "vhost0".into(), port: v, pmd: tx, detach_timeout: Duration::from_secs(10) };
+    let server = VhostUserServer::start(&sock, dcfg).unwrap();
+    (pmd, server, sock)
+}
+
+fn attached(pmd: &Pmd<SlowEngine>) -> bool {
+    pmd.port(1).as_any().downcast_ref::<VhostPort>().unwrap().is_attached()
+}
+
+/// Runs the PMD until `cond` holds (bounded).
+fn run_until(pmd: &mut Pmd<SlowEngine>, what: &str, mut cond: impl FnMut(&mut Pmd<SlowEngine>) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond(pmd) {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: {:?}", pmd.port_stats());
+        pmd.run_once();
+    }
+}
+
+#[test]
+fn frontend_gone_mid_traffic_no_copy_lands_after_unmap_and_a_new_frontend_gets_traffic() {
+    let (mut pmd, server, sock) = switch(200);
+    let mut guest = Guest::new();
+    for _ in 0..128 {
+        guest.rx.post_rx(&guest.g, 2048, 1);
+    }
+    let (frontend, _fds) = guest.connect(&sock);
+    run_until(&mut pmd, "attach and copies in flight", |p| attached(p) && p.channel().in_flight() > 0);
+    assert_eq!(guest.mappings(), 2, "frontend and backend both map the guest memory");
+
+    // The frontend goes away while copies into its memory are in flight.
+    drop(frontend);
+    let mut in_flight_at_detach = 0;
+    run_until(&mut pmd, "detach", |p| {
+        let attached = attached(p);
+        if attached {
+            in_flight_at_detach = p.channel().in_flight();
+        }
+        !attached
+    });
+    assert!(in_flight_at_detach > 0, "copies were in flight when the detach began");
+    assert_eq!(pmd.channel().in_flight(), 0, "the detach drained the channel");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.disconnects() < 1 {
+        assert!(Instant::now() < deadline, "control thread did not clean up");
+        pmd.run_once();
+    }
+    assert_eq!(guest.mappings(), 1, "the backend unmapped the guest memory");
+    // Nothing writes into the old guest memory any more, though the switch keeps running.
+    let before = guest.g.snapshot();
+    let until = Instant::now() + Duration::from_millis(100);
+    while Instant::now() < until {
+        pmd.run_once();
+    }
+    assert_eq!(guest.g.snapshot(), before, "guest memory changed after the frontend was detached");
+
+    // A new frontend on the same socket: traffic resumes.
+    let mut guest2 = Guest::new();
+    for _ in 0..64 {
+        guest2.rx.post_rx(&guest2.g, 2048, 1);
+    }
+    let (frontend2, _fds2) = guest2.connect(&sock);
+    run_until(&mut pmd, "packets into the new guest", |_| guest2.rx.used_idx(&guest2.g) >= 32);
+    let u = guest2.rx.pop_used(&guest2.g).unwrap();
+    assert_eq!(u.len, 12 + 1000, "net header + packet");
+    assert_eq!(server.connections(), 2);
+    drop(frontend2);
+    run_until(&mut pmd, "second detach", |p| !attached(p));
+    pmd.stop();
+    drop(pmd);
+    server.stop();
+    assert!(!sock.exists(), "socket removed when the server stops");
+}
+
+#[test]
+fn get_vring_base_drains_in_flight_copies_and_returns_the_next_avail_index() {
+    let (mut pmd, server, sock) = switch(100);
+    let mut guest = Guest::new();
+    for _ in 0..100 {
+        guest.rx.post_rx(&guest.g, 2048, 1);
+    }
+    let (frontend, _fds) = guest.connect(&sock);
+    run_until(&mut pmd, "copies in flight", |p| attached(p) && p.channel().in_flight() > 0);
+    // GET_VRING_BASE blocks the frontend until the PMD has detached the pair: ask from a thread.
+    let asker = std::thread::spawn(move || {
+        let base = frontend.get_vring_base(0).unwrap();
+        (frontend, base)
+    });
+    run_until(&mut pmd, "the GET_VRING_BASE answer", |_| asker.is_finished());
+    let (frontend, base) = asker.join().unwrap();
+    assert!(!attached(&pmd));
+    assert_eq!(pmd.channel().in_flight(), 0);
+    // Every chain the backend took is back on the used ring, filled: the answer is the next avail
+    // index, and the used index matches it.
+    assert!(base > 0 && base <= 100, "base {base}");
+    assert_eq!(guest.rx.used_idx(&guest.g) as u32, base, "every taken chain returned before the answer");
+    let mut n = 0;
+    while let Some(u) = guest.rx.pop_used(&guest.g) {
+        assert_eq!(u.len, 12 + 1000);
+        n += 1;
+    }
+    assert_eq!(n, base);
+    drop(frontend);
+    pmd.stop();
+    drop(pmd);
+    server.stop();
+}
+
+#[test]
+fn a_second_server_on_a_live_socket_is_refused_and_a_stale_one_is_replaced() {
+    let (_pmd, server, sock) = switch(0);
+    let (tx, _rx) = mpsc::channel();
+    let cfg = DeviceConfig { name: "dup".into(), port: 1, pmd: tx, detach_timeout: Duration::from_secs(1) };
+    let err = VhostUserServer::start(&sock, cfg.clone()).unwrap_err();
+    assert!(err.to_string().contains("in use"), "{err}");
+    // A stale socket file (nobody listening) is replaced.
+    let stale = unique("stale");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    VhostUserServer::start(&stale, cfg.clone()).expect("stale socket replaced").stop();
+    // A regular file is never removed.
+    let plain = unique("plain");
+    std::fs::write(&plain, b"not a socket").unwrap();
+    let err = VhostUserServer::start(&plain, cfg).unwrap_err();
+    assert!(err.to_string().contains("not a Unix socket"), "{err}");
+    assert_eq!(std::fs::read(&plain).unwrap(), b"not a socket");
+    std::fs::remove_file(&plain).unwrap();
+    server.stop();
+}
+
+#[test]
+fn a_memory_table_replaced_under_running_queues_detaches_remaps_and_reattaches() {
+    let (mut pmd, server, sock) = switch(50);
+    let mut guest = Guest::new();
+    for _ in 0..200 {
+        guest.rx.post_rx(&guest.g, 2048, 1);
+    }
+    let (frontend, _fds) = guest.connect(&sock);
+    run_until(&mut pmd, "copies in flight", |p| attached(p) && p.channel().in_flight() > 0);
+    // The same guest memory again, as a new table (QEMU does this on memory hotplug): the pair is
+    // drained and detached, the new table mapped, the old one unmapped, and the pair attached again.
+    let region = VhostUserMemoryRegionInfo {
+        guest_phys_addr: GUEST_BASE,
+        memory_size: MEM_LEN as u64,
+        userspace_addr: guest.user_addr(GUEST_BASE),
+        mmap_offset: 0,
+        mmap_handle: guest.file.as_raw_fd(),
+    };
+    let before = guest.mapping_lines();
+    // With REPLY_ACK the frontend waits for the backend to have applied the table.
+    frontend.set_hdr_flags(vhost::vhost_user::message::VhostUserHeaderFlag::NEED_REPLY);
+    let asker = std::thread::spawn(move || {
+        frontend.set_mem_table(&[region]).unwrap();
+        frontend
+    });
+    run_until(&mut pmd, "the SET_MEM_TABLE answer", |_| asker.is_finished());
+    let frontend = asker.join().unwrap();
+    run_until(&mut pmd, "re-attach", |p| attached(p));
+    let after = guest.mapping_lines();
+    assert_eq!(after.len(), 2, "old table unmapped, new one mapped: {after:?}");
+    assert_ne!(before, after, "the backend's mapping is a new one: {before:?} -> {after:?}");
+    // New buffers, read through the new table, are filled too: all 250 come back.
+    for _ in 0..50 {
+        guest.rx.post_rx(&guest.g, 2048, 1);
+    }
+    run_until(&mut pmd, "traffic on the new table", |_| guest.rx.used_idx(&guest.g) == 250);
+    drop(frontend);
+    run_until(&mut pmd, "detach", |p| !attached(p));
+    pmd.stop();
+    drop(pmd);
+    server.stop();
+}
