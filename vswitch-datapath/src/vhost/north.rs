@@ -123,7 +123,6 @@ impl Northbound {
         let need = self.hdr_len + pkt.len();
         let mark = self.q.mark();
         let used_mark = self.used.len();
-        self.segs.clear();
         let mut got = 0usize;
         while got < need {
             match self.q.pop(&mut self.chain) {
@@ -153,24 +152,32 @@ impl Northbound {
             }
             let take = room.min(need - got);
             self.used.push_back((self.chain.head(), take as u32));
+            if got == 0 && take == need {
+                // One chain holds the packet (the common case): its segments are used in place.
+                break;
+            }
+            if got == 0 {
+                self.segs.clear();
+            }
             self.segs.extend_from_slice(self.chain.writable());
             got += take;
         }
         let chains = self.used.len() - used_mark;
+        let segs: &[HostSeg] = if chains == 1 { self.chain.writable() } else { &self.segs };
         let mut hdr = [0u8; crate::net::NET_HDR_LEN];
         if self.mergeable {
             NetHdr::new_checked(&mut hdr[..], self.hdr_len)
                 .expect("header buffer fits the header")
                 .set_num_buffers(chains as u16);
         }
-        if let Err(e) = self.q.memory().scatter(&hdr[..self.hdr_len], &self.segs) {
+        if let Err(e) = self.q.memory().scatter(&hdr[..self.hdr_len], segs) {
             self.used.truncate(used_mark);
             return Err((Some(pkt), self.broke(VhostError::Memory(e))));
         }
         self.stats.copies_cpu += 1;
         // SAFETY: the packet's buffer stays in the pool, owned by the in-flight record, and the
         // chains stay taken, until `end` retires; the segments come from validated chains.
-        let r = unsafe { copy_segments(chan, Dir::ToGuest, pool.data_ptr(&pkt), pkt.len(), &self.segs, self.hdr_len) };
+        let r = unsafe { copy_segments(chan, Dir::ToGuest, pool.data_ptr(&pkt), pkt.len(), segs, self.hdr_len) };
         match r {
             Ok(c) => self.stats.copies_cpu += c.pushed_back as u64,
             Err(e) => {
