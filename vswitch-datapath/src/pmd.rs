@@ -88,7 +88,7 @@ impl<E: CopyEngine> Pmd<E> {
     }
 
     /// Applies every pending control-plane command now. Returns how many were applied. A command
-    /// for a port that is not a [`VhostPort`] is ignored (a detach is answered with `None`).
+    /// for a port that is not a [`VhostPort`] is ignored (a detach is answered with no pairs).
     pub fn apply_commands(&mut self) -> usize {
         let mut n = 0;
         loop {
@@ -108,12 +108,18 @@ impl<E: CopyEngine> Pmd<E> {
             let mut cx = PortCtx { chan: &self.chan, pool: &mut self.pool };
             let vp = self.ports.get_mut(port).and_then(|p| p.as_any_mut().downcast_mut::<VhostPort>());
             match (cmd, vp) {
-                (PortCommand::Attach { north, south, .. }, Some(vp)) => {
-                    vp.attach(&mut cx, north, south);
+                (PortCommand::Attach { pair, north, south, .. }, Some(vp)) => {
+                    vp.attach_pair(&mut cx, pair, north, south);
                 }
                 (PortCommand::Attach { .. }, None) => {}
-                (PortCommand::Detach { mode, reply, .. }, vp) => {
-                    let bases = vp.and_then(|vp| vp.detach(&mut cx, mode));
+                (PortCommand::Detach { pair, mode, reply, .. }, vp) => {
+                    let bases = match (vp, pair) {
+                        (Some(vp), Some(k)) => {
+                            vp.detach_pair(&mut cx, k, mode).map(|b| vec![(k, b)]).unwrap_or_default()
+                        }
+                        (Some(vp), None) => vp.detach(&mut cx, mode),
+                        (None, _) => Vec::new(),
+                    };
                     // The control thread may have given up waiting; the queues are gone anyway.
                     let _ = reply.send(bases);
                 }

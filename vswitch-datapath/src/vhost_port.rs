@@ -1,15 +1,26 @@
-//! A vhost port: one guest queue pair (RX queue served northbound, TX queue southbound) as a
-//! [`Port`] of the switch.
+//! A vhost port: a guest's queue pairs (each an RX queue served northbound and a TX queue served
+//! southbound) as one [`Port`] of the switch.
 //!
 //! A port may be *unattached*: a vhost-user socket with no frontend yet, or one whose frontend
 //! stopped its rings or went away. An unattached port receives nothing and takes nothing (its
-//! `tx_burst` pushes every packet back). The control plane attaches a queue pair when the frontend
-//! has set its rings up, and detaches it (draining or clearing its in-flight copies first) before
-//! the rings or the guest memory change: see [`VhostPort::attach`], [`VhostPort::detach`].
+//! `tx_burst` pushes every packet back). The control plane attaches each queue pair when the
+//! frontend has set its rings up, and detaches it (draining or clearing its in-flight copies
+//! first) before its rings or the guest memory change: see [`VhostPort::attach_pair`],
+//! [`VhostPort::detach_pair`].
+//!
+//! # Several queue pairs (virtio-net multiqueue)
+//!
+//! Pairs attach and detach independently; one PMD thread serves them all. `rx_burst` polls the
+//! attached pairs' TX queues round-robin (the first pair polled moves on by one each call, so a
+//! busy pair cannot starve the others). `tx_burst` spreads packets over the attached pairs' RX
+//! queues by a hash of the Ethernet header (and of the IPv4 protocol and addresses): every
+//! packet of one flow goes to the same pair, so a flow stays in order. What the pairs cannot take
+//! stays in the burst in its original order.
 
 use std::sync::mpsc::Sender;
 
 use copy_engine::CopyEngine;
+use smallvec::SmallVec;
 
 use crate::port::{Port, PortCtx, PortStats};
 use crate::vhost::{Burst, Northbound, QueueStats, Southbound, VhostError};
@@ -40,33 +51,51 @@ pub struct DetachedBases {
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // a few commands per frontend (re)connect: size does not matter
 pub enum PortCommand {
-    /// Serve this queue pair on port `port` (index in the PMD).
+    /// Serve this queue pair as pair `pair` of port `port` (index in the PMD).
     Attach {
         /// The port's index in the PMD.
         port: usize,
+        /// The pair's index in the port (virtio-net: vrings `2 * pair` and `2 * pair + 1`).
+        pair: usize,
         /// The guest RX queue.
         north: Northbound,
         /// The guest TX queue.
         south: Southbound,
     },
-    /// Detach port `port`'s queue pair ([`VhostPort::detach`]) and answer with its ring positions
-    /// (`None`: nothing was attached). Once the answer is sent the PMD holds no reference to the
-    /// pair's guest memory and no copy into it is in flight.
+    /// Detach queue pair `pair` of port `port` ([`VhostPort::detach_pair`]), or every pair when
+    /// `pair` is `None` ([`VhostPort::detach`]), and answer with the ring positions of each pair
+    /// detached (empty: nothing was attached). Once the answer is sent the PMD holds no reference
+    /// to those pairs' guest memory and no copy into it is in flight.
     Detach {
         /// The port's index in the PMD.
         port: usize,
+        /// The pair to detach, or `None` for all of them.
+        pair: Option<usize>,
         /// Drain (guest still there) or clear (guest gone).
         mode: DetachMode,
-        /// Where the answer goes.
-        reply: Sender<Option<DetachedBases>>,
+        /// Where the answer goes: `(pair, bases)` for each pair detached.
+        reply: Sender<Vec<(usize, DetachedBases)>>,
     },
 }
 
-/// A guest's queue pair as a switch port.
+/// One attached queue pair.
+#[derive(Debug)]
+struct QueuePair {
+    index: usize,
+    north: Northbound,
+    south: Southbound,
+}
+
+/// A guest's queue pairs as a switch port.
 #[derive(Debug)]
 pub struct VhostPort {
     name: String,
-    queues: Option<(Northbound, Southbound)>,
+    /// The attached pairs, by ascending index.
+    pairs: Vec<QueuePair>,
+    /// Where the next `rx_burst` starts polling (round-robin over `pairs`).
+    next_rx: usize,
+    /// Per-pair sub-bursts of `tx_burst` (kept to avoid allocating per call).
+    scratch: Vec<Burst>,
     stats: PortStats,
     /// Counters of queue pairs attached earlier (a port's counters survive a reconnect).
     past: (QueueStats, QueueStats),
@@ -74,10 +103,10 @@ pub struct VhostPort {
 }
 
 impl VhostPort {
-    /// A port over a guest RX queue (`north`) and TX queue (`south`).
+    /// A port over one queue pair (pair 0): a guest RX queue (`north`) and TX queue (`south`).
     pub fn new(name: impl Into<String>, north: Northbound, south: Southbound) -> Self {
         let mut p = Self::unattached(name);
-        p.queues = Some((north, south));
+        p.pairs.push(QueuePair { index: 0, north, south });
         p
     }
 
@@ -85,31 +114,72 @@ impl VhostPort {
     pub fn unattached(name: impl Into<String>) -> Self {
         VhostPort {
             name: name.into(),
-            queues: None,
+            pairs: Vec::new(),
+            next_rx: 0,
+            scratch: Vec::new(),
             stats: PortStats::default(),
             past: Default::default(),
             last_error: None,
         }
     }
 
-    /// Whether a queue pair is attached.
+    /// Whether at least one queue pair is attached.
     pub fn is_attached(&self) -> bool {
-        self.queues.is_some()
+        !self.pairs.is_empty()
     }
 
-    /// Attaches a queue pair (a previous one must have been detached: it is cleared otherwise).
+    /// Whether queue pair `pair` is attached.
+    pub fn is_pair_attached(&self, pair: usize) -> bool {
+        self.pairs.iter().any(|qp| qp.index == pair)
+    }
+
+    /// The indexes of the attached queue pairs, ascending.
+    pub fn attached_pairs(&self) -> Vec<usize> {
+        self.pairs.iter().map(|qp| qp.index).collect()
+    }
+
+    /// Attaches a queue pair as pair 0 (see [`attach_pair`](Self::attach_pair)).
     pub fn attach<E: CopyEngine>(&mut self, cx: &mut PortCtx<'_, E>, north: Northbound, south: Southbound) {
-        self.detach(cx, DetachMode::Clear);
-        self.queues = Some((north, south));
-        self.last_error = None;
+        self.attach_pair(cx, 0, north, south);
     }
 
-    /// Detaches the queue pair, if any: waits for every copy in flight on the channel, then drains
-    /// or clears the queues (see [`DetachMode`]) and drops them. Returns the rings' next avail
-    /// indexes. After it returns no copy can touch the pair's guest memory, and the port holds no
-    /// reference to it.
-    pub fn detach<E: CopyEngine>(&mut self, cx: &mut PortCtx<'_, E>, mode: DetachMode) -> Option<DetachedBases> {
-        let (mut north, mut south) = self.queues.take()?;
+    /// Attaches a queue pair as pair `pair` (a previous pair `pair` must have been detached: it is
+    /// cleared otherwise). Other pairs are not touched.
+    pub fn attach_pair<E: CopyEngine>(
+        &mut self,
+        cx: &mut PortCtx<'_, E>,
+        pair: usize,
+        north: Northbound,
+        south: Southbound,
+    ) {
+        self.detach_pair(cx, pair, DetachMode::Clear);
+        let at = self.pairs.partition_point(|qp| qp.index < pair);
+        self.pairs.insert(at, QueuePair { index: pair, north, south });
+        if self.pairs.len() == 1 {
+            self.last_error = None;
+        }
+    }
+
+    /// Detaches every queue pair (see [`detach_pair`](Self::detach_pair)); returns each one's
+    /// index and ring positions.
+    pub fn detach<E: CopyEngine>(&mut self, cx: &mut PortCtx<'_, E>, mode: DetachMode) -> Vec<(usize, DetachedBases)> {
+        let pairs: Vec<usize> = self.attached_pairs();
+        pairs.into_iter().filter_map(|k| Some((k, self.detach_pair(cx, k, mode)?))).collect()
+    }
+
+    /// Detaches queue pair `pair`, if attached: waits for every copy in flight on the channel,
+    /// then drains or clears that pair's queues (see [`DetachMode`]) and drops them. Returns the
+    /// rings' next avail indexes. After it returns no copy can touch the pair's guest memory, and
+    /// the port holds no reference to it through that pair. The other pairs keep running: their
+    /// finished copies complete on their next poll.
+    pub fn detach_pair<E: CopyEngine>(
+        &mut self,
+        cx: &mut PortCtx<'_, E>,
+        pair: usize,
+        mode: DetachMode,
+    ) -> Option<DetachedBases> {
+        let at = self.pairs.iter().position(|qp| qp.index == pair)?;
+        let QueuePair { mut north, mut south, .. } = self.pairs.remove(at);
         match mode {
             DetachMode::Drain => {
                 if let Err(e) = north.drain(cx.chan, cx.pool) {
@@ -138,27 +208,32 @@ impl VhostPort {
         Some(bases)
     }
 
-    /// The northbound (guest RX) queue.
+    /// The northbound (guest RX) queue of the first attached pair.
     ///
     /// # Panics
     ///
     /// If the port is unattached (see [`queues`](Self::queues)).
     pub fn north(&self) -> &Northbound {
-        &self.queues.as_ref().expect("vhost port has no queue pair attached").0
+        self.queues().expect("vhost port has no queue pair attached").0
     }
 
-    /// The southbound (guest TX) queue.
+    /// The southbound (guest TX) queue of the first attached pair.
     ///
     /// # Panics
     ///
     /// If the port is unattached (see [`queues`](Self::queues)).
     pub fn south(&self) -> &Southbound {
-        &self.queues.as_ref().expect("vhost port has no queue pair attached").1
+        self.queues().expect("vhost port has no queue pair attached").1
     }
 
-    /// The attached queue pair, if any.
+    /// The first attached queue pair, if any.
     pub fn queues(&self) -> Option<(&Northbound, &Southbound)> {
-        self.queues.as_ref().map(|(n, s)| (n, s))
+        self.pairs.first().map(|qp| (&qp.north, &qp.south))
+    }
+
+    /// Queue pair `pair`, if attached.
+    pub fn pair(&self, pair: usize) -> Option<(&Northbound, &Southbound)> {
+        self.pairs.iter().find(|qp| qp.index == pair).map(|qp| (&qp.north, &qp.south))
     }
 
     /// The last error a queue reported (a broken queue stays broken).
@@ -166,15 +241,19 @@ impl VhostPort {
         self.last_error
     }
 
-    /// Both queues' counters, over every queue pair this port had: (northbound, southbound).
+    /// The queues' counters, summed over every queue pair this port had: (northbound,
+    /// southbound). `in_flight` is the sum over the attached pairs.
     pub fn queue_stats(&self) -> (QueueStats, QueueStats) {
         let (mut n, mut s) = self.past;
-        if let Some((north, south)) = &self.queues {
-            add_queue_stats(&mut n, &north.stats());
-            add_queue_stats(&mut s, &south.stats());
-        } else {
-            n.in_flight = 0;
-            s.in_flight = 0;
+        n.in_flight = 0;
+        s.in_flight = 0;
+        for qp in &self.pairs {
+            let (qn, qs) = (qp.north.stats(), qp.south.stats());
+            let (fn_, fs) = (n.in_flight + qn.in_flight, s.in_flight + qs.in_flight);
+            add_queue_stats(&mut n, &qn);
+            add_queue_stats(&mut s, &qs);
+            n.in_flight = fn_;
+            s.in_flight = fs;
         }
         (n, s)
     }
@@ -185,14 +264,83 @@ impl VhostPort {
         }
     }
 
-    /// Stops both queues and then forgets in-flight state without touching guest memory (a
-    /// guest that went away). The queue pair stays attached.
+    /// Stops every pair's queues and then forgets in-flight state without touching guest memory
+    /// (a guest that went away). The queue pairs stay attached.
     pub fn clear<E: CopyEngine>(&mut self, cx: &mut PortCtx<'_, E>) {
-        if let Some((north, south)) = &mut self.queues {
-            north.clear(cx.chan, cx.pool);
-            south.clear(cx.chan, cx.pool);
+        for qp in &mut self.pairs {
+            qp.north.clear(cx.chan, cx.pool);
+            qp.south.clear(cx.chan, cx.pool);
         }
     }
+
+    /// Offers `pkts` to several pairs: each packet to the pair its flow hashes to. What a pair
+    /// cannot take goes back into `pkts` in the original order; what a broken pair was given is
+    /// dropped. Returns the error of the last pair that failed.
+    fn tx_spread<E: CopyEngine>(&mut self, cx: &mut PortCtx<'_, E>, pkts: &mut Burst) -> Option<VhostError> {
+        let n = self.pairs.len();
+        if self.scratch.len() < n {
+            self.scratch.resize_with(n, Burst::new);
+        }
+        let mut assign: SmallVec<[u16; 2 * crate::vhost::BURST]> = SmallVec::new();
+        for p in pkts.drain(..) {
+            let k = flow_hash(cx.pool.data(&p)) as usize % n;
+            assign.push(k as u16);
+            self.scratch[k].push(p);
+        }
+        // How many of each pair's packets (in order) were taken or dropped.
+        let mut taken: SmallVec<[usize; 8]> = SmallVec::from_elem(0, n);
+        let mut err = None;
+        for (k, qp) in self.pairs.iter_mut().enumerate() {
+            let sub = &mut self.scratch[k];
+            if sub.is_empty() {
+                continue;
+            }
+            let offered = sub.len();
+            match qp.north.enqueue_burst(cx.chan, cx.pool, sub) {
+                Ok(_) => {}
+                Err(e) => {
+                    // A broken guest queue takes nothing: its share is dropped here, counted, so
+                    // one guest queue cannot hold up the switch.
+                    err = Some(e);
+                    self.stats.drops += sub.len() as u64;
+                    for p in sub.drain(..) {
+                        cx.pool.free(p);
+                    }
+                }
+            }
+            taken[k] = offered - sub.len();
+            // Popped from the back below: the leftovers come out in order.
+            sub.reverse();
+        }
+        // Put the leftovers back in their original order.
+        let mut seen: SmallVec<[usize; 8]> = SmallVec::from_elem(0, n);
+        for k in assign {
+            let k = k as usize;
+            if seen[k] >= taken[k] {
+                pkts.push(self.scratch[k].pop().expect("a leftover for each packet not taken"));
+            }
+            seen[k] += 1;
+        }
+        err
+    }
+}
+
+/// A flow hash (FNV-1a) of a frame's Ethernet header and, for IPv4, its protocol and addresses:
+/// fields that every packet of a flow shares (not the IPv4 length, id or checksum).
+pub fn flow_hash(frame: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    let mut mix = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= b as u32;
+            h = h.wrapping_mul(0x0100_0193);
+        }
+    };
+    mix(&frame[..frame.len().min(14)]);
+    if frame.len() >= 34 && frame[12..14] == [0x08, 0x00] {
+        mix(&frame[23..24]);
+        mix(&frame[26..34]);
+    }
+    h ^ (h >> 16)
 }
 
 /// Adds `q`'s counters to `acc`; `in_flight` is a level, not a count: it is replaced.
@@ -216,58 +364,73 @@ impl<E: CopyEngine> Port<E> for VhostPort {
     }
 
     fn rx_burst(&mut self, cx: &mut PortCtx<'_, E>, out: &mut Burst, max: usize) -> usize {
-        let Some((_, south)) = &mut self.queues else { return 0 };
-        let before = out.len();
-        let mut err = None;
-        if let Err(e) = south.complete(cx.chan, cx.pool, out, max) {
-            err = Some(e);
+        let n = self.pairs.len();
+        if n == 0 {
+            return 0;
         }
-        if !south.queue().is_broken() {
-            let room = cx.pool.available().min(max);
-            if let Err(e) = south.dequeue_burst(cx.chan, cx.pool, room) {
+        let before = out.len();
+        let start = self.next_rx % n;
+        self.next_rx = (start + 1) % n;
+        let mut err = None;
+        for i in 0..n {
+            let south = &mut self.pairs[(start + i) % n].south;
+            if let Err(e) = south.complete(cx.chan, cx.pool, out, before + max) {
                 err = Some(e);
+            }
+            if !south.queue().is_broken() {
+                let room = cx.pool.available().min(max);
+                if let Err(e) = south.dequeue_burst(cx.chan, cx.pool, room) {
+                    err = Some(e);
+                }
             }
         }
         if let Some(e) = err {
             self.note(e);
         }
-        let n = out.len() - before;
-        self.stats.rx_packets += n as u64;
+        let got = out.len() - before;
+        self.stats.rx_packets += got as u64;
         self.stats.rx_bytes += out[before..].iter().map(|p| p.len() as u64).sum::<u64>();
-        n
+        got
     }
 
     fn tx_burst(&mut self, cx: &mut PortCtx<'_, E>, pkts: &mut Burst) -> usize {
         let offered = pkts.len();
-        let Some((north, _)) = &mut self.queues else {
-            // No guest: everything waits with the caller (push back).
-            self.stats.tx_pushed_back += offered as u64;
-            return 0;
-        };
-        match north.enqueue_burst(cx.chan, cx.pool, pkts) {
-            Ok(n) => {
-                self.stats.tx_pushed_back += (offered - n) as u64;
-                n
+        let err = match self.pairs.as_mut_slice() {
+            [] => {
+                // No guest: everything waits with the caller (push back).
+                self.stats.tx_pushed_back += offered as u64;
+                return 0;
             }
-            Err(e) => {
-                self.note(e);
-                // A broken guest queue takes nothing: what is left is dropped here, counted, so
-                // one guest cannot hold up the switch.
-                let n = offered - pkts.len();
-                self.stats.drops += pkts.len() as u64;
-                for p in pkts.drain(..) {
-                    cx.pool.free(p);
+            [qp] => match qp.north.enqueue_burst(cx.chan, cx.pool, pkts) {
+                Ok(_) => None,
+                Err(e) => {
+                    // A broken guest queue takes nothing: what is left is dropped here, counted,
+                    // so one guest cannot hold up the switch.
+                    self.stats.drops += pkts.len() as u64;
+                    for p in pkts.drain(..) {
+                        cx.pool.free(p);
+                    }
+                    Some(e)
                 }
-                n
-            }
+            },
+            _ => self.tx_spread(cx, pkts),
+        };
+        if let Some(e) = err {
+            self.note(e);
         }
+        self.stats.tx_pushed_back += pkts.len() as u64;
+        offered - pkts.len()
     }
 
     fn poll(&mut self, cx: &mut PortCtx<'_, E>) {
-        if let Some((north, _)) = &mut self.queues {
-            if let Err(e) = north.complete(cx.chan, cx.pool) {
-                self.note(e);
+        let mut err = None;
+        for qp in &mut self.pairs {
+            if let Err(e) = qp.north.complete(cx.chan, cx.pool) {
+                err = Some(e);
             }
+        }
+        if let Some(e) = err {
+            self.note(e);
         }
     }
 
@@ -294,16 +457,17 @@ impl<E: CopyEngine> Port<E> for VhostPort {
     }
 
     fn stop(&mut self, cx: &mut PortCtx<'_, E>) {
-        let Some((north, south)) = &mut self.queues else { return };
-        let mut errs: [Option<VhostError>; 2] = [None, None];
-        if let Err(e) = north.drain(cx.chan, cx.pool) {
-            errs[0] = Some(e);
-        }
+        let mut errs = Vec::new();
         let mut out = Vec::new();
-        if let Err(e) = south.drain(cx.chan, cx.pool, &mut out) {
-            errs[1] = Some(e);
+        for qp in &mut self.pairs {
+            if let Err(e) = qp.north.drain(cx.chan, cx.pool) {
+                errs.push(e);
+            }
+            if let Err(e) = qp.south.drain(cx.chan, cx.pool, &mut out) {
+                errs.push(e);
+            }
         }
-        for e in errs.into_iter().flatten() {
+        for e in errs {
             self.note(e);
         }
         // Received but never forwarded: a stopped port's last packets are freed, and counted.
@@ -311,5 +475,38 @@ impl<E: CopyEngine> Port<E> for VhostPort {
         for p in out {
             cx.pool.free(p);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::flow_hash;
+
+    fn ipv4_frame(src: [u8; 4], total_len: u16, id: u16, payload: usize) -> Vec<u8> {
+        let mut f = vec![0u8; 34 + payload];
+        f[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+        f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&total_len.to_be_bytes());
+        f[18..20].copy_from_slice(&id.to_be_bytes());
+        f[22] = 64;
+        f[23] = 17;
+        f[24..26].copy_from_slice(&id.wrapping_mul(7).to_be_bytes()); // checksum: anything
+        f[26..30].copy_from_slice(&src);
+        f[30..34].copy_from_slice(&[198, 18, 0, 2]);
+        f
+    }
+
+    #[test]
+    fn a_flow_hashes_the_same_whatever_its_length_id_and_checksum() {
+        let a = flow_hash(&ipv4_frame([198, 18, 0, 1], 46, 1, 32));
+        assert_eq!(a, flow_hash(&ipv4_frame([198, 18, 0, 1], 1000, 999, 966)));
+        // Another source address is another flow; over many, both of two pairs get some.
+        let pairs: Vec<u32> = (0..64u8).map(|i| flow_hash(&ipv4_frame([198, 18, 0, i], 46, 1, 32)) % 2).collect();
+        assert!(pairs.contains(&0) && pairs.contains(&1), "{pairs:?}");
+        // Short and non-IP frames hash too.
+        assert_eq!(flow_hash(&[]), flow_hash(&[]));
+        assert_ne!(flow_hash(&[1; 14]), flow_hash(&[2; 14]));
     }
 }

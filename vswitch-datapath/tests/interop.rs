@@ -115,6 +115,15 @@ fn start_vswitch(dir: &Path, socks: &[PathBuf]) -> Guard {
 }
 
 fn start_testpmd(dir: &Path, socks: &[PathBuf], run: u32) -> (Guard, PathBuf) {
+    start_testpmd_with_queues(dir, socks, run, 1)
+}
+
+/// testpmd with `queues` queue pairs on each virtio-user port. More than one needs the control
+/// queue (`cq=1`, which virtio-user serves itself, turning `VQ_PAIRS_SET` into
+/// `SET_VRING_ENABLE`), `--rxq`/`--txq`, and flows that differ so that the switch spreads them
+/// over the pairs (`--txonly-multi-flow`: the `--tx-first` bursts vary the IPv4 source). One
+/// forwarding lcore serves every queue.
+fn start_testpmd_with_queues(dir: &Path, socks: &[PathBuf], run: u32, queues: u32) -> (Guard, PathBuf) {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let log = dir.join(format!("testpmd-{run}.log"));
     let mut cmd = Command::new("dpdk-testpmd");
@@ -122,10 +131,14 @@ fn start_testpmd(dir: &Path, socks: &[PathBuf], run: u32) -> (Guard, PathBuf) {
         .arg("--file-prefix")
         .arg(format!("vswitch-interop-{}-{n}", std::process::id()));
     for (i, s) in socks.iter().enumerate() {
-        cmd.arg(format!("--vdev=net_virtio_user{i},path={},queues=1", s.display()));
+        let cq = if queues > 1 { ",cq=1" } else { "" };
+        cmd.arg(format!("--vdev=net_virtio_user{i},path={},queues={queues}{cq}", s.display()));
     }
-    cmd.args(["--", "--tx-first", "--no-mlockall", "--total-num-mbufs", "16384", "--stats-period", "1"])
-        .stdin(Stdio::null())
+    cmd.args(["--", "--tx-first", "--no-mlockall", "--total-num-mbufs", "16384", "--stats-period", "1"]);
+    if queues > 1 {
+        cmd.arg(format!("--rxq={queues}")).arg(format!("--txq={queues}")).args(["--nb-cores=1", "--txonly-multi-flow"]);
+    }
+    cmd.stdin(Stdio::null())
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(Stdio::from(std::fs::File::create(dir.join(format!("testpmd-{run}.err"))).unwrap()));
     (Guard::spawn("dpdk-testpmd", &mut cmd), log)
@@ -196,6 +209,26 @@ fn forward_stats(log: &Path) -> Vec<(u64, u64)> {
     out
 }
 
+/// The per-stream forward statistics testpmd prints when it stops (when it has more streams than
+/// ports): ((RX port, RX queue), RX-packets, TX-packets) per stream that moved anything.
+fn stream_stats(log: &Path) -> Vec<((u32, u32), u64, u64)> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut out = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let Some(rest) = line.split("Forward Stats for RX Port=").nth(1) else { continue };
+        let mut it = rest.split('/');
+        let port = it.next().and_then(|p| p.trim().parse().ok());
+        let queue = it.next().and_then(|q| q.trim_start_matches("Queue=").split("->").next()?.trim().parse().ok());
+        let Some(stats) = lines.next() else { break };
+        let num = |key: &str| -> Option<u64> { stats.split(key).nth(1)?.split_whitespace().next()?.parse().ok() };
+        if let (Some(p), Some(q), Some(rx), Some(tx)) = (port, queue, num("RX-packets:"), num("TX-packets:")) {
+            out.push(((p, q), rx, tx));
+        }
+    }
+    out
+}
+
 #[test]
 fn interop_testpmd_packets_cross_the_switch_both_ways() {
     if !have_testpmd() {
@@ -246,4 +279,39 @@ fn interop_testpmd_killed_mid_traffic_and_restarted_gets_traffic_again() {
     assert!(matches!(vswitch.child.try_wait(), Ok(None)), "the switch survived the frontend's crash");
     let st = vswitch.signal_and_wait("TERM", Duration::from_secs(15));
     assert!(st.is_some_and(|s| s.success()), "vswitch exits cleanly on SIGTERM: {st:?}");
+}
+
+#[test]
+fn interop_testpmd_two_queue_pairs_cross_the_switch() {
+    if !have_testpmd() {
+        return;
+    }
+    let _one_at_a_time = serial();
+    let dir = TempDir::new("interop-mq");
+    let socks = [dir.0.join("mq0.sock"), dir.0.join("mq1.sock")];
+    let mut vswitch = start_vswitch(&dir.0, &socks);
+    let (mut testpmd, log) = start_testpmd_with_queues(&dir.0, &socks, 0, 2);
+    let live = wait_for_traffic(&log, 10_000, Duration::from_secs(30));
+    eprintln!("testpmd while running: {live:?}");
+    assert!(testpmd.signal_and_wait("INT", Duration::from_secs(15)).is_some(), "testpmd did not stop");
+    let fwd = forward_stats(&log);
+    let streams = stream_stats(&log);
+    eprintln!("testpmd forward stats: {fwd:?}; per stream ((port, queue), rx, tx): {streams:?}");
+    assert_eq!(fwd.len(), 2, "testpmd printed forward stats for both ports");
+    let ((rx0, tx0), (rx1, tx1)) = (fwd[0], fwd[1]);
+    assert!(rx1 <= tx0 && tx0 - rx1 <= 8192, "port 0 -> port 1: sent {tx0}, received {rx1}");
+    assert!(rx0 <= tx1 && tx1 - rx0 <= 8192, "port 1 -> port 0: sent {tx1}, received {rx0}");
+    // Each stream receives on one (port, queue) and sends on the other port's same queue: every
+    // queue of both ports received traffic through the switch, so the switch served both queue
+    // pairs of both ports, both ways.
+    for port in 0..2 {
+        for queue in 0..2 {
+            let got = streams.iter().find(|s| s.0 == (port, queue)).map_or(0, |s| s.1);
+            assert!(got >= 1000, "port {port} queue {queue} received {got}: {streams:?}");
+        }
+    }
+    let st = vswitch.signal_and_wait("INT", Duration::from_secs(15));
+    assert!(st.is_some_and(|s| s.success()), "vswitch exits cleanly on SIGINT: {st:?}");
+    let out = std::fs::read_to_string(dir.0.join("vswitch.log")).unwrap();
+    assert!(out.contains("vswitch: stopped"), "{out}");
 }

@@ -33,17 +33,24 @@ fn unique(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!("vswitch-vu-{tag}-{}-{n}", std::process::id()))
 }
 
-/// The frontend's side: guest memory in a file, the driver side of both rings.
+/// The frontend's side: guest memory in a file, the driver side of the rings: queue pair 0 (`rx`,
+/// `tx`) and any further pairs (`more`).
 struct Guest {
     file: File,
     path: PathBuf,
     g: TestGuest,
     rx: DriverQueue,
     tx: DriverQueue,
+    more: Vec<(DriverQueue, DriverQueue)>,
 }
 
 impl Guest {
     fn new() -> Guest {
+        Guest::with_pairs(1)
+    }
+
+    /// A guest with `pairs` queue pairs.
+    fn with_pairs(pairs: usize) -> Guest {
         let path = unique("mem");
         let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
         file.set_len(MEM_LEN as u64).unwrap();
@@ -52,7 +59,17 @@ impl Guest {
         let feats = RingFeatures::EVENT_IDX | RingFeatures::INDIRECT_DESC;
         let rx = g.add_queue(QSIZE, feats);
         let tx = g.add_queue(QSIZE, feats);
-        Guest { file, path, g, rx, tx }
+        let more = (1..pairs).map(|_| (g.add_queue(QSIZE, feats), g.add_queue(QSIZE, feats))).collect();
+        Guest { file, path, g, rx, tx, more }
+    }
+
+    /// Every ring, in vring order: RX 0, TX 0, RX 1, TX 1, ...
+    fn rings(&self) -> Vec<&DriverQueue> {
+        let mut v = vec![&self.rx, &self.tx];
+        for (rx, tx) in &self.more {
+            v.extend([rx, tx]);
+        }
+        v
     }
 
     /// The frontend's user address of `gpa` (its own mapping of the file).
@@ -73,9 +90,10 @@ impl Guest {
         maps.lines().filter(|l| l.contains(&name)).map(String::from).collect()
     }
 
-    /// Connects and sets up both rings, the way DPDK's virtio-user does.
+    /// Connects and sets up every ring, the way DPDK's virtio-user does.
     fn connect(&self, sock: &PathBuf) -> (Frontend, Vec<EventFd>) {
-        let mut f = Frontend::connect(sock, 2).expect("connect to the backend");
+        let rings = self.rings();
+        let mut f = Frontend::connect(sock, rings.len() as u64).expect("connect to the backend");
         f.set_owner().unwrap();
         let offered = f.get_features().unwrap();
         f.set_features(offered).unwrap();
@@ -94,7 +112,7 @@ impl Guest {
         };
         f.set_mem_table(&[region]).unwrap();
         let mut fds = Vec::new();
-        for (i, q) in [&self.rx, &self.tx].into_iter().enumerate() {
+        for (i, q) in rings.iter().enumerate() {
             let c = q.config();
             f.set_vring_num(i, c.size).unwrap();
             let addrs = VringConfigData {
@@ -113,7 +131,7 @@ impl Guest {
             f.set_vring_kick(i, &kick).unwrap();
             fds.extend([call, kick]);
         }
-        for i in 0..2 {
+        for i in 0..rings.len() {
             f.set_vring_enable(i, true).unwrap();
         }
         (f, fds)
@@ -306,6 +324,100 @@ fn a_memory_table_replaced_under_running_queues_detaches_remaps_and_reattaches()
         guest.rx.post_rx(&guest.g, 2048, 1);
     }
     run_until(&mut pmd, "traffic on the new table", |_| guest.rx.used_idx(&guest.g) == 250);
+    drop(frontend);
+    run_until(&mut pmd, "detach", |p| !attached(p));
+    pmd.stop();
+    drop(pmd);
+    server.stop();
+}
+
+/// A guest TX chain's bytes: a zeroed 12-byte net header (no offloads), then 60 bytes of `b`.
+fn tx_frame(b: u8) -> Vec<u8> {
+    let mut f = vec![0; 12];
+    f.extend([b; 60]);
+    f
+}
+
+fn vhost_port(pmd: &Pmd<SlowEngine>) -> &VhostPort {
+    pmd.port(1).as_any().downcast_ref::<VhostPort>().unwrap()
+}
+
+/// Packets the guest sent on queue pair `pair` that the switch received (its southbound queue).
+fn received_on(pmd: &Pmd<SlowEngine>, pair: usize) -> u64 {
+    vhost_port(pmd).pair(pair).map_or(0, |(_, s)| s.stats().packets)
+}
+
+#[test]
+fn two_queue_pairs_carry_traffic_and_get_vring_base_on_pair_1_drains_only_it() {
+    let (mut pmd, server, sock) = switch(100);
+    let mut guest = Guest::with_pairs(2);
+    for _ in 0..64 {
+        guest.rx.post_rx(&guest.g, 2048, 1);
+        guest.more[0].0.post_rx(&guest.g, 2048, 1);
+    }
+    for i in 0..16u8 {
+        guest.tx.post_tx(&guest.g, &tx_frame(i), 1, false);
+        guest.more[0].1.post_tx(&guest.g, &tx_frame(i), 1, false);
+    }
+    let (mut frontend, _fds) = guest.connect(&sock);
+    // GET_QUEUE_NUM answers queue pairs: 4 by default.
+    assert_eq!(frontend.get_queue_num().unwrap(), 4);
+    run_until(&mut pmd, "both pairs attached", |p| vhost_port(p).attached_pairs() == [0, 1]);
+    // The traffic source's packets differ in their first bytes: their flows spread over both
+    // pairs. What the guest sent on both pairs arrives.
+    run_until(&mut pmd, "traffic on both pairs", |p| {
+        guest.rx.used_idx(&guest.g) >= 8
+            && guest.more[0].0.used_idx(&guest.g) >= 8
+            && received_on(p, 0) == 16
+            && received_on(p, 1) == 16
+    });
+    assert_eq!(guest.tx.used_idx(&guest.g), 16);
+    assert_eq!(guest.more[0].1.used_idx(&guest.g), 16);
+    // More buffers on both pairs, and copies into them in flight.
+    for _ in 0..32 {
+        guest.rx.post_rx(&guest.g, 2048, 1);
+        guest.more[0].0.post_rx(&guest.g, 2048, 1);
+    }
+    run_until(&mut pmd, "copies in flight", |p| p.channel().in_flight() > 0);
+
+    // The frontend stops pair 1 (vrings 2 and 3) while copies are in flight: only pair 1 detaches,
+    // drained.
+    let asker = std::thread::spawn(move || {
+        let rx_base = frontend.get_vring_base(2).unwrap();
+        let tx_base = frontend.get_vring_base(3).unwrap();
+        (frontend, rx_base, tx_base)
+    });
+    run_until(&mut pmd, "the GET_VRING_BASE answers", |_| asker.is_finished());
+    let (frontend, rx_base, tx_base) = asker.join().unwrap();
+    assert_eq!(vhost_port(&pmd).attached_pairs(), [0], "pair 0 stays attached");
+    assert!((8..=96).contains(&rx_base), "rx base {rx_base}");
+    let (rx1, tx1) = &mut guest.more[0];
+    assert_eq!(rx1.used_idx(&guest.g) as u32, rx_base, "every taken chain of pair 1 returned before the answer");
+    assert_eq!(tx_base, 16);
+    let mut n = 0;
+    while let Some(u) = rx1.pop_used(&guest.g) {
+        assert_eq!(u.len, 12 + 1000);
+        n += 1;
+    }
+    assert_eq!(n, rx_base);
+
+    // Pair 0 keeps flowing (every flow now goes to it); pair 1's rings are left alone.
+    let pair0_before = guest.rx.used_idx(&guest.g);
+    for _ in 0..32 {
+        guest.rx.post_rx(&guest.g, 2048, 1);
+        rx1.post_rx(&guest.g, 2048, 1);
+    }
+    tx1.post_tx(&guest.g, &tx_frame(7), 1, false);
+    guest.tx.post_tx(&guest.g, &tx_frame(9), 1, false);
+    run_until(&mut pmd, "pair 0 fills its new buffers", |p| {
+        guest.rx.used_idx(&guest.g) == 128 && received_on(p, 0) == 17
+    });
+    assert!(guest.rx.used_idx(&guest.g) > pair0_before);
+    let (rx1, tx1) = &guest.more[0];
+    assert_eq!(rx1.used_idx(&guest.g) as u32, rx_base, "nothing reaches a stopped pair");
+    assert_eq!(tx1.used_idx(&guest.g), 16, "nothing is taken from a stopped pair");
+    assert_eq!(vhost_port(&pmd).queue_stats().1.packets, 33, "southbound over both pairs");
+
     drop(frontend);
     run_until(&mut pmd, "detach", |p| !attached(p));
     pmd.stop();

@@ -1,18 +1,22 @@
-//! [`VhostUserDevice`]: the meaning of each vhost-user request for one port's queue pair.
+//! [`VhostUserDevice`]: the meaning of each vhost-user request for one port's queue pairs.
 //!
-//! Per vring (0: the guest's RX queue, served northbound; 1: its TX queue, southbound) the device
-//! keeps what `SET_VRING_NUM/ADDR/BASE/KICK/CALL/ENABLE` set. A vring is *ready* when its size and
-//! addresses are set, it was started (a kick fd, or "no fd", arrived) and it is enabled (at once
-//! without `VHOST_USER_F_PROTOCOL_FEATURES`, else by `SET_VRING_ENABLE`). When both vrings are
-//! ready and a memory table is mapped, the device builds the queue pair and hands it to the PMD
-//! thread ([`PortCommand::Attach`]).
+//! The device offers up to `max_queue_pairs` queue pairs (virtio-net multiqueue: VIRTIO_NET_F_MQ
+//! and the MQ protocol feature). Pair `k` is vrings `2k` (the guest's RX queue, served northbound)
+//! and `2k + 1` (its TX queue, southbound). Per vring the device keeps what
+//! `SET_VRING_NUM/ADDR/BASE/KICK/CALL/ENABLE` set. A vring is *ready* when its size and addresses
+//! are set, it was started (a kick fd, or "no fd", arrived) and it is enabled (at once without
+//! `VHOST_USER_F_PROTOCOL_FEATURES`, else by `SET_VRING_ENABLE`). When both vrings of a pair are
+//! ready and a memory table is mapped, the device builds the pair and hands it to the PMD thread
+//! ([`PortCommand::Attach`]); each pair attaches on its own.
 //!
-//! Whatever changes running queues detaches them first, synchronously ([`PortCommand::Detach`]):
-//! `GET_VRING_BASE` (the frontend stops the ring: drain, then answer the next avail index),
-//! `SET_VRING_ENABLE 0`, a new memory table, new ring addresses or call fd, new features (all
-//! drain), and `RESET_OWNER` or a disconnect (clear: the guest is gone, its rings are not
-//! touched). The old memory table is dropped only after the detach answer, so no copy can land in
-//! unmapped memory. This module runs on the control thread; it never touches guest memory.
+//! Whatever changes running queues detaches them first, synchronously ([`PortCommand::Detach`]).
+//! A request about one vring detaches that vring's pair only: `GET_VRING_BASE` (the frontend
+//! stops the ring: drain, then answer the next avail index), `SET_VRING_ENABLE 0`, new ring
+//! sizes, addresses, bases or kick/call fds (all drain). A request about the whole device
+//! detaches every pair: a new memory table, new features (drain), and `RESET_OWNER` or a
+//! disconnect (clear: the guest is gone, its rings are not touched). The old memory table is
+//! dropped only after the detach answer, so no copy can land in unmapped memory. This module runs
+//! on the control thread; it never touches guest memory.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -31,11 +35,14 @@ use super::memtable::{MemTable, UserRegion};
 use super::VhostUserError;
 use crate::net::net_hdr_len;
 use crate::vhost::{Northbound, Notifier, Southbound};
-use crate::vhost_port::{DetachMode, DetachedBases, PortCommand};
+use crate::vhost_port::{DetachMode, PortCommand};
 use crate::virtio::split::{QueueConfig, SplitQueue};
 use crate::virtio::{RingFeatures, MAX_QUEUE_SIZE};
 
 type ProtoResult<T> = Result<T, ProtoError>;
+
+/// How many queue pairs a device offers unless told otherwise.
+pub const DEFAULT_MAX_QUEUE_PAIRS: usize = 4;
 
 /// How a device talks to its PMD thread.
 #[derive(Clone, Debug)]
@@ -81,9 +88,9 @@ impl Vring {
     }
 }
 
-/// The vhost-user request handler of one port (one queue pair). Lives on the port's control
-/// thread; serves one frontend connection at a time and is [`disconnect`](Self::disconnect)ed
-/// between them.
+/// The vhost-user request handler of one port (up to `max_queue_pairs` queue pairs). Lives on
+/// the port's control thread; serves one frontend connection at a time and is
+/// [`disconnect`](Self::disconnect)ed between them.
 #[derive(Debug)]
 pub struct VhostUserDevice {
     cfg: DeviceConfig,
@@ -91,29 +98,47 @@ pub struct VhostUserDevice {
     acked: u64,
     protocol: VhostUserProtocolFeatures,
     mem: Option<MemTable>,
-    vrings: [Vring; 2],
-    attached: bool,
+    /// Two per queue pair: `2k` the guest's RX queue, `2k + 1` its TX queue.
+    vrings: Vec<Vring>,
+    /// Per queue pair: attached to the PMD now.
+    attached: Vec<bool>,
     attaches: u64,
 }
 
 impl VhostUserDevice {
-    /// A device with no frontend yet.
+    /// A device with no frontend yet, offering [`DEFAULT_MAX_QUEUE_PAIRS`] queue pairs.
     pub fn new(cfg: DeviceConfig) -> Self {
+        Self::with_queue_pairs(cfg, DEFAULT_MAX_QUEUE_PAIRS)
+    }
+
+    /// A device with no frontend yet, offering `max_queue_pairs` queue pairs (at least 1).
+    pub fn with_queue_pairs(cfg: DeviceConfig, max_queue_pairs: usize) -> Self {
+        let pairs = max_queue_pairs.max(1);
         VhostUserDevice {
             cfg,
             owned: false,
             acked: 0,
             protocol: VhostUserProtocolFeatures::empty(),
             mem: None,
-            vrings: Default::default(),
-            attached: false,
+            vrings: (0..2 * pairs).map(|_| Vring::default()).collect(),
+            attached: vec![false; pairs],
             attaches: 0,
         }
     }
 
-    /// Whether a queue pair is attached to the PMD now.
+    /// How many queue pairs the device offers.
+    pub fn max_queue_pairs(&self) -> usize {
+        self.attached.len()
+    }
+
+    /// Whether any queue pair is attached to the PMD now.
     pub fn is_attached(&self) -> bool {
-        self.attached
+        self.attached.iter().any(|&a| a)
+    }
+
+    /// Whether queue pair `pair` is attached to the PMD now.
+    pub fn is_pair_attached(&self, pair: usize) -> bool {
+        self.attached.get(pair).copied().unwrap_or(false)
     }
 
     /// How many times a queue pair was handed to the PMD.
@@ -126,12 +151,12 @@ impl VhostUserDevice {
         self.acked
     }
 
-    /// The frontend went away (or reset its owner): detach its queue pair, clearing in-flight
+    /// The frontend went away (or reset its owner): detach its queue pairs, clearing in-flight
     /// copies without touching its rings, then forget every ring and unmap its memory.
     pub fn disconnect(&mut self) -> Result<(), VhostUserError> {
-        let r = self.detach(DetachMode::Clear).map(|_| ());
+        let r = self.detach(None, DetachMode::Clear);
         self.mem = None;
-        self.vrings = Default::default();
+        self.vrings.iter_mut().for_each(|v| *v = Vring::default());
         self.acked = 0;
         self.protocol = VhostUserProtocolFeatures::empty();
         self.owned = false;
@@ -142,14 +167,22 @@ impl VhostUserDevice {
         self.vrings.get_mut(index as usize).ok_or(VhostUserError::BadVring(index))
     }
 
-    /// Detaches the queue pair from the PMD if attached, and records where its rings stopped.
-    fn detach(&mut self, mode: DetachMode) -> Result<Option<DetachedBases>, VhostUserError> {
-        if !self.attached {
-            return Ok(None);
+    /// Detaches queue pair `pair` (`None`: every pair) from the PMD if attached, and records
+    /// where its rings stopped.
+    fn detach(&mut self, pair: Option<usize>, mode: DetachMode) -> Result<(), VhostUserError> {
+        let any = match pair {
+            Some(k) => std::mem::replace(&mut self.attached[k], false),
+            None => {
+                let any = self.is_attached();
+                self.attached.fill(false);
+                any
+            }
+        };
+        if !any {
+            return Ok(());
         }
         let (tx, rx) = mpsc::channel();
-        self.attached = false;
-        if self.cfg.pmd.send(PortCommand::Detach { port: self.cfg.port, mode, reply: tx }).is_err() {
+        if self.cfg.pmd.send(PortCommand::Detach { port: self.cfg.port, pair, mode, reply: tx }).is_err() {
             // No PMD: nothing serves the queues any more (they were dropped with it).
             return Err(VhostUserError::PmdGone);
         }
@@ -158,19 +191,23 @@ impl VhostUserDevice {
             Err(mpsc::RecvTimeoutError::Timeout) => return Err(VhostUserError::PmdTimeout(self.cfg.detach_timeout)),
             Err(mpsc::RecvTimeoutError::Disconnected) => return Err(VhostUserError::PmdGone),
         };
-        if let Some(b) = bases {
-            self.vrings[0].base = b.rx;
-            self.vrings[1].base = b.tx;
+        for (k, b) in bases {
+            if let Some([rx, tx]) = self.vrings.get_mut(2 * k..2 * k + 2) {
+                rx.base = b.rx;
+                tx.base = b.tx;
+            }
         }
-        Ok(bases)
+        Ok(())
     }
 
-    /// Runs `change` with the queue pair detached (drained), then attaches it again if ready.
+    /// Runs `change` with queue pair `pair` (`None`: every pair) detached (drained), then
+    /// attaches every ready pair again.
     fn reconfigure<T>(
         &mut self,
+        pair: Option<usize>,
         change: impl FnOnce(&mut Self) -> Result<T, VhostUserError>,
     ) -> Result<T, VhostUserError> {
-        self.detach(DetachMode::Drain)?;
+        self.detach(pair, DetachMode::Drain)?;
         let r = change(self)?;
         self.try_attach()?;
         Ok(r)
@@ -198,22 +235,38 @@ impl VhostUserDevice {
         }
     }
 
-    /// Hands the queue pair to the PMD when both rings are ready and memory is mapped.
+    /// Hands every queue pair whose rings are both ready to the PMD, if memory is mapped. A pair
+    /// that cannot be built (its rings do not fit the memory) stays detached and does not keep
+    /// the others from attaching; the first such error is returned.
     fn try_attach(&mut self) -> Result<(), VhostUserError> {
+        let mut first_err = None;
+        for k in 0..self.attached.len() {
+            if let Err(e) = self.try_attach_pair(k) {
+                if matches!(e, VhostUserError::PmdGone) {
+                    return Err(e);
+                }
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn try_attach_pair(&mut self, k: usize) -> Result<(), VhostUserError> {
         let protocol = features::has_protocol_features(self.acked);
-        if self.attached || !self.vrings.iter().all(|v| v.ready(protocol)) {
+        let (rx, tx) = (2 * k, 2 * k + 1);
+        if self.attached[k] || !self.vrings[rx].ready(protocol) || !self.vrings[tx].ready(protocol) {
             return Ok(());
         }
         let Some(mem) = &self.mem else { return Ok(()) };
-        let (rxq, txq) = (self.queue(0, mem)?, self.queue(1, mem)?);
+        let (rxq, txq) = (self.queue(rx, mem)?, self.queue(tx, mem)?);
         let hdr_len = net_hdr_len(self.acked);
-        let north = Northbound::new(rxq, hdr_len, features::mergeable(self.acked), self.notifier(0)?);
-        let south = Southbound::new(txq, hdr_len, self.notifier(1)?);
+        let north = Northbound::new(rxq, hdr_len, features::mergeable(self.acked), self.notifier(rx)?);
+        let south = Southbound::new(txq, hdr_len, self.notifier(tx)?);
         self.cfg
             .pmd
-            .send(PortCommand::Attach { port: self.cfg.port, north, south })
+            .send(PortCommand::Attach { port: self.cfg.port, pair: k, north, south })
             .map_err(|_| VhostUserError::PmdGone)?;
-        self.attached = true;
+        self.attached[k] = true;
         self.attaches += 1;
         Ok(())
     }
@@ -246,7 +299,7 @@ impl VhostUserBackendReqHandlerMut for VhostUserDevice {
 
     fn set_features(&mut self, acked: u64) -> ProtoResult<()> {
         let acked = features::check_acked(acked)?;
-        Ok(self.reconfigure(|d| {
+        Ok(self.reconfigure(None, |d| {
             d.acked = acked;
             Ok(())
         })?)
@@ -264,7 +317,7 @@ impl VhostUserBackendReqHandlerMut for VhostUserDevice {
             .collect();
         // Map the new table first: a bad one leaves the running queues alone.
         let table = MemTable::map(&regions, &files)?;
-        self.reconfigure(|d| {
+        self.reconfigure(None, |d| {
             // The old table is dropped here, after the detach: its queues are gone.
             d.mem = Some(table);
             Ok(())
@@ -277,7 +330,7 @@ impl VhostUserBackendReqHandlerMut for VhostUserDevice {
             return Err(VhostUserError::BadRingSize(num).into());
         }
         self.vring(index)?;
-        Ok(self.reconfigure(|d| {
+        Ok(self.reconfigure(Some(index as usize / 2), |d| {
             d.vrings[index as usize].size = num as u16;
             Ok(())
         })?)
@@ -293,7 +346,7 @@ impl VhostUserBackendReqHandlerMut for VhostUserDevice {
         _log: u64,
     ) -> ProtoResult<()> {
         self.vring(index)?;
-        Ok(self.reconfigure(|d| {
+        Ok(self.reconfigure(Some(index as usize / 2), |d| {
             d.vrings[index as usize].addrs = Some(RingAddrs { desc: descriptor, avail: available, used });
             Ok(())
         })?)
@@ -301,7 +354,7 @@ impl VhostUserBackendReqHandlerMut for VhostUserDevice {
 
     fn set_vring_base(&mut self, index: u32, base: u32) -> ProtoResult<()> {
         self.vring(index)?;
-        Ok(self.reconfigure(|d| {
+        Ok(self.reconfigure(Some(index as usize / 2), |d| {
             d.vrings[index as usize].base = base as u16;
             Ok(())
         })?)
@@ -309,9 +362,9 @@ impl VhostUserBackendReqHandlerMut for VhostUserDevice {
 
     fn get_vring_base(&mut self, index: u32) -> ProtoResult<VhostUserVringState> {
         self.vring(index)?;
-        // The frontend stops this ring: the pair stops serving, with every copy drained and every
-        // in-flight chain back on the used ring.
-        self.detach(DetachMode::Drain)?;
+        // The frontend stops this ring: its pair stops serving, with every copy drained and every
+        // in-flight chain back on the used ring. The other pairs keep running.
+        self.detach(Some(index as usize / 2), DetachMode::Drain)?;
         let v = &mut self.vrings[index as usize];
         v.started = false;
         v.kick = None;
@@ -320,7 +373,7 @@ impl VhostUserBackendReqHandlerMut for VhostUserDevice {
 
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> ProtoResult<()> {
         self.vring(index as u32)?;
-        Ok(self.reconfigure(|d| {
+        Ok(self.reconfigure(Some(index as usize / 2), |d| {
             let v = &mut d.vrings[index as usize];
             v.kick = fd;
             v.started = true;
@@ -330,7 +383,7 @@ impl VhostUserBackendReqHandlerMut for VhostUserDevice {
 
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> ProtoResult<()> {
         self.vring(index as u32)?;
-        Ok(self.reconfigure(|d| {
+        Ok(self.reconfigure(Some(index as usize / 2), |d| {
             d.vrings[index as usize].call = fd;
             Ok(())
         })?)
@@ -352,8 +405,10 @@ impl VhostUserBackendReqHandlerMut for VhostUserDevice {
     }
 
     fn get_queue_num(&mut self) -> ProtoResult<u64> {
-        // Queue pairs: one per port.
-        Ok(1)
+        // Queue *pairs*: what vhost-user-net frontends (QEMU's net/vhost-user, which compares it
+        // with its `queues=` pairs) and DPDK's vhost library answer, though the spec's wording
+        // now says virtqueues.
+        Ok(self.attached.len() as u64)
     }
 
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> ProtoResult<()> {
@@ -361,7 +416,7 @@ impl VhostUserBackendReqHandlerMut for VhostUserDevice {
         if self.vrings[index as usize].enabled == enable {
             return Ok(());
         }
-        Ok(self.reconfigure(|d| {
+        Ok(self.reconfigure(Some(index as usize / 2), |d| {
             d.vrings[index as usize].enabled = enable;
             Ok(())
         })?)

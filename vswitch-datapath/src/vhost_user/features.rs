@@ -4,24 +4,30 @@
 
 use vhost::vhost_user::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_bindings::virtio_net::{VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
 use super::VhostUserError;
 
 /// The virtio feature bits offered by `GET_FEATURES`: VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF,
-/// VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC and VHOST_USER_F_PROTOCOL_FEATURES. No
-/// offloads (checksum, GSO): a TX header asking for one is a malformed chain.
+/// VIRTIO_NET_F_MQ, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC and
+/// VHOST_USER_F_PROTOCOL_FEATURES. No offloads (checksum, GSO): a TX header asking for one is a
+/// malformed chain.
+///
+/// VIRTIO_NET_F_MQ needs VIRTIO_NET_F_CTRL_VQ in the driver, but the control queue is the
+/// frontend's business: QEMU's virtio-net and DPDK's virtio-user (`cq=1`) serve it themselves and
+/// turn `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET` into `SET_VRING_ENABLE` per ring, so it is not offered.
 pub fn offered_features() -> u64 {
     (1 << VIRTIO_F_VERSION_1)
         | (1 << VIRTIO_NET_F_MRG_RXBUF)
+        | (1 << VIRTIO_NET_F_MQ)
         | (1 << VIRTIO_RING_F_EVENT_IDX)
         | (1 << VIRTIO_RING_F_INDIRECT_DESC)
         | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
 }
 
-/// The protocol features offered by `GET_PROTOCOL_FEATURES`: MQ (so that `GET_QUEUE_NUM` answers:
-/// one queue pair). REPLY_ACK is added by the `vhost` crate, which implements it.
+/// The protocol features offered by `GET_PROTOCOL_FEATURES`: MQ (`GET_QUEUE_NUM` answers how many
+/// queue pairs a port offers). REPLY_ACK is added by the `vhost` crate, which implements it.
 pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
     VhostUserProtocolFeatures::MQ
 }
@@ -65,11 +71,11 @@ mod tests {
     #[test]
     fn offered_features_cover_what_dpdk_virtio_user_needs() {
         let f = offered_features();
-        for bit in [32, 15, 29, 28, 30] {
+        for bit in [32, 15, 22, 29, 28, 30] {
             assert_ne!(f & (1 << bit), 0, "bit {bit} offered");
         }
-        // No offloads: CSUM (0), GUEST_CSUM (1), HOST_TSO4 (11).
-        assert_eq!(f & ((1 << 0) | (1 << 1) | (1 << 11)), 0);
+        // No offloads: CSUM (0), GUEST_CSUM (1), HOST_TSO4 (11); no control queue (17).
+        assert_eq!(f & ((1 << 0) | (1 << 1) | (1 << 11) | (1 << 17)), 0);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! A vhost-user backend (the device side of the vhost-user protocol, as QEMU and DPDK's
-//! virtio-user speak it): one Unix socket per [`VhostPort`](crate::VhostPort), one guest queue
-//! pair each.
+//! virtio-user speak it): one Unix socket per [`VhostPort`](crate::VhostPort), up to
+//! `max_queue_pairs` guest queue pairs each (virtio-net multiqueue).
 //!
 //! The protocol itself (framing, file descriptors, replies, REPLY_ACK) is rust-vmm's `vhost` crate
 //! ([`vhost::vhost_user::BackendReqHandler`]); this module owns what the requests *mean* for our
@@ -10,7 +10,7 @@
 //!   the frontend's user virtual addresses (what `SET_VRING_ADDR` carries) to guest-physical ones.
 //! - [`features`]: the virtio and protocol features we offer, and checking what the frontend acks.
 //! - [`device`]: [`VhostUserDevice`], the request handler: ring state per vring, and the handoff of
-//!   ready queue pairs to the PMD thread ([`PortCommand::Attach`](crate::PortCommand)) and back
+//!   each ready queue pair to the PMD thread ([`PortCommand::Attach`](crate::PortCommand)) and back
 //!   ([`PortCommand::Detach`](crate::PortCommand), which drains or clears in-flight copies).
 //! - [`server`]: [`VhostUserServer`], the control thread of one socket: listen, accept, serve
 //!   requests, and on disconnect detach, unmap and listen again.
@@ -35,7 +35,7 @@ pub mod server;
 
 use std::path::PathBuf;
 
-pub use device::{DeviceConfig, VhostUserDevice};
+pub use device::{DeviceConfig, VhostUserDevice, DEFAULT_MAX_QUEUE_PAIRS};
 pub use memtable::{AddressMap, MemTable, UserRegion};
 pub use server::VhostUserServer;
 
@@ -59,8 +59,8 @@ pub enum VhostUserError {
         /// What failed.
         source: std::io::Error,
     },
-    /// A vring index other than 0 (RX) or 1 (TX): one queue pair per port.
-    #[error("vring index {0} is out of range (one queue pair per port)")]
+    /// A vring index beyond the queue pairs the port offers (`2 * max_queue_pairs` vrings).
+    #[error("vring index {0} is out of range (more queue pairs than the port offers)")]
     BadVring(u32),
     /// A queue size that is zero, not a power of two, or too large.
     #[error("bad vring size {0}")]

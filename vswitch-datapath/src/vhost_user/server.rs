@@ -2,7 +2,7 @@
 //!
 //! The thread listens on the socket path, accepts one frontend, and serves its requests with the
 //! `vhost` crate's [`BackendReqHandler`] over our [`VhostUserDevice`]. When the frontend's socket
-//! closes (mid-traffic too), the device detaches its queue pair from the PMD, clearing in-flight
+//! closes (mid-traffic too), the device detaches its queue pairs from the PMD, clearing in-flight
 //! copies, unmaps its memory, and the thread listens again on the same path: a new frontend
 //! connects and traffic resumes without restarting the switch.
 //!
@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use vhost::vhost_user::{BackendReqHandler, Error as ProtoError, Listener};
 
-use super::device::{DeviceConfig, VhostUserDevice};
+use super::device::{DeviceConfig, VhostUserDevice, DEFAULT_MAX_QUEUE_PAIRS};
 use super::VhostUserError;
 
 /// How often an idle listener checks for a stop.
@@ -38,7 +38,7 @@ struct Shared {
 }
 
 /// The control thread of one vhost-user socket. Dropping it (or [`stop`](Self::stop)) closes the
-/// connection, detaches the queue pair and removes the socket file.
+/// connection, detaches the queue pairs and removes the socket file.
 #[derive(Debug)]
 pub struct VhostUserServer {
     path: PathBuf,
@@ -67,8 +67,17 @@ pub fn claim_socket_path(path: &Path) -> Result<(), VhostUserError> {
 
 impl VhostUserServer {
     /// Binds `path` (see [`claim_socket_path`]) and starts the control thread for the port that
-    /// `cfg` names.
+    /// `cfg` names, offering [`DEFAULT_MAX_QUEUE_PAIRS`] queue pairs.
     pub fn start(path: impl AsRef<Path>, cfg: DeviceConfig) -> Result<Self, VhostUserError> {
+        Self::start_with_queue_pairs(path, cfg, DEFAULT_MAX_QUEUE_PAIRS)
+    }
+
+    /// As [`start`](Self::start), offering `max_queue_pairs` queue pairs (at least 1).
+    pub fn start_with_queue_pairs(
+        path: impl AsRef<Path>,
+        cfg: DeviceConfig,
+        max_queue_pairs: usize,
+    ) -> Result<Self, VhostUserError> {
         let path = path.as_ref().to_owned();
         claim_socket_path(&path)?;
         let to_io = |e: ProtoError| match e {
@@ -79,7 +88,7 @@ impl VhostUserServer {
             Listener::new(&path, false).map_err(|e| VhostUserError::Listen { path: path.clone(), source: to_io(e) })?;
         listener.set_nonblocking(true).map_err(|e| VhostUserError::Listen { path: path.clone(), source: to_io(e) })?;
         let name = cfg.name.clone();
-        let device = Arc::new(Mutex::new(VhostUserDevice::new(cfg)));
+        let device = Arc::new(Mutex::new(VhostUserDevice::with_queue_pairs(cfg, max_queue_pairs)));
         let shared = Arc::new(Shared::default());
         let thread = std::thread::Builder::new()
             .name(format!("vhost-user-{name}"))
@@ -111,7 +120,7 @@ impl VhostUserServer {
         self.shared.connected.load(Ordering::Acquire)
     }
 
-    /// Stops the thread: closes the connection (detaching the queue pair: the PMD must still be
+    /// Stops the thread: closes the connection (detaching the queue pairs: the PMD must still be
     /// running, or gone), waits for it, removes the socket file.
     pub fn stop(mut self) {
         self.shutdown();
