@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
 # Peer benchmark: our vswitch against DPDK's own vhost-user back-end, same guest driver, same
-# machine, one run. See scripts/README-peer-bench.md.
+# machine, one run, each direction of one vhost port measured on its own. See
+# scripts/README-peer-bench.md.
 #
-# Guest: one dpdk-testpmd with two virtio-user ports (DPDK's virtio driver over vhost-user),
-#   port 0 on the switch's socket 0, port 1 on socket 1, forward mode flowgen: it generates
-#   packets on each port and receives-and-drops on each port, so both directions of the switch
-#   carry traffic at once: guest port 0 -> switch port 0 (southbound) -> switch port 1
-#   (northbound) -> guest port 1, and the reverse. The rate of a direction is the guest's
-#   RX rate on the arriving port (testpmd's Rx-pps).
-# Switch (a): dpdk-testpmd with two net_vhost ports, io forwarding 0<->1, one forwarding lcore.
-# Switch (b): target/release/vswitch, one PMD thread, --engine memcpy / worker.
+# Every run is exactly two processes: one switch and one guest, each with one vhost-user
+# connection (one socket, one queue pair).
+# Guest: dpdk-testpmd with one virtio-user port (DPDK's virtio driver over vhost-user), forward
+#   mode txonly --txpkts=<size> (guest->host) or rxonly (host->guest).
+# Switch (a) "dpdk": dpdk-testpmd with one net_vhost port, rxonly (guest->host) or txonly
+#   --txpkts=<size> (host->guest), one forwarding lcore.
+# Switch (b) "memcpy", "worker": target/release/vswitch, one PMD thread, --engine <name>, with
+#   --port vhost-user:<sock> --port sink (guest->host) or --port source:<size> --port
+#   vhost-user:<sock> (host->guest).
+# Rate of a run = packets per second received by the receiving side over WINDOW seconds after
+#   WARMUP seconds of traffic: guest->host, the switch (testpmd's Rx-pps / the vswitch sink's
+#   counter); host->guest, the guest (testpmd's Rx-pps), the same for both switches. The sending
+#   side's rate is printed next to it as a cross-check.
 # Cores (this machine has 2): the switch's forwarding thread on CPU 0, the guest's forwarding
 #   lcore on CPU 1; each testpmd's main lcore (idle: it only prints stats) on the other CPU.
 #
-# Environment: ROUNDS (2), WARMUP (2 s), WINDOW (5 s), SIZES ("64 1518"),
+# Environment: ROUNDS (2), WARMUP (2 s), WINDOW (4 s), SIZES ("64 1518"), DIRS ("g2h h2g"),
 #   ENGINES ("memcpy worker"), TESTPMD (dpdk-testpmd), VSWITCH_BIN (built here if unset),
 #   KEEP_LOGS=1 to keep the per-run logs.
 set -uo pipefail
@@ -21,8 +27,9 @@ cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-2}
 WARMUP=${WARMUP:-2}
-WINDOW=${WINDOW:-5}
+WINDOW=${WINDOW:-4}
 SIZES=${SIZES:-"64 1518"}
+DIRS=${DIRS:-"g2h h2g"}
 ENGINES=${ENGINES:-"memcpy worker"}
 TESTPMD=${TESTPMD:-dpdk-testpmd}
 SWITCH_CPU=0
@@ -32,6 +39,7 @@ MEM_MB=512
 die() { echo "peer-bench: $*" >&2; exit 1; }
 command -v "$TESTPMD" >/dev/null 2>&1 || die "$TESTPMD not found (Debian: apt-get install dpdk-dev; scripts/test.sh installs it)"
 [ "$(nproc)" -ge 2 ] || die "needs at least 2 CPUs (switch on one, guest on the other)"
+for d in $DIRS; do case $d in g2h | h2g) ;; *) die "DIRS: expected g2h and/or h2g, got $d" ;; esac; done
 STDBUF=""; command -v stdbuf >/dev/null 2>&1 && STDBUF="stdbuf -oL -eL"
 
 # Same machine-wide lock as the interop tests: never two runs pinning busy pollers at once.
@@ -74,6 +82,10 @@ else
     fi
   fi
 fi
+if [ $VSWITCH_OK = 1 ] && ! "$VSWITCH" --help 2>/dev/null | grep -q 'source:<bytes>'; then
+  echo "peer-bench: $VSWITCH has no sink/source ports (too old?): DPDK baseline only"
+  VSWITCH_OK=0
+fi
 
 eal() { # <name> <lcores>: sets EAL to EAL arguments with a unique file prefix
   local prefix="ce-pb-$1-$$-$RANDOM"
@@ -99,119 +111,159 @@ stop() { # <pid>: SIGINT (clean exit, prints stats), SIGKILL after 10 s
   kill -KILL "$1" 2>/dev/null; wait "$1" 2>/dev/null
 }
 
-# Average Rx-pps per port over the stats blocks after the warm-up: prints "<port0> <port1>" in pps.
-rx_pps() {
-  awk -v skip="$WARMUP" '
-    /NIC statistics for port/ { port = $(NF-1) + 0 }
-    /Rx-pps:/ { n[port]++; if (n[port] > skip) { sum[port] += $2; cnt[port]++ } }
-    END { printf "%d %d\n", (cnt[0] ? sum[0]/cnt[0] : 0), (cnt[1] ? sum[1]/cnt[1] : 0) }' "$1"
+# A rate series is one sample per line, one a second, from the log of a run:
+#   testpmd: "<pps>" (its Rx-pps or Tx-pps of port 0, the only port; --stats-period=1);
+#   vswitch: "<t seconds> <cumulative packets>" of one port (--stats-interval 1).
+series() { # <log> testpmd Rx|Tx   or   <log> vswitch <port name> rx|tx
+  if [ "$2" = testpmd ]; then
+    awk -v f="$3-pps:" '/NIC statistics for port/ { port = $(NF-1) + 0 } $1 == f && port == 0 { print $2 }' "$1"
+  else
+    awk -v name="$3:" -v f="$4" '
+      /^t=/ { t = substr($1, 3) + 0 }
+      $1 == name { for (i = 2; i < NF - 1; i++) if ($i == f && $(i + 2) == "pkts") { print t, $(i + 1); break } }' "$1"
+  fi
+}
+# How many samples since the first one with traffic.
+samples() { awk '!go && $NF > 0 { go = 1 } go { n++ } END { print n + 0 }'; }
+# The rate in pps over WINDOW samples after the first one with traffic and WARMUP more (fewer if
+# the series is shorter; if it has no sample after the warm-up, every sample after the first with
+# traffic: a sender's stats, printed by a main lcore that shares a CPU with the switch, may lag).
+rate() {
+  awk -v w="$WARMUP" -v n="$WINDOW" '
+    !go && $NF > 0 { go = 1 }
+    go { k++
+         if (NF == 1) { if (k > w + 1 && k <= w + n + 1) { sum += $1; cnt++ } if (k > 1) { fsum += $1; fcnt++ } }
+         else { if (k == 1) { f0 = $1; g0 = $2 } if (k == w + 1) { t0 = $1; c0 = $2 }
+                if (k > w + 1 && k <= w + n + 1) { t1 = $1; c1 = $2 } if (k > 1) { f1 = $1; g1 = $2 } } }
+    END {
+      if (cnt) printf "%d\n", sum / cnt
+      else if (t1 > t0) printf "%d\n", (c1 - c0) / (t1 - t0)
+      else if (fcnt) printf "%d\n", fsum / fcnt
+      else if (f1 > f0) printf "%d\n", (g1 - g0) / (f1 - f0)
+      else print 0
+    }'
 }
 
-# run_one <label> <size>: starts the switch <label> (dpdk | memcpy | worker ...), the guest,
-# measures, stops both; sets RESULT to "<pps 0->1> <pps 1->0>" or "FAIL <why>". (Not run in a
-# subshell, so that PIDS and PREFIXES reach the cleanup trap.)
+# run_one <label> <size> <dir>: starts the switch <label> (dpdk | memcpy | worker ...) and the
+# guest, measures, stops both; sets RESULT to "<rx pps> <sender pps>" or "FAIL <why>". (Not run
+# in a subshell, so that PIDS and PREFIXES reach the cleanup trap.)
 run_one() {
-  local label=$1 size=$2 dir
-  dir="$WORK/$label-$size-$RANDOM"; mkdir -p "$dir"
-  local s0="$dir/s0.sock" s1="$dir/s1.sock" sw_pid
+  local label=$1 size=$2 dir=$3 rundir
+  rundir="$WORK/$label-$size-$dir-$RANDOM"; mkdir -p "$rundir"
+  local s0="$rundir/s0.sock" sw_pid guest_pid rx_src tx_src
+  local swlog="$rundir/switch.log" glog="$rundir/guest.log"
   if [ "$label" = dpdk ]; then
+    local mode=(--forward-mode=rxonly)
+    [ "$dir" = h2g ] && mode=(--forward-mode=txonly --txpkts="$size")
     eal vhost "0@$GUEST_CPU,1@$SWITCH_CPU"
     # shellcheck disable=SC2086
-    $STDBUF "$TESTPMD" $EAL \
-      --vdev "net_vhost0,iface=$s0,queues=1" --vdev "net_vhost1,iface=$s1,queues=1" -- \
-      --forward-mode=io --auto-start --nb-cores=1 --total-num-mbufs=16384 --stats-period=60 \
-      </dev/null >"$dir/switch.log" 2>&1 &
+    $STDBUF "$TESTPMD" $EAL --vdev "net_vhost0,iface=$s0,queues=1" -- "${mode[@]}" \
+      --port-topology=loop --auto-start --nb-cores=1 --total-num-mbufs=16384 --stats-period=1 \
+      </dev/null >"$swlog" 2>&1 &
   else
-    "$VSWITCH" --port "vhost-user:$s0" --port "vhost-user:$s1" --engine "$label" \
-      --pmd-cores "$SWITCH_CPU" --stats-interval 0 </dev/null >"$dir/switch.log" 2>&1 &
+    local ports=(--port "vhost-user:$s0" --port sink)
+    [ "$dir" = h2g ] && ports=(--port "source:$size" --port "vhost-user:$s0")
+    "$VSWITCH" "${ports[@]}" --engine "$label" --pmd-cores "$SWITCH_CPU" --stats-interval 1 \
+      </dev/null >"$swlog" 2>&1 &
   fi
   sw_pid=$!; PIDS+=("$sw_pid")
-  if ! wait_sockets "$sw_pid" "$s0" "$s1"; then
-    RESULT="FAIL switch did not come up (see below)"; tail -n 5 "$dir/switch.log" >&2; stop "$sw_pid"; return
+  if ! wait_sockets "$sw_pid" "$s0"; then
+    RESULT="FAIL switch did not come up (see below)"; tail -n 5 "$swlog" >&2; stop "$sw_pid"; return
   fi
-  local guest_pid
+  local mode=(--forward-mode=txonly --txpkts="$size")
+  [ "$dir" = h2g ] && mode=(--forward-mode=rxonly)
   eal guest "0@$SWITCH_CPU,1@$GUEST_CPU"
   # shellcheck disable=SC2086
-  $STDBUF "$TESTPMD" $EAL \
-    --vdev "net_virtio_user0,path=$s0,queues=1" --vdev "net_virtio_user1,path=$s1,queues=1" -- \
-    --forward-mode=flowgen --txpkts="$size" --auto-start --nb-cores=1 --total-num-mbufs=16384 \
-    --stats-period=1 </dev/null >"$dir/guest.log" 2>&1 &
+  $STDBUF "$TESTPMD" $EAL --vdev "net_virtio_user0,path=$s0,queues=1" -- "${mode[@]}" \
+    --port-topology=loop --auto-start --nb-cores=1 --total-num-mbufs=16384 --stats-period=1 \
+    </dev/null >"$glog" 2>&1 &
   guest_pid=$!; PIDS+=("$guest_pid")
-  sleep $((WARMUP + WINDOW + 1))
+  # Where the rate is read: the receiving side; and the sending side, as a cross-check.
+  case $label/$dir in
+    dpdk/g2h) rx_src=("$swlog" testpmd Rx); tx_src=("$glog" testpmd Tx) ;;
+    */g2h) rx_src=("$swlog" vswitch sink1 tx); tx_src=("$glog" testpmd Tx) ;;
+    dpdk/h2g) rx_src=("$glog" testpmd Rx); tx_src=("$swlog" testpmd Tx) ;;
+    */h2g) rx_src=("$glog" testpmd Rx); tx_src=("$swlog" vswitch vhost1 tx) ;;
+  esac
+  # Until the receiver has WARMUP + WINDOW samples after the first with traffic (or a deadline).
+  local deadline=$((SECONDS + WARMUP + WINDOW + 20))
+  while [ $SECONDS -lt $deadline ]; do
+    sleep 1
+    kill -0 "$sw_pid" 2>/dev/null && kill -0 "$guest_pid" 2>/dev/null || break
+    [ "$(series "${rx_src[@]}" | samples)" -gt $((WARMUP + WINDOW)) ] && break
+  done
   stop "$guest_pid"
   stop "$sw_pid"
-  cp "$dir/switch.log" "$WORK/last-switch-$label.log" 2>/dev/null
-  local r; r=$(rx_pps "$dir/guest.log")
-  if [ "$r" = "0 0" ]; then
-    RESULT="FAIL no traffic"; tail -n 5 "$dir/guest.log" >&2; tail -n 5 "$dir/switch.log" >&2; return
+  [ "$label" != dpdk ] && cp "$swlog" "$WORK/last-switch-$label-$dir.log" 2>/dev/null
+  local rx tx
+  rx=$(series "${rx_src[@]}" | rate)
+  tx=$(series "${tx_src[@]}" | rate)
+  if [ "${rx:-0}" = 0 ]; then
+    RESULT="FAIL no traffic"; tail -n 5 "$glog" >&2; tail -n 5 "$swlog" >&2; return
   fi
-  # The guest's port 1 receives direction 0->1, its port 0 direction 1->0.
-  set -- $r
-  RESULT="$2 $1"
+  RESULT="$rx ${tx:-0}"
 }
 
 mpps() { awk -v p="$1" 'BEGIN { printf "%.3f", p / 1e6 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else printf "n/a" }'; }
+dirname_() { [ "$1" = g2h ] && echo "guest->host" || echo "host->guest"; }
 
 labels=(dpdk)
 [ $VSWITCH_OK = 1 ] && for e in $ENGINES; do labels+=("$e"); done
 
-echo "== peer benchmark: rounds=$ROUNDS warmup=${WARMUP}s window=${WINDOW}s sizes=[$SIZES] switches=[${labels[*]}]"
-echo "   switch forwarding thread on CPU $SWITCH_CPU, guest (testpmd flowgen, 2 virtio-user ports) on CPU $GUEST_CPU"
-declare -A BEST01 BEST10 SUM01 CNT
+echo "== peer benchmark: rounds=$ROUNDS warmup=${WARMUP}s window=${WINDOW}s sizes=[$SIZES] directions=[$DIRS] switches=[${labels[*]}]"
+echo "   switch forwarding thread on CPU $SWITCH_CPU, guest (testpmd, 1 virtio-user port, txonly/rxonly) on CPU $GUEST_CPU"
+T0=$SECONDS
+declare -A BEST SUM CNT
 for size in $SIZES; do
-  for round in $(seq "$ROUNDS"); do
-    for label in "${labels[@]}"; do
-      run_one "$label" "$size"; out=$RESULT
-      printf '   size %5s round %s %-8s %s\n' "$size" "$round" "$label" "$out"
-      case $out in FAIL*) continue ;; esac
-      set -- $out
-      k="$label/$size"
-      # Best round by the sum of both directions: interference only ever lowers a rate.
-      if [ $(( $1 + $2 )) -gt $(( ${BEST01[$k]:-0} + ${BEST10[$k]:-0} )) ]; then
-        BEST01[$k]=$1; BEST10[$k]=$2
-      fi
-      SUM01[$k]=$(( ${SUM01[$k]:-0} + $1 + $2 ))
-      CNT[$k]=$(( ${CNT[$k]:-0} + 1 ))
+  for dir in $DIRS; do
+    for round in $(seq "$ROUNDS"); do
+      for label in "${labels[@]}"; do
+        run_one "$label" "$size" "$dir"; out=$RESULT
+        case $out in
+          FAIL*) printf '   %5s B %-11s round %s %-7s %s\n' "$size" "$(dirname_ "$dir")" "$round" "$label" "$out"; continue ;;
+        esac
+        set -- $out
+        printf '   %5s B %-11s round %s %-7s received %7s Mpps (sender %7s Mpps)\n' "$size" "$(dirname_ "$dir")" \
+          "$round" "$label" "$(mpps "$1")" "$(mpps "$2")"
+        k="$label/$size/$dir"
+        [ "$1" -gt "${BEST[$k]:-0}" ] && BEST[$k]=$1
+        SUM[$k]=$(( ${SUM[$k]:-0} + $1 ))
+        CNT[$k]=$(( ${CNT[$k]:-0} + 1 ))
+      done
     done
   done
 done
-
-best() { # <assoc name> <key>
-  local -n a=$1
-  echo "${a[$2]:-0}"
-}
-mean_sum() { # <key>: mean over the rounds of both directions summed
-  local c=${CNT[$1]:-0}
-  [ "$c" -gt 0 ] && echo $(( ${SUM01[$1]} / c )) || echo 0
-}
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "n/a" }'; }
+mean() { local c=${CNT[$1]:-0}; [ "$c" -gt 0 ] && echo $(( ${SUM[$1]} / c )) || echo 0; }
 
 echo
-echo "Mpps received by the guest, best of $ROUNDS rounds (0->1 = guest port 0 -> switch port 0 -> switch port 1 -> guest port 1)"
-printf '%-6s %-8s %9s %9s %9s | %9s %9s %9s | %6s %6s\n' size engine "ours 0->1" "ours 1->0" "ours sum" "dpdk 0->1" "dpdk 1->0" "dpdk sum" ratio "(mean)"
+echo "Mpps received (guest->host: by the switch; host->guest: by the guest), best of $ROUNDS rounds and mean of the rounds"
+fmt='%-5s %-11s %-7s | %9s %9s %6s | %9s %9s %6s\n'
+printf "$fmt" size direction engine "ours best" "dpdk best" ratio "ours mean" "dpdk mean" ratio
 for size in $SIZES; do
-  d01=$(best BEST01 "dpdk/$size"); d10=$(best BEST10 "dpdk/$size"); dsum=$((d01 + d10))
-  dmean=$(mean_sum "dpdk/$size")
-  if [ $VSWITCH_OK != 1 ]; then
-    printf '%-6s %-8s %9s %9s %9s | %9s %9s %9s | %6s %6s\n' "$size" "-" "-" "-" "-" \
-      "$(mpps "$d01")" "$(mpps "$d10")" "$(mpps "$dsum")" "n/a" "n/a"
-    continue
-  fi
-  for e in $ENGINES; do
-    o01=$(best BEST01 "$e/$size"); o10=$(best BEST10 "$e/$size"); osum=$((o01 + o10))
-    printf '%-6s %-8s %9s %9s %9s | %9s %9s %9s | %6s %6s\n' "$size" "$e" \
-      "$(mpps "$o01")" "$(mpps "$o10")" "$(mpps "$osum")" \
-      "$(mpps "$d01")" "$(mpps "$d10")" "$(mpps "$dsum")" "$(ratio "$osum" "$dsum")" \
-      "$(ratio "$(mean_sum "$e/$size")" "$dmean")"
+  for dir in $DIRS; do
+    db=${BEST[dpdk/$size/$dir]:-0}; dm=$(mean "dpdk/$size/$dir")
+    if [ $VSWITCH_OK != 1 ]; then
+      printf "$fmt" "$size" "$(dirname_ "$dir")" - - "$(mpps "$db")" n/a - "$(mpps "$dm")" n/a
+      continue
+    fi
+    for e in $ENGINES; do
+      ob=${BEST[$e/$size/$dir]:-0}; om=$(mean "$e/$size/$dir")
+      printf "$fmt" "$size" "$(dirname_ "$dir")" "$e" "$(mpps "$ob")" "$(mpps "$db")" "$(ratio "$ob" "$db")" \
+        "$(mpps "$om")" "$(mpps "$dm")" "$(ratio "$om" "$dm")"
+    done
   done
 done
-echo "ratio = ours sum / dpdk sum of the best rounds; (mean) = the same over the means. Both switches get one forwarding core; on a 2-core machine the"
-echo "guest's single forwarding core may be the bottleneck of either, which caps the ratio near 1."
+echo "ratio = ours / dpdk. Both switches get one forwarding core (CPU $SWITCH_CPU), the guest one (CPU $GUEST_CPU); a"
+echo "ratio near 1 may mean the guest, not the switch, is the bottleneck (compare the sender column above)."
+echo "total time $((SECONDS - T0)) s"
 if [ $VSWITCH_OK = 1 ]; then
   for e in $ENGINES; do
-    if [ -f "$WORK/last-switch-$e.log" ]; then
-      echo "-- vswitch --engine $e, per-port counters at exit of its last run:"
-      grep -E '^t=|^  ' "$WORK/last-switch-$e.log" | tail -n 3
-    fi
+    for dir in $DIRS; do
+      if [ -f "$WORK/last-switch-$e-$dir.log" ]; then
+        echo "-- vswitch --engine $e, $(dirname_ "$dir"), per-port counters at exit of its last run:"
+        grep -E '^t=|^  ' "$WORK/last-switch-$e-$dir.log" | tail -n 3
+      fi
+    done
   done
 fi

@@ -11,7 +11,8 @@
 //! - [`net`]: the virtio-net header.
 //! - [`vhost`]: asynchronous northbound (host -> guest) and southbound (guest -> host) paths.
 //! - [`pool`], [`port`], [`pmd`]: packet buffers, the port trait, the PMD loop; [`vhost_port`] and
-//!   [`traffic`] are ports (a guest's queue pair; a traffic source/sink).
+//!   [`traffic`] are ports (a guest's queue pair; a traffic source/sink); [`null_port`] has the
+//!   benchmark end points (a counting sink, a header-only source).
 //! - [`vhost_user`]: the vhost-user backend (one socket and control thread per port).
 //! - `testguest`, `loopguest` (feature `test-utils`): the driver side, an in-process guest for
 //!   tests, benches and the PVP demo.
@@ -31,6 +32,7 @@ mod access;
 pub mod loopguest;
 pub mod memory;
 pub mod net;
+pub mod null_port;
 pub mod pmd;
 #[allow(unsafe_code)]
 pub mod pool;
@@ -50,6 +52,7 @@ pub use virtio::error::{QueueConfigError, VirtqError};
 pub use virtio::split::{AvailMark, QueueConfig, SplitQueue};
 pub use virtio::RingFeatures;
 
+pub use null_port::{SinkPort, SourcePort};
 pub use pmd::{Pmd, PmdStats};
 pub use pool::{Packet, PacketPool, HEADROOM};
 pub use port::{Port, PortCtx, PortStats};

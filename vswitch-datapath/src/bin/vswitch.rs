@@ -1,18 +1,22 @@
-//! vswitch: a vhost-user switch. Each `--port` is a vhost-user socket that a virtio driver (QEMU,
-//! DPDK's virtio-user) connects to; one PMD thread forwards between the ports through the copy
-//! engine of your choice.
+//! vswitch: a vhost-user switch. Each `--port vhost-user:<path>` is a vhost-user socket that a
+//! virtio driver (QEMU, DPDK's virtio-user) connects to; one PMD thread forwards between the ports
+//! through the copy engine of your choice. For benchmarks a port may also be `sink` (counts and
+//! frees every packet sent to it) or `source:<bytes>` (makes packets of that size as fast as the
+//! port it is connected to takes them), so that one direction of a vhost port can be loaded alone.
 //!
 //! ```text
-//! vswitch --port vhost-user:<socket path> [--port ...] --engine memcpy|worker|dmadev:<name>
-//!     [--eal-args "..."] [--pmd-cores 0,1] [--mac-learning] [--stats-interval SECS]
-//!     [--duration SECS]
+//! vswitch --port vhost-user:<socket path>|sink|source:<bytes> [--port ...]
+//!     --engine memcpy|worker|dmadev:<name> [--eal-args "..."] [--pmd-cores 0,1] [--mac-learning]
+//!     [--stats-interval SECS] [--duration SECS]
 //! ```
 //!
 //! Forwarding: with two ports, 0 <-> 1; with more, pairs (0,1), (2,3), ... (an odd last port
-//! receives nothing). Per-port stats are printed every `--stats-interval` seconds (default 1; 0:
-//! only at exit). Exits cleanly on SIGINT/SIGTERM or after `--duration` seconds: the PMD stops
-//! (draining every copy in flight), then every socket is closed and removed. Frontends may
-//! disconnect and reconnect at any time.
+//! receives nothing). So `--port vhost-user:/tmp/s0 --port sink` measures guest -> host and
+//! `--port source:64 --port vhost-user:/tmp/s0` host -> guest. Per-port stats (cumulative
+//! packets and bytes, and the packet rates since the previous stats line) are printed every
+//! `--stats-interval` seconds (default 1; 0: only at exit). Exits cleanly on SIGINT/SIGTERM or
+//! after `--duration` seconds: the PMD stops (draining every copy in flight), then every socket
+//! is closed and removed. Frontends may disconnect and reconnect at any time.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,11 +26,15 @@ use std::time::{Duration, Instant};
 
 use copy_engine::{Channel, CopyEngine, Policy};
 use copy_engine_cpu::{MemcpyEngine, WorkerConfig, WorkerEngine};
+use vswitch_datapath::null_port::{SOURCE_HEADER, SOURCE_MAX};
 use vswitch_datapath::vhost_user::{DeviceConfig, VhostUserServer};
-use vswitch_datapath::{PacketPool, Pmd, Port, VhostPort};
+use vswitch_datapath::{PacketPool, Pmd, Port, PortStats, SinkPort, SourcePort, VhostPort};
 
-const USAGE: &str = "usage: vswitch --port vhost-user:<socket path> [--port ...] --engine memcpy|worker|dmadev:<name> \
-                     [--eal-args \"...\"] [--pmd-cores 0,1] [--mac-learning] [--stats-interval SECS] [--duration SECS]";
+const USAGE: &str = "usage: vswitch --port vhost-user:<socket path>|sink|source:<bytes> [--port ...] \
+                     --engine memcpy|worker|dmadev:<name> [--eal-args \"...\"] [--pmd-cores 0,1] [--mac-learning] \
+                     [--stats-interval SECS] [--duration SECS]\n\
+                     ports are cross-connected in pairs (0,1), (2,3), ...; sink: counts and frees what it is sent; \
+                     source:<bytes>: makes packets of that size (42..=9216) as fast as its peer port takes them";
 
 /// Packet buffers of the PMD thread, and the largest packet a guest may send.
 const POOL_PACKETS: usize = 4096;
@@ -34,9 +42,41 @@ const DATA_ROOM: usize = 9216 + 64;
 /// The PMD checks the clock and the stop flag every this many iterations.
 const CHECK_EVERY: u64 = 1024;
 
+/// What one `--port` is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum PortSpec {
+    /// A vhost-user server on this socket path.
+    VhostUser(String),
+    /// A [`SinkPort`].
+    Sink,
+    /// A [`SourcePort`] of packets of this many bytes.
+    Source(usize),
+}
+
+impl PortSpec {
+    fn parse(v: &str) -> Result<Self, String> {
+        if let Some(path) = v.strip_prefix("vhost-user:") {
+            if path.is_empty() {
+                return Err("--port: empty socket path".into());
+            }
+            return Ok(PortSpec::VhostUser(path.to_string()));
+        }
+        if v == "sink" {
+            return Ok(PortSpec::Sink);
+        }
+        if let Some(n) = v.strip_prefix("source:") {
+            return match n.parse::<usize>() {
+                Ok(n) if (SOURCE_HEADER..=SOURCE_MAX).contains(&n) => Ok(PortSpec::Source(n)),
+                _ => Err(format!("--port: source:<bytes> needs a size in {SOURCE_HEADER}..={SOURCE_MAX}, got {n:?}")),
+            };
+        }
+        Err(format!("--port: expected vhost-user:<socket path>, sink or source:<bytes>, got {v:?}"))
+    }
+}
+
 #[derive(Debug)]
 struct Args {
-    ports: Vec<String>,
+    ports: Vec<PortSpec>,
     engine: String,
     eal_args: Option<String>,
     pmd_cores: Vec<usize>,
@@ -67,17 +107,13 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
         match flag.as_str() {
             "--port" => {
-                let v = value("--port")?;
-                let path = v
-                    .strip_prefix("vhost-user:")
-                    .ok_or_else(|| format!("--port: expected vhost-user:<socket path>, got {v:?}"))?;
-                if path.is_empty() {
-                    return Err("--port: empty socket path".into());
+                let spec = PortSpec::parse(&value("--port")?)?;
+                if let PortSpec::VhostUser(path) = &spec {
+                    if a.ports.contains(&spec) {
+                        return Err(format!("--port: {path} given twice"));
+                    }
                 }
-                if a.ports.iter().any(|p| p == path) {
-                    return Err(format!("--port: {path} given twice"));
-                }
-                a.ports.push(path.to_string());
+                a.ports.push(spec);
             }
             "--engine" => a.engine = value("--engine")?,
             "--eal-args" => a.eal_args = Some(value("--eal-args")?),
@@ -194,13 +230,27 @@ fn run<E: CopyEngine>(chan: Channel<E>, args: &Args, stop: &AtomicBool) -> Resul
     let mut pmd = Pmd::new(chan, PacketPool::new(POOL_PACKETS, DATA_ROOM));
     let (tx, rx) = mpsc::channel();
     pmd.set_commands(rx);
-    let mut servers = Vec::new();
-    for (i, path) in args.ports.iter().enumerate() {
-        let name = format!("vhost{i}");
-        let port = pmd.add_port(Box::new(VhostPort::unattached(name.clone())));
-        let cfg = DeviceConfig { name: name.clone(), port, pmd: tx.clone(), detach_timeout: Duration::from_secs(10) };
-        let server = VhostUserServer::start(path, cfg).map_err(|e| format!("port {i} ({path}): {e}"))?;
-        servers.push(server);
+    // One entry per port: its vhost-user server, `None` for a sink or a source.
+    let mut servers: Vec<Option<VhostUserServer>> = Vec::new();
+    for (i, spec) in args.ports.iter().enumerate() {
+        match spec {
+            PortSpec::VhostUser(path) => {
+                let name = format!("vhost{i}");
+                let port = pmd.add_port(Box::new(VhostPort::unattached(name.clone())));
+                let cfg =
+                    DeviceConfig { name: name.clone(), port, pmd: tx.clone(), detach_timeout: Duration::from_secs(10) };
+                let server = VhostUserServer::start(path, cfg).map_err(|e| format!("port {i} ({path}): {e}"))?;
+                servers.push(Some(server));
+            }
+            PortSpec::Sink => {
+                pmd.add_port(Box::new(SinkPort::new(format!("sink{i}"))));
+                servers.push(None);
+            }
+            PortSpec::Source(len) => {
+                pmd.add_port(Box::new(SourcePort::new(format!("source{i}"), *len)));
+                servers.push(None);
+            }
+        }
     }
     drop(tx);
     for pair in (0..args.ports.len()).collect::<Vec<_>>().chunks_exact(2) {
@@ -214,11 +264,16 @@ fn run<E: CopyEngine>(chan: Channel<E>, args: &Args, stop: &AtomicBool) -> Resul
         }
     }
     println!("vswitch: engine {engine_name}, {} port(s):", args.ports.len());
-    for (i, s) in servers.iter().enumerate() {
-        println!("  vhost{i}: vhost-user server on {}", s.path().display());
+    for (i, (s, spec)) in servers.iter().zip(&args.ports).enumerate() {
+        match (s, spec) {
+            (Some(s), _) => println!("  vhost{i}: vhost-user server on {}", s.path().display()),
+            (None, PortSpec::Source(len)) => println!("  source{i}: {len}-byte packets"),
+            (None, _) => println!("  sink{i}: counts and frees what it is sent"),
+        }
     }
 
     let start = Instant::now();
+    let mut last = StatsSample { t: Duration::ZERO, ports: vec![PortStats::default(); servers.len()] };
     let mut next_stats = args.stats_interval.map(|d| start + d);
     let mut iterations = 0u64;
     loop {
@@ -237,24 +292,33 @@ fn run<E: CopyEngine>(chan: Channel<E>, args: &Args, stop: &AtomicBool) -> Resul
         }
         if let (Some(at), Some(every)) = (next_stats, args.stats_interval) {
             if now >= at {
-                print_stats(&pmd, &servers, now - start);
-                next_stats = Some(at + every);
+                print_stats(&pmd, &servers, now - start, &mut last);
+                // After a stall (the thread was descheduled), the next line is a full interval on.
+                next_stats = Some(if now >= at + every { now + every } else { at + every });
             }
         }
     }
     // Stop the PMD: every copy drains, every guest buffer in flight goes back to its guest. Then
     // drop it (its channel first), so the control threads find no PMD, and close the sockets.
     pmd.stop();
-    print_stats(&pmd, &servers, start.elapsed());
+    print_stats(&pmd, &servers, start.elapsed(), &mut last);
     drop(pmd);
-    for s in servers {
+    for s in servers.into_iter().flatten() {
         s.stop();
     }
     println!("vswitch: stopped");
     Ok(())
 }
 
-fn print_stats<E: CopyEngine>(pmd: &Pmd<E>, servers: &[VhostUserServer], t: Duration) {
+/// The counters at the previous stats line, for rates.
+struct StatsSample {
+    t: Duration,
+    ports: Vec<PortStats>,
+}
+
+fn print_stats<E: CopyEngine>(pmd: &Pmd<E>, servers: &[Option<VhostUserServer>], t: Duration, last: &mut StatsSample) {
+    let dt = (t - last.t).as_secs_f64();
+    let rate = |now: u64, before: u64| if dt > 0.0 { now.saturating_sub(before) as f64 / dt } else { 0.0 };
     let c = pmd.channel().stats();
     println!(
         "t={:.1}s  copies: {} offloaded, {} by CPU, {} in flight",
@@ -266,14 +330,17 @@ fn print_stats<E: CopyEngine>(pmd: &Pmd<E>, servers: &[VhostUserServer], t: Dura
     for (i, s) in servers.iter().enumerate() {
         let p = pmd.port(i);
         let st = p.stats();
-        let state = match p.as_any().downcast_ref::<VhostPort>() {
-            Some(v) if v.is_attached() => "attached",
-            _ if s.is_connected() => "connected",
-            _ => "waiting",
+        let state = match (p.as_any().downcast_ref::<VhostPort>(), s) {
+            (Some(v), _) if v.is_attached() => "attached",
+            (_, Some(s)) if s.is_connected() => "connected",
+            (_, Some(_)) => "waiting",
+            (None, None) => "local",
+            (Some(_), None) => "-",
         };
+        let prev = last.ports[i];
         println!(
             "  {}: {state:<9} rx {} pkts {} bytes, tx {} pkts {} bytes, drops {}, pushed back {}, in flight {}, \
-             copies offloaded {} cpu {}",
+             copies offloaded {} cpu {}, rx {:.0} pps, tx {:.0} pps",
             Port::name(p),
             st.rx_packets,
             st.rx_bytes,
@@ -283,9 +350,13 @@ fn print_stats<E: CopyEngine>(pmd: &Pmd<E>, servers: &[VhostUserServer], t: Dura
             st.tx_pushed_back,
             st.in_flight,
             st.copies_offloaded,
-            st.copies_cpu
+            st.copies_cpu,
+            rate(st.rx_packets, prev.rx_packets),
+            rate(st.tx_packets, prev.tx_packets),
         );
+        last.ports[i] = st;
     }
+    last.t = t;
 }
 
 #[cfg(test)]
@@ -301,7 +372,7 @@ mod tests {
         let a = p("--port vhost-user:/tmp/a --port vhost-user:/tmp/b --engine worker --pmd-cores 1,0 \
                    --stats-interval 0 --duration 2.5")
         .unwrap();
-        assert_eq!(a.ports, ["/tmp/a", "/tmp/b"]);
+        assert_eq!(a.ports, [PortSpec::VhostUser("/tmp/a".into()), PortSpec::VhostUser("/tmp/b".into())]);
         assert_eq!(a.pmd_cores, [1, 0]);
         assert_eq!(a.stats_interval, None);
         assert_eq!(a.duration, Some(Duration::from_millis(2500)));
@@ -314,5 +385,29 @@ mod tests {
         assert!(p("--port vhost-user:/tmp/a --engine memcpy --duration -1").is_err());
         assert!(p("--port vhost-user:/tmp/a --engine memcpy --pmd-cores x").is_err());
         assert!(p("--port vhost-user:/tmp/a --engine memcpy --bogus").unwrap_err().contains("--bogus"));
+    }
+
+    #[test]
+    fn sink_and_source_ports_parse() {
+        let a = p("--port vhost-user:/tmp/a --port sink --port source:64 --port vhost-user:/tmp/b --engine memcpy")
+            .unwrap();
+        assert_eq!(
+            a.ports,
+            [
+                PortSpec::VhostUser("/tmp/a".into()),
+                PortSpec::Sink,
+                PortSpec::Source(64),
+                PortSpec::VhostUser("/tmp/b".into())
+            ]
+        );
+        // Several sinks and sources are fine; only a socket path may not repeat.
+        assert_eq!(p("--port sink --port sink --engine worker").unwrap().ports, [PortSpec::Sink, PortSpec::Sink]);
+        assert_eq!(p("--port source:1518 --port source:9216 --engine memcpy").unwrap().ports.len(), 2);
+        assert!(p("--port source:41 --engine memcpy").unwrap_err().contains("42..=9216"));
+        assert!(p("--port source:9217 --engine memcpy").is_err());
+        assert!(p("--port source: --engine memcpy").is_err());
+        assert!(p("--port source:x --engine memcpy").is_err());
+        assert!(p("--port sinks --engine memcpy").unwrap_err().contains("sink or source"));
+        assert!(p("--port vhost-user: --engine memcpy").unwrap_err().contains("empty socket path"));
     }
 }
