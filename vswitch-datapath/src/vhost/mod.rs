@@ -55,3 +55,24 @@ pub enum VhostError {
     #[error("copy engine refused an op: {0}")]
     Engine(copy_engine::EnqueueError),
 }
+
+/// Makes the used entries pushed so far visible (one release store) and interrupts the guest if
+/// it asked (event idx / NO_INTERRUPT), counting both outcomes. A ring error breaks the queue and
+/// is counted. Shared by both directions.
+fn publish(
+    q: &mut crate::virtio::split::SplitQueue,
+    notifier: &mut Notifier,
+    stats: &mut QueueStats,
+) -> Result<(), VhostError> {
+    let notify = q.publish_used().and_then(|_| q.needs_notify()).map_err(|e| {
+        stats.broken += 1;
+        VhostError::from(e)
+    })?;
+    if notify {
+        notifier.notify();
+        stats.notifications += 1;
+    } else {
+        stats.notifications_suppressed += 1;
+    }
+    Ok(())
+}

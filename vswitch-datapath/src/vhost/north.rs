@@ -240,20 +240,9 @@ impl Northbound {
         }
         self.stats.in_flight = self.inflight.len() as u64;
         if n != 0 {
-            self.publish()?;
+            crate::vhost::publish(&mut self.q, &mut self.notifier, &mut self.stats)?;
         }
         Ok(n)
-    }
-
-    fn publish(&mut self) -> Result<(), VhostError> {
-        self.q.publish_used().map_err(|e| self.broke(e.into()))?;
-        if self.q.needs_notify().map_err(|e| self.broke(e.into()))? {
-            self.notifier.notify();
-            self.stats.notifications += 1;
-        } else {
-            self.stats.notifications_suppressed += 1;
-        }
-        Ok(())
     }
 
     /// Stops the queue: waits until every copy of this PMD's channel has retired, then returns

@@ -192,16 +192,7 @@ impl Southbound {
         }
         self.stats.in_flight = self.inflight.len() as u64;
         if n != 0 {
-            self.q.publish_used().map_err(|e| {
-                self.stats.broken += 1;
-                VhostError::from(e)
-            })?;
-            if self.q.needs_notify()? {
-                self.notifier.notify();
-                self.stats.notifications += 1;
-            } else {
-                self.stats.notifications_suppressed += 1;
-            }
+            crate::vhost::publish(&mut self.q, &mut self.notifier, &mut self.stats)?;
         }
         Ok(n)
     }
