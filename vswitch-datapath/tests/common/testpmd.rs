@@ -160,6 +160,20 @@ pub fn testpmd_binary() -> Result<PathBuf, HarnessError> {
     })
 }
 
+/// Whether `dpdk-testpmd` can be run. When it cannot, a test may skip (this says so), except
+/// in CI (`$CI` set): scripts/test.sh installs dpdk-dev first, so a missing testpmd there panics
+/// rather than letting the test pass without testing anything.
+pub fn have_testpmd() -> bool {
+    let found = testpmd_binary().is_ok_and(|bin| {
+        Command::new(bin).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+    });
+    if !found {
+        assert!(std::env::var_os("CI").is_none(), "dpdk-testpmd not found (install dpdk-dev: scripts/test.sh does)");
+        eprintln!("dpdk-testpmd not found: skipping");
+    }
+    found
+}
+
 fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
@@ -182,6 +196,9 @@ pub enum Vdev {
         packed_vq: Option<bool>,
         /// Ring size (`queue_size`); `None` keeps the driver default (256).
         queue_size: Option<u16>,
+        /// The control queue (`cq`), needed for more than one queue pair; `None` keeps the driver
+        /// default (none).
+        cq: Option<bool>,
     },
     /// The pcap PMD: replays `rx` once, writes what it transmits to `tx`.
     Pcap {
@@ -209,6 +226,22 @@ impl Vdev {
             in_order: Some(false),
             packed_vq: Some(false),
             queue_size: None,
+            cq: None,
+        }
+    }
+
+    /// A virtio-user port with `queues` queue pairs and the driver's defaults otherwise. More
+    /// than one pair needs the control queue (`cq=1`, which virtio-user serves itself, turning
+    /// `VQ_PAIRS_SET` into `SET_VRING_ENABLE`), so it is enabled then.
+    pub fn virtio_user_queues(path: &Path, queues: u16) -> Self {
+        Vdev::VirtioUser {
+            path: path.to_owned(),
+            queues,
+            mrg_rxbuf: None,
+            in_order: None,
+            packed_vq: None,
+            queue_size: None,
+            cq: (queues > 1).then_some(true),
         }
     }
 
@@ -226,7 +259,7 @@ impl Vdev {
     pub fn devarg(&self, index: usize) -> String {
         let flag = |b: bool| if b { 1 } else { 0 };
         match self {
-            Vdev::VirtioUser { path, queues, mrg_rxbuf, in_order, packed_vq, queue_size } => {
+            Vdev::VirtioUser { path, queues, mrg_rxbuf, in_order, packed_vq, queue_size, cq } => {
                 let mut s = format!("net_virtio_user{index},path={},queues={queues}", path.display());
                 if let Some(b) = mrg_rxbuf {
                     s += &format!(",mrg_rxbuf={}", flag(*b));
@@ -239,6 +272,9 @@ impl Vdev {
                 }
                 if let Some(n) = queue_size {
                     s += &format!(",queue_size={n}");
+                }
+                if let Some(b) = cq {
+                    s += &format!(",cq={}", flag(*b));
                 }
                 s
             }
@@ -354,6 +390,14 @@ pub struct TestpmdConfig {
     pub stats_period: Option<u32>,
     /// `--tx-offloads`.
     pub tx_offloads: Option<u64>,
+    /// `--tx-first` (non-interactive): start with a burst of generated packets on every port,
+    /// which io forwarding then keeps circulating.
+    pub tx_first: bool,
+    /// `--txonly-multi-flow`: generated packets vary their IPv4 source (also the `--tx-first`
+    /// bursts), so that they form several flows.
+    pub txonly_multi_flow: bool,
+    /// `--no-mlockall`.
+    pub no_mlockall: bool,
     /// Anything else, appended to the application arguments.
     pub extra_app_args: Vec<String>,
 }
@@ -383,8 +427,30 @@ impl TestpmdConfig {
             disable_device_start: false,
             stats_period: None,
             tx_offloads: None,
+            tx_first: false,
+            txonly_multi_flow: false,
+            no_mlockall: false,
             extra_app_args: Vec::new(),
         }
+    }
+
+    /// One guest on both switch ports (virtio-user with `queues` queue pairs each, io 0<->1,
+    /// non-interactive) that starts with `--tx-first` bursts, which then circulate through the
+    /// switch until it stops; port statistics every second. With more than one pair: `--rxq` /
+    /// `--txq`, one forwarding lcore serving every queue, and flows that differ
+    /// (`--txonly-multi-flow`) so that the switch spreads them over the pairs.
+    pub fn tx_first_through(name: &str, sock0: &Path, sock1: &Path, queues: u16) -> Self {
+        let mut c = TestpmdConfig::guest(name)
+            .vdev(Vdev::virtio_user_queues(sock0, queues))
+            .vdev(Vdev::virtio_user_queues(sock1, queues))
+            .stats_period(1);
+        c.mem_mb = 512;
+        c.total_num_mbufs = 16384;
+        c.queues = queues;
+        c.tx_first = true;
+        c.txonly_multi_flow = queues > 1;
+        c.no_mlockall = true;
+        c
     }
 
     /// DPDK's vhost back-end as a two-port switch: io forwarding 0<->1 on [`SWITCH_CPU`].
@@ -497,6 +563,15 @@ impl TestpmdConfig {
         }
         if let (false, Some(p)) = (self.interactive, self.stats_period) {
             a.push(format!("--stats-period={p}"));
+        }
+        if self.tx_first {
+            a.push("--tx-first".into());
+        }
+        if self.txonly_multi_flow {
+            a.push("--txonly-multi-flow".into());
+        }
+        if self.no_mlockall {
+            a.push("--no-mlockall".into());
         }
         a.extend(self.extra_app_args.iter().cloned());
         a
@@ -685,6 +760,17 @@ impl Process {
         self.status
     }
 
+    /// Sends `sig` and waits up to `timeout` for the exit; SIGKILLs it after (and returns `None`).
+    pub fn signal_and_wait(&mut self, sig: libc::c_int, timeout: Duration) -> Option<ExitStatus> {
+        self.signal(sig);
+        let st = self.wait_exit(timeout);
+        if st.is_none() {
+            eprintln!("{} did not exit within {timeout:?}: killing it", self.name);
+            self.kill();
+        }
+        st
+    }
+
     /// SIGKILL now, and reap it.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -780,6 +866,76 @@ pub fn parse_port_stats(text: &str, port: u16) -> Option<PortStats> {
         }
     }
     seen.then_some(s)
+}
+
+/// One port's totals in the forward statistics testpmd prints when forwarding stops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForwardStats {
+    /// RX-packets.
+    pub rx_packets: u64,
+    /// TX-packets.
+    pub tx_packets: u64,
+}
+
+/// Parses the "Forward statistics for port N" blocks in `text`, in the order printed.
+pub fn parse_forward_stats(text: &str) -> Vec<ForwardStats> {
+    let mut out = Vec::new();
+    let mut in_block = false;
+    for line in text.lines() {
+        if line.contains("Forward statistics for port") {
+            in_block = true;
+            out.push(ForwardStats::default());
+            continue;
+        }
+        let Some(s) = out.last_mut().filter(|_| in_block) else { continue };
+        if let Some(v) = stat(line, "RX-packets:") {
+            s.rx_packets = v;
+        }
+        if let Some(v) = stat(line, "TX-packets:") {
+            s.tx_packets = v;
+            in_block = false;
+        }
+    }
+    out
+}
+
+/// One stream's totals in the forward statistics testpmd prints when forwarding stops (per
+/// stream only when it has more streams than ports).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    /// The port the stream receives on.
+    pub rx_port: u32,
+    /// The queue of that port.
+    pub rx_queue: u32,
+    /// RX-packets.
+    pub rx_packets: u64,
+    /// TX-packets.
+    pub tx_packets: u64,
+}
+
+/// Parses the "Forward Stats for RX Port=P/Queue=Q -> ..." blocks in `text`: the streams that
+/// moved anything.
+pub fn parse_stream_stats(text: &str) -> Vec<StreamStats> {
+    let mut out = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let Some(rest) = line.split("Forward Stats for RX Port=").nth(1) else { continue };
+        let mut it = rest.split('/');
+        let port = it.next().and_then(|p| p.trim().parse().ok());
+        let queue = it.next().and_then(|q| q.trim_start_matches("Queue=").split("->").next()?.trim().parse().ok());
+        let Some(stats) = lines.next() else { break };
+        if let (Some(rx_port), Some(rx_queue), Some(rx_packets), Some(tx_packets)) =
+            (port, queue, stat(stats, "RX-packets:"), stat(stats, "TX-packets:"))
+        {
+            out.push(StreamStats { rx_port, rx_queue, rx_packets, tx_packets });
+        }
+    }
+    out
+}
+
+/// The number after `key` in `line`.
+fn stat(line: &str, key: &str) -> Option<u64> {
+    line.split(key).nth(1)?.split_whitespace().next()?.parse().ok()
 }
 
 /// A running `dpdk-testpmd`; terminated on drop, its DPDK runtime directory removed.
@@ -903,6 +1059,29 @@ impl Testpmd {
             }
             thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Polls every port's counters until each has received at least `min` packets, within
+    /// `timeout` in all; returns the last counters, in port order.
+    pub fn wait_rx_on_every_port(&mut self, min: u64, timeout: Duration) -> Result<Vec<PortStats>, HarnessError> {
+        let deadline = Instant::now() + timeout;
+        let what = format!("{min} packets received");
+        (0..self.config.vdevs.len() as u16)
+            .map(|port| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.wait_stats(port, left, &what, |s| s.rx_packets >= min)
+            })
+            .collect()
+    }
+
+    /// The forward statistics it printed when forwarding stopped, per port.
+    pub fn forward_stats(&self) -> Vec<ForwardStats> {
+        parse_forward_stats(&self.proc.stdout())
+    }
+
+    /// The per-stream forward statistics it printed when forwarding stopped.
+    pub fn stream_stats(&self) -> Vec<StreamStats> {
+        parse_stream_stats(&self.proc.stdout())
     }
 
     /// Whether it still runs.
@@ -1102,6 +1281,16 @@ impl Switch {
         match (&self.testpmd, &self.vswitch) {
             (_, Some(p)) => p.exited_error(),
             _ => HarnessError::Exited { name: format!("{:?}", self.kind), status: None, log: self.output() },
+        }
+    }
+
+    /// Sends `sig` to the switch and waits up to `timeout` for it to exit (SIGKILL after, and
+    /// `None`); its sockets are left as it left them.
+    pub fn signal_and_wait(&mut self, sig: libc::c_int, timeout: Duration) -> Option<ExitStatus> {
+        match (&mut self.testpmd, &mut self.vswitch) {
+            (Some(t), _) => t.process().signal_and_wait(sig, timeout),
+            (_, Some(p)) => p.signal_and_wait(sig, timeout),
+            _ => None,
         }
     }
 
