@@ -357,6 +357,15 @@ impl<E: CopyEngine> Channel<E> {
         s
     }
 
+    /// Ops handed to the engine and ops copied by the CPU so far, `(offloaded, cpu)`: the two
+    /// counters a caller samples around a burst to attribute copies to a queue, without copying
+    /// the whole [`PolicyStats`].
+    #[inline]
+    pub fn copy_counts(&self) -> (u64, u64) {
+        let inner = self.inner.borrow();
+        (inner.stats.offloaded, inner.stats.cpu_copies())
+    }
+
     /// The engine's own counters.
     pub fn engine_stats(&self) -> EngineStats {
         self.inner.borrow().engine.stats()

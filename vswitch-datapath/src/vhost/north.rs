@@ -82,7 +82,7 @@ impl Northbound {
         if self.q.is_broken() {
             return Err(VhostError::Broken);
         }
-        let before = chan.stats();
+        let (off0, cpu0) = chan.copy_counts();
         let mut left = Burst::new();
         let mut accepted = 0;
         let mut result = Ok(());
@@ -104,9 +104,9 @@ impl Northbound {
         }
         left.extend(iter);
         *pkts = left;
-        let after = chan.stats();
-        self.stats.copies_offloaded += after.offloaded - before.offloaded;
-        self.stats.copies_cpu += after.cpu_copies() - before.cpu_copies();
+        let (off1, cpu1) = chan.copy_counts();
+        self.stats.copies_offloaded += off1 - off0;
+        self.stats.copies_cpu += cpu1 - cpu0;
         self.stats.in_flight = self.inflight.len() as u64;
         result.map(|()| accepted)
     }

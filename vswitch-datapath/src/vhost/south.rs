@@ -69,7 +69,7 @@ impl Southbound {
         if self.q.is_broken() {
             return Err(VhostError::Broken);
         }
-        let before = chan.stats();
+        let (off0, cpu0) = chan.copy_counts();
         let mut taken = 0;
         let mut result = Ok(());
         while taken < max {
@@ -92,9 +92,9 @@ impl Southbound {
                 break;
             }
         }
-        let after = chan.stats();
-        self.stats.copies_offloaded += after.offloaded - before.offloaded;
-        self.stats.copies_cpu += after.cpu_copies() - before.cpu_copies();
+        let (off1, cpu1) = chan.copy_counts();
+        self.stats.copies_offloaded += off1 - off0;
+        self.stats.copies_cpu += cpu1 - cpu0;
         self.stats.in_flight = self.inflight.len() as u64;
         result.map(|()| taken)
     }
