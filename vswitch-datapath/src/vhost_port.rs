@@ -22,6 +22,7 @@ use std::sync::mpsc::Sender;
 use copy_engine::CopyEngine;
 use smallvec::SmallVec;
 
+use crate::pool::Packet;
 use crate::port::{Port, PortCtx, PortStats};
 use crate::vhost::{Burst, Northbound, QueueStats, Southbound, VhostError};
 
@@ -100,6 +101,10 @@ pub struct VhostPort {
     /// Counters of queue pairs attached earlier (a port's counters survive a reconnect).
     past: (QueueStats, QueueStats),
     last_error: Option<VhostError>,
+    /// Queue pairs attached so far.
+    attaches: u64,
+    /// Packets a drained pair had received and not yet handed on, in order (see `rx_burst`).
+    pending: Vec<Packet>,
 }
 
 impl VhostPort {
@@ -120,6 +125,8 @@ impl VhostPort {
             stats: PortStats::default(),
             past: Default::default(),
             last_error: None,
+            attaches: 0,
+            pending: Vec::new(),
         }
     }
 
@@ -131,6 +138,19 @@ impl VhostPort {
     /// Whether queue pair `pair` is attached.
     pub fn is_pair_attached(&self, pair: usize) -> bool {
         self.pairs.iter().any(|qp| qp.index == pair)
+    }
+
+    /// Counts the packets `rx_burst` put in `out` after `before`.
+    fn count_rx(&mut self, out: &Burst, before: usize) -> usize {
+        let got = out.len() - before;
+        self.stats.rx_packets += got as u64;
+        self.stats.rx_bytes += out[before..].iter().map(|p| p.len() as u64).sum::<u64>();
+        got
+    }
+
+    /// How many times a queue pair was attached (a reattach after a reconfiguration counts).
+    pub fn attaches(&self) -> u64 {
+        self.attaches
     }
 
     /// The indexes of the attached queue pairs, ascending.
@@ -155,6 +175,7 @@ impl VhostPort {
         self.detach_pair(cx, pair, DetachMode::Clear);
         let at = self.pairs.partition_point(|qp| qp.index < pair);
         self.pairs.insert(at, QueuePair { index: pair, north, south });
+        self.attaches += 1;
         if self.pairs.len() == 1 {
             self.last_error = None;
         }
@@ -191,11 +212,9 @@ impl VhostPort {
                     self.note(e);
                     south.clear(cx.chan, cx.pool);
                 }
-                // Received but never forwarded: freed and counted.
-                self.stats.drops += out.len() as u64;
-                for p in out {
-                    cx.pool.free(p);
-                }
+                // Received (the guest has its chains back) but not yet forwarded: the next
+                // rx_burst hands them on before anything newer, so a reconfiguration loses none.
+                self.pending.extend(out);
             }
             DetachMode::Clear => {
                 north.clear(cx.chan, cx.pool);
@@ -364,11 +383,17 @@ impl<E: CopyEngine> Port<E> for VhostPort {
     }
 
     fn rx_burst(&mut self, cx: &mut PortCtx<'_, E>, out: &mut Burst, max: usize) -> usize {
+        let before = out.len();
+        if !self.pending.is_empty() {
+            // What a drained pair had received comes before anything its successor receives.
+            let k = self.pending.len().min(max);
+            out.extend(self.pending.drain(..k));
+            return self.count_rx(out, before);
+        }
         let n = self.pairs.len();
         if n == 0 {
             return 0;
         }
-        let before = out.len();
         let start = self.next_rx % n;
         self.next_rx = (start + 1) % n;
         let mut err = None;
@@ -387,10 +412,7 @@ impl<E: CopyEngine> Port<E> for VhostPort {
         if let Some(e) = err {
             self.note(e);
         }
-        let got = out.len() - before;
-        self.stats.rx_packets += got as u64;
-        self.stats.rx_bytes += out[before..].iter().map(|p| p.len() as u64).sum::<u64>();
-        got
+        self.count_rx(out, before)
     }
 
     fn tx_burst(&mut self, cx: &mut PortCtx<'_, E>, pkts: &mut Burst) -> usize {
@@ -471,6 +493,7 @@ impl<E: CopyEngine> Port<E> for VhostPort {
             self.note(e);
         }
         // Received but never forwarded: a stopped port's last packets are freed, and counted.
+        out.append(&mut self.pending);
         self.stats.drops += out.len() as u64;
         for p in out {
             cx.pool.free(p);

@@ -23,12 +23,7 @@ use std::os::fd::OwnedFd;
 use std::sync::mpsc::{self, Sender};
 use std::time::Duration;
 
-use vhost::vhost_user::message::{
-    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight, VhostUserLog,
-    VhostUserMemoryRegion, VhostUserShMemConfig, VhostUserSharedMsg, VhostUserSingleMemoryRegion,
-    VhostUserVringAddrFlags, VhostUserVringState,
-};
-use vhost::vhost_user::{Error as ProtoError, GpuBackend, VhostUserBackendReqHandlerMut, VhostUserProtocolFeatures};
+use vhost::vhost_user::VhostUserProtocolFeatures;
 
 use super::features;
 use super::memtable::{MemTable, UserRegion};
@@ -38,8 +33,6 @@ use crate::vhost::{Northbound, Notifier, Southbound};
 use crate::vhost_port::{DetachMode, PortCommand};
 use crate::virtio::split::{QueueConfig, SplitQueue};
 use crate::virtio::{RingFeatures, MAX_QUEUE_SIZE};
-
-type ProtoResult<T> = Result<T, ProtoError>;
 
 /// How many queue pairs a device offers unless told otherwise.
 pub const DEFAULT_MAX_QUEUE_PAIRS: usize = 4;
@@ -94,7 +87,6 @@ impl Vring {
 #[derive(Debug)]
 pub struct VhostUserDevice {
     cfg: DeviceConfig,
-    owned: bool,
     acked: u64,
     protocol: VhostUserProtocolFeatures,
     mem: Option<MemTable>,
@@ -116,7 +108,6 @@ impl VhostUserDevice {
         let pairs = max_queue_pairs.max(1);
         VhostUserDevice {
             cfg,
-            owned: false,
             acked: 0,
             protocol: VhostUserProtocolFeatures::empty(),
             mem: None,
@@ -154,12 +145,8 @@ impl VhostUserDevice {
     /// The frontend went away (or reset its owner): detach its queue pairs, clearing in-flight
     /// copies without touching its rings, then forget every ring and unmap its memory.
     pub fn disconnect(&mut self) -> Result<(), VhostUserError> {
-        let r = self.detach(None, DetachMode::Clear);
-        self.mem = None;
-        self.vrings.iter_mut().for_each(|v| *v = Vring::default());
-        self.acked = 0;
+        let r = self.reset();
         self.protocol = VhostUserProtocolFeatures::empty();
-        self.owned = false;
         r
     }
 
@@ -272,215 +259,151 @@ impl VhostUserDevice {
     }
 }
 
-fn unsupported<T>(what: &'static str) -> ProtoResult<T> {
-    Err(ProtoError::InvalidOperation(what))
-}
-
-impl VhostUserBackendReqHandlerMut for VhostUserDevice {
-    fn set_owner(&mut self) -> ProtoResult<()> {
-        if self.owned {
-            return Err(ProtoError::InvalidOperation("already owned"));
-        }
-        self.owned = true;
+impl VhostUserDevice {
+    /// `SET_OWNER`: nothing to do (one connection is served at a time).
+    pub fn set_owner(&mut self) -> Result<(), VhostUserError> {
         Ok(())
     }
 
-    fn reset_owner(&mut self) -> ProtoResult<()> {
-        Ok(self.disconnect()?)
+    /// `RESET_OWNER` / `RESET_DEVICE`: every ring disabled and forgotten, copies in flight
+    /// cleared (the rings are not touched: the driver is resetting them), the memory table
+    /// unmapped and the virtio features forgotten. The negotiated protocol features stay: they
+    /// belong to the connection, and frontends do not send them again after a reset.
+    pub fn reset(&mut self) -> Result<(), VhostUserError> {
+        let r = self.detach(None, DetachMode::Clear);
+        self.mem = None;
+        self.vrings.iter_mut().for_each(|v| *v = Vring::default());
+        self.acked = 0;
+        r
     }
 
-    fn reset_device(&mut self) -> ProtoResult<()> {
-        unsupported("RESET_DEVICE is not offered")
+    /// `GET_FEATURES`.
+    pub fn features(&self) -> u64 {
+        features::offered_features()
     }
 
-    fn get_features(&mut self) -> ProtoResult<u64> {
-        Ok(features::offered_features())
-    }
-
-    fn set_features(&mut self, acked: u64) -> ProtoResult<()> {
+    /// `SET_FEATURES`. The same features again change nothing; new ones are applied with the
+    /// running pairs drained and attached again (they keep running).
+    pub fn set_features(&mut self, acked: u64) -> Result<(), VhostUserError> {
         let acked = features::check_acked(acked)?;
-        Ok(self.reconfigure(None, |d| {
+        if acked == self.acked {
+            return Ok(());
+        }
+        self.reconfigure(None, |d| {
             d.acked = acked;
             Ok(())
-        })?)
+        })
     }
 
-    fn set_mem_table(
-        &mut self,
-        ctx: &[VhostUserMemoryRegion],
-        files: Vec<File>,
-        _postcopy_listening: Option<bool>,
-    ) -> ProtoResult<Option<Vec<u64>>> {
-        let regions: Vec<_> = ctx
-            .iter()
-            .map(|r| (UserRegion { user_addr: r.user_addr, gpa: r.guest_phys_addr, len: r.memory_size }, r.mmap_offset))
-            .collect();
-        // Map the new table first: a bad one leaves the running queues alone.
-        let table = MemTable::map(&regions, &files)?;
-        self.reconfigure(None, |d| {
-            // The old table is dropped here, after the detach: its queues are gone.
-            d.mem = Some(table);
-            Ok(())
-        })?;
-        Ok(None)
+    /// `GET_PROTOCOL_FEATURES`.
+    pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        features::offered_protocol_features()
     }
 
-    fn set_vring_num(&mut self, index: u32, num: u32) -> ProtoResult<()> {
-        if num == 0 || num > MAX_QUEUE_SIZE as u32 || !num.is_power_of_two() {
-            return Err(VhostUserError::BadRingSize(num).into());
-        }
-        self.vring(index)?;
-        Ok(self.reconfigure(Some(index as usize / 2), |d| {
-            d.vrings[index as usize].size = num as u16;
-            Ok(())
-        })?)
-    }
-
-    fn set_vring_addr(
-        &mut self,
-        index: u32,
-        _flags: VhostUserVringAddrFlags,
-        descriptor: u64,
-        used: u64,
-        available: u64,
-        _log: u64,
-    ) -> ProtoResult<()> {
-        self.vring(index)?;
-        Ok(self.reconfigure(Some(index as usize / 2), |d| {
-            d.vrings[index as usize].addrs = Some(RingAddrs { desc: descriptor, avail: available, used });
-            Ok(())
-        })?)
-    }
-
-    fn set_vring_base(&mut self, index: u32, base: u32) -> ProtoResult<()> {
-        self.vring(index)?;
-        Ok(self.reconfigure(Some(index as usize / 2), |d| {
-            d.vrings[index as usize].base = base as u16;
-            Ok(())
-        })?)
-    }
-
-    fn get_vring_base(&mut self, index: u32) -> ProtoResult<VhostUserVringState> {
-        self.vring(index)?;
-        // The frontend stops this ring: its pair stops serving, with every copy drained and every
-        // in-flight chain back on the used ring. The other pairs keep running.
-        self.detach(Some(index as usize / 2), DetachMode::Drain)?;
-        let v = &mut self.vrings[index as usize];
-        v.started = false;
-        v.kick = None;
-        Ok(VhostUserVringState::new(index, v.base as u32))
-    }
-
-    fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> ProtoResult<()> {
-        self.vring(index as u32)?;
-        Ok(self.reconfigure(Some(index as usize / 2), |d| {
-            let v = &mut d.vrings[index as usize];
-            v.kick = fd;
-            v.started = true;
-            Ok(())
-        })?)
-    }
-
-    fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> ProtoResult<()> {
-        self.vring(index as u32)?;
-        Ok(self.reconfigure(Some(index as usize / 2), |d| {
-            d.vrings[index as usize].call = fd;
-            Ok(())
-        })?)
-    }
-
-    fn set_vring_err(&mut self, index: u8, _fd: Option<File>) -> ProtoResult<()> {
-        // Errors are counted in the port's stats; the error fd is not used.
-        self.vring(index as u32)?;
-        Ok(())
-    }
-
-    fn get_protocol_features(&mut self) -> ProtoResult<VhostUserProtocolFeatures> {
-        Ok(features::offered_protocol_features())
-    }
-
-    fn set_protocol_features(&mut self, acked: u64) -> ProtoResult<()> {
+    /// `SET_PROTOCOL_FEATURES`.
+    pub fn set_protocol_features(&mut self, acked: u64) -> Result<(), VhostUserError> {
         self.protocol = features::check_acked_protocol(acked)?;
         Ok(())
     }
 
-    fn get_queue_num(&mut self) -> ProtoResult<u64> {
-        // Queue *pairs*: what vhost-user-net frontends (QEMU's net/vhost-user, which compares it
-        // with its `queues=` pairs) and DPDK's vhost library answer, though the spec's wording
-        // now says virtqueues.
-        Ok(self.attached.len() as u64)
+    /// The protocol features the frontend acked.
+    pub fn acked_protocol_features(&self) -> VhostUserProtocolFeatures {
+        self.protocol
     }
 
-    fn set_vring_enable(&mut self, index: u32, enable: bool) -> ProtoResult<()> {
+    /// `SET_MEM_TABLE`: `regions` are `(region, mmap_offset)`, `files[i]` backs `regions[i]`.
+    /// The new table is mapped first (a bad one leaves the running pairs alone), then every pair
+    /// is drained, the old table dropped, and the ready pairs attached on the new one.
+    pub fn set_mem_table(&mut self, regions: &[(UserRegion, u64)], files: Vec<File>) -> Result<(), VhostUserError> {
+        let table = MemTable::map(regions, &files)?;
+        self.reconfigure(None, |d| {
+            // The old table is dropped here, after the detach: its queues are gone.
+            d.mem = Some(table);
+            Ok(())
+        })
+    }
+
+    /// `SET_VRING_NUM`: a power of two in `1..=MAX_QUEUE_SIZE`.
+    pub fn set_vring_num(&mut self, index: u32, num: u32) -> Result<(), VhostUserError> {
+        if num == 0 || num > MAX_QUEUE_SIZE as u32 || !num.is_power_of_two() {
+            return Err(VhostUserError::BadRingSize(num));
+        }
+        self.vring(index)?;
+        self.reconfigure(Some(index as usize / 2), |d| {
+            d.vrings[index as usize].size = num as u16;
+            Ok(())
+        })
+    }
+
+    /// `SET_VRING_ADDR`: the frontend's user addresses of the three parts of the ring.
+    pub fn set_vring_addr(&mut self, index: u32, desc: u64, used: u64, avail: u64) -> Result<(), VhostUserError> {
+        self.vring(index)?;
+        self.reconfigure(Some(index as usize / 2), |d| {
+            d.vrings[index as usize].addrs = Some(RingAddrs { desc, avail, used });
+            Ok(())
+        })
+    }
+
+    /// `SET_VRING_BASE`: the next avail index to serve.
+    pub fn set_vring_base(&mut self, index: u32, base: u32) -> Result<(), VhostUserError> {
+        self.vring(index)?;
+        let base = u16::try_from(base).map_err(|_| VhostUserError::BadRingBase(base))?;
+        self.reconfigure(Some(index as usize / 2), |d| {
+            d.vrings[index as usize].base = base;
+            Ok(())
+        })
+    }
+
+    /// `GET_VRING_BASE`: the frontend stops this ring. Its pair stops serving, with every copy
+    /// drained and every in-flight chain back on the used ring (the other pairs keep running);
+    /// the answer is the next avail index.
+    pub fn get_vring_base(&mut self, index: u32) -> Result<u32, VhostUserError> {
+        self.vring(index)?;
+        self.detach(Some(index as usize / 2), DetachMode::Drain)?;
+        let v = &mut self.vrings[index as usize];
+        v.started = false;
+        v.kick = None;
+        Ok(u32::from(v.base))
+    }
+
+    /// `SET_VRING_KICK`: starts the ring (`None`: no fd, the ring is polled, which the PMD does
+    /// anyway).
+    pub fn set_vring_kick(&mut self, index: u32, fd: Option<File>) -> Result<(), VhostUserError> {
+        self.vring(index)?;
+        self.reconfigure(Some(index as usize / 2), |d| {
+            let v = &mut d.vrings[index as usize];
+            v.kick = fd;
+            v.started = true;
+            Ok(())
+        })
+    }
+
+    /// `SET_VRING_CALL`: the eventfd to signal used buffers on (`None`: the driver polls).
+    pub fn set_vring_call(&mut self, index: u32, fd: Option<File>) -> Result<(), VhostUserError> {
+        self.vring(index)?;
+        self.reconfigure(Some(index as usize / 2), |d| {
+            d.vrings[index as usize].call = fd;
+            Ok(())
+        })
+    }
+
+    /// `SET_VRING_ERR`: accepted and closed; errors are counted in the port's stats instead.
+    pub fn set_vring_err(&mut self, index: u32, _fd: Option<File>) -> Result<(), VhostUserError> {
+        self.vring(index)?;
+        Ok(())
+    }
+
+    /// `SET_VRING_ENABLE`, whenever it comes: the state is recorded at once and takes effect
+    /// once `VHOST_USER_F_PROTOCOL_FEATURES` is acked (before that, a started ring is enabled
+    /// anyway). QEMU 7.2 sends it at device reset, before `SET_FEATURES`.
+    pub fn set_vring_enable(&mut self, index: u32, enable: bool) -> Result<(), VhostUserError> {
         self.vring(index)?;
         if self.vrings[index as usize].enabled == enable {
             return Ok(());
         }
-        Ok(self.reconfigure(Some(index as usize / 2), |d| {
+        self.reconfigure(Some(index as usize / 2), |d| {
             d.vrings[index as usize].enabled = enable;
             Ok(())
-        })?)
-    }
-
-    fn get_config(&mut self, _offset: u32, _size: u32, _flags: VhostUserConfigFlags) -> ProtoResult<Vec<u8>> {
-        unsupported("CONFIG is not offered")
-    }
-
-    fn set_config(&mut self, _offset: u32, _buf: &[u8], _flags: VhostUserConfigFlags) -> ProtoResult<()> {
-        unsupported("CONFIG is not offered")
-    }
-
-    fn set_gpu_socket(&mut self, _gpu_backend: GpuBackend) -> ProtoResult<()> {
-        unsupported("not a GPU device")
-    }
-
-    fn get_shared_object(&mut self, _uuid: VhostUserSharedMsg) -> ProtoResult<File> {
-        unsupported("SHARED_OBJECT is not offered")
-    }
-
-    fn get_inflight_fd(&mut self, _inflight: &VhostUserInflight) -> ProtoResult<(VhostUserInflight, File)> {
-        unsupported("INFLIGHT_SHMFD is not offered")
-    }
-
-    fn set_inflight_fd(&mut self, _inflight: &VhostUserInflight, _file: File) -> ProtoResult<()> {
-        unsupported("INFLIGHT_SHMFD is not offered")
-    }
-
-    fn get_max_mem_slots(&mut self) -> ProtoResult<u64> {
-        unsupported("CONFIGURE_MEM_SLOTS is not offered")
-    }
-
-    fn add_mem_region(
-        &mut self,
-        _region: &VhostUserSingleMemoryRegion,
-        _fd: File,
-        _postcopy_listening: Option<bool>,
-    ) -> ProtoResult<Option<u64>> {
-        unsupported("CONFIGURE_MEM_SLOTS is not offered")
-    }
-
-    fn remove_mem_region(&mut self, _region: &VhostUserSingleMemoryRegion) -> ProtoResult<()> {
-        unsupported("CONFIGURE_MEM_SLOTS is not offered")
-    }
-
-    fn set_device_state_fd(
-        &mut self,
-        _direction: VhostTransferStateDirection,
-        _phase: VhostTransferStatePhase,
-        _fd: File,
-    ) -> ProtoResult<Option<File>> {
-        unsupported("DEVICE_STATE is not offered")
-    }
-
-    fn check_device_state(&mut self) -> ProtoResult<()> {
-        unsupported("DEVICE_STATE is not offered")
-    }
-
-    fn get_shmem_config(&mut self) -> ProtoResult<VhostUserShMemConfig> {
-        unsupported("SHMEM is not offered")
-    }
-
-    fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> ProtoResult<()> {
-        unsupported("LOG_SHMFD is not offered (no live migration)")
+        })
     }
 }

@@ -27,9 +27,10 @@ pub fn offered_features() -> u64 {
 }
 
 /// The protocol features offered by `GET_PROTOCOL_FEATURES`: MQ (`GET_QUEUE_NUM` answers how many
-/// queue pairs a port offers). REPLY_ACK is added by the `vhost` crate, which implements it.
+/// queue pairs a port offers), REPLY_ACK (the session acks any request that sets NEED_REPLY) and
+/// RESET_DEVICE (handled as `RESET_OWNER` is).
 pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
-    VhostUserProtocolFeatures::MQ
+    VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::RESET_DEVICE
 }
 
 /// Checks the features a frontend acked with `SET_FEATURES`: a subset of what was offered.
@@ -43,8 +44,7 @@ pub fn check_acked(acked: u64) -> Result<u64, VhostUserError> {
 
 /// Checks the protocol features a frontend acked with `SET_PROTOCOL_FEATURES`.
 pub fn check_acked_protocol(acked: u64) -> Result<VhostUserProtocolFeatures, VhostUserError> {
-    let offered = offered_protocol_features() | VhostUserProtocolFeatures::REPLY_ACK;
-    let extra = acked & !offered.bits();
+    let extra = acked & !offered_protocol_features().bits();
     if extra != 0 {
         return Err(VhostUserError::UnsupportedProtocolFeatures(extra));
     }

@@ -13,7 +13,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use super::VhostUserError;
-use crate::memory::{GuestMemory, GuestRegion};
+use crate::memory::{GuestMemory, GuestRegion, MemoryConfigError};
 
 /// One region as the frontend describes it: `len` bytes at guest-physical `gpa`, which the
 /// frontend's process sees at `user_addr`.
@@ -71,6 +71,18 @@ impl AddressMap {
     }
 }
 
+/// Checks that `file` really backs `len` bytes at `offset` (fstat): a regular file (memfd, tmpfs,
+/// hugetlbfs) at least `offset + len` bytes long. A mapping past end-of-file would raise SIGBUS on
+/// the first access, in whichever thread touches it.
+fn check_backed(r: &UserRegion, offset: u64, file: &File) -> Result<(), VhostUserError> {
+    let md = file.metadata().map_err(MemoryConfigError::Map)?;
+    let end = offset.checked_add(r.len).ok_or(VhostUserError::BadRegion(r.user_addr))?;
+    if !md.file_type().is_file() || end > md.len() {
+        return Err(VhostUserError::BeyondFile { gpa: r.gpa, offset, len: r.len, file_len: md.len() });
+    }
+    Ok(())
+}
+
 /// A memory table: the mapped guest memory and the user-address translation.
 #[derive(Debug)]
 pub struct MemTable {
@@ -91,6 +103,7 @@ impl MemTable {
             .zip(files)
             .map(|((r, offset), f)| {
                 let len = usize::try_from(r.len).map_err(|_| VhostUserError::BadRegion(r.user_addr))?;
+                check_backed(r, *offset, f)?;
                 Ok(GuestRegion::from_fd(r.gpa, len, f.as_fd(), *offset)?)
             })
             .collect::<Result<Vec<_>, VhostUserError>>()?;

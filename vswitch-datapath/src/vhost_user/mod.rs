@@ -32,6 +32,8 @@ pub mod device;
 pub mod features;
 pub mod memtable;
 pub mod server;
+pub mod session;
+pub mod wire;
 
 use std::path::PathBuf;
 
@@ -65,6 +67,9 @@ pub enum VhostUserError {
     /// A queue size that is zero, not a power of two, or too large.
     #[error("bad vring size {0}")]
     BadRingSize(u32),
+    /// A vring base (next avail index) that does not fit the split ring's 16 bits.
+    #[error("bad vring base {0}")]
+    BadRingBase(u32),
     /// The frontend acked features that were not offered.
     #[error("frontend acked features {0:#x} that were not offered")]
     UnsupportedFeatures(u64),
@@ -103,10 +108,53 @@ pub enum VhostUserError {
     /// The PMD thread is gone.
     #[error("the PMD thread has stopped")]
     PmdGone,
-}
-
-impl From<VhostUserError> for vhost::vhost_user::Error {
-    fn from(e: VhostUserError) -> Self {
-        vhost::vhost_user::Error::ReqHandlerError(std::io::Error::other(e))
-    }
+    /// A request's payload does not have the size (or the reserved bits) its type requires.
+    #[error("request {request}: malformed payload of {len} bytes")]
+    BadPayload {
+        /// The request code.
+        request: u32,
+        /// Payload bytes received.
+        len: usize,
+    },
+    /// A request came with a number of file descriptors it cannot have.
+    #[error("request {request}: {got} file descriptors, {want} expected")]
+    WrongFds {
+        /// The request code.
+        request: u32,
+        /// Descriptors the request needs.
+        want: usize,
+        /// Descriptors that came.
+        got: usize,
+    },
+    /// A vring's kick, call or error descriptor is not an eventfd (writing to it could change
+    /// whatever file it is, guest memory included).
+    #[error("vring {0}: the descriptor is not an eventfd")]
+    NotAnEventfd(u32),
+    /// `SET_VRING_ENABLE` with a value other than 0 or 1.
+    #[error("SET_VRING_ENABLE with value {0} (0 or 1 expected)")]
+    BadEnable(u32),
+    /// A memory table with no regions or more than [`session::MAX_MEM_REGIONS`].
+    #[error("memory table with {0} regions (1..={max})", max = session::MAX_MEM_REGIONS)]
+    RegionCount(u32),
+    /// A request code this backend does not know.
+    #[error("unknown request {0}")]
+    UnknownRequest(u32),
+    /// A request for a feature this backend does not offer.
+    #[error("{0:?} needs a feature that is not offered")]
+    NotOffered(vhost::vhost_user::message::FrontendReq),
+    /// A memory region's fd is smaller than the region it should back (mapping it would fault
+    /// on access past end-of-file).
+    #[error(
+        "memory region at gpa {gpa:#x}: offset {offset:#x} + size {len:#x} is beyond its file ({file_len:#x} bytes)"
+    )]
+    BeyondFile {
+        /// The region's guest-physical start.
+        gpa: u64,
+        /// The mmap offset in the file.
+        offset: u64,
+        /// The region's length.
+        len: u64,
+        /// The file's size.
+        file_len: u64,
+    },
 }

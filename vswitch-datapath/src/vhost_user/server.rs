@@ -1,7 +1,7 @@
 //! [`VhostUserServer`]: the control thread of one vhost-user socket.
 //!
-//! The thread listens on the socket path, accepts one frontend, and serves its requests with the
-//! `vhost` crate's [`BackendReqHandler`] over our [`VhostUserDevice`]. When the frontend's socket
+//! The thread listens on the socket path, accepts one frontend, and serves its requests with a
+//! [`Session`] over our [`VhostUserDevice`]. When the frontend's socket
 //! closes (mid-traffic too), the device detaches its queue pairs from the PMD, clearing in-flight
 //! copies, unmaps its memory, and the thread listens again on the same path: a new frontend
 //! connects and traffic resumes without restarting the switch.
@@ -18,9 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use vhost::vhost_user::{BackendReqHandler, Error as ProtoError, Listener};
+use vhost::vhost_user::{Error as ProtoError, Listener};
 
 use super::device::{DeviceConfig, VhostUserDevice, DEFAULT_MAX_QUEUE_PAIRS};
+use super::session::Session;
+use super::wire::Connection;
 use super::VhostUserError;
 
 /// How often an idle listener checks for a stop.
@@ -88,7 +90,7 @@ impl VhostUserServer {
             Listener::new(&path, false).map_err(|e| VhostUserError::Listen { path: path.clone(), source: to_io(e) })?;
         listener.set_nonblocking(true).map_err(|e| VhostUserError::Listen { path: path.clone(), source: to_io(e) })?;
         let name = cfg.name.clone();
-        let device = Arc::new(Mutex::new(VhostUserDevice::with_queue_pairs(cfg, max_queue_pairs)));
+        let device = VhostUserDevice::with_queue_pairs(cfg, max_queue_pairs);
         let shared = Arc::new(Shared::default());
         let thread = std::thread::Builder::new()
             .name(format!("vhost-user-{name}"))
@@ -145,19 +147,7 @@ impl Drop for VhostUserServer {
     }
 }
 
-/// Whether a request error ends the connection (the stream is closed, broken or out of sync).
-fn ends_connection(e: &ProtoError) -> bool {
-    !matches!(
-        e,
-        ProtoError::ReqHandlerError(_)
-            | ProtoError::InvalidParam
-            | ProtoError::InvalidOperation(_)
-            | ProtoError::InactiveFeature(_)
-            | ProtoError::InactiveOperation(_)
-    )
-}
-
-fn serve(listener: Listener, device: Arc<Mutex<VhostUserDevice>>, shared: Arc<Shared>, name: String) {
+fn serve(listener: Listener, mut device: VhostUserDevice, shared: Arc<Shared>, name: String) {
     while !shared.stop.load(Ordering::Acquire) {
         let stream = match listener.accept() {
             Ok(Some(s)) => s,
@@ -180,27 +170,16 @@ fn serve(listener: Listener, device: Arc<Mutex<VhostUserDevice>>, shared: Arc<Sh
         }
         shared.connections.fetch_add(1, Ordering::AcqRel);
         shared.connected.store(true, Ordering::Release);
-        let mut handler = BackendReqHandler::from_stream(stream, device.clone());
-        while !shared.stop.load(Ordering::Acquire) {
-            match handler.handle_request() {
-                Ok(()) => {}
-                Err(e) if !ends_connection(&e) => eprintln!("vhost-user {name}: request failed: {e}"),
-                Err(ProtoError::Disconnected | ProtoError::PartialMessage | ProtoError::SocketBroken(_)) => break,
-                Err(e) => {
-                    eprintln!("vhost-user {name}: closing the connection: {e}");
-                    break;
-                }
-            }
-        }
-        drop(handler);
+        // Ends when the frontend goes away, the connection has to be closed (logged), or stop.
+        Session::new(Connection::new(stream), &mut device, &name).run(&shared.stop);
         if let Ok(mut conn) = shared.conn.lock() {
             *conn = None;
         }
         // The frontend is gone: detach (clearing copies in flight), then unmap its memory.
-        let r = device.lock().map_err(|_| VhostUserError::PmdGone).and_then(|mut d| d.disconnect());
         // A PMD that is gone (the switch is shutting down) took the queues with it.
-        if let Err(e) = r.or_else(|e| if matches!(e, VhostUserError::PmdGone) { Ok(()) } else { Err(e) }) {
-            eprintln!("vhost-user {name}: cleaning up after the frontend: {e}");
+        match device.disconnect() {
+            Ok(()) | Err(VhostUserError::PmdGone) => {}
+            Err(e) => eprintln!("vhost-user {name}: cleaning up after the frontend: {e}"),
         }
         shared.connected.store(false, Ordering::Release);
         shared.disconnects.fetch_add(1, Ordering::AcqRel);
