@@ -44,6 +44,8 @@ pub struct Mapping {
     ptr: *mut u8,
     len: usize,
     backing: Backing,
+    /// For a shared file mapping: its registration for SIGBUS recovery (the file may shrink).
+    guard: Option<crate::sigbus::Guard>,
 }
 
 // SAFETY: a `Mapping` is a plain address range that stays mapped until drop; it has no
@@ -118,7 +120,7 @@ impl Mapping {
         let base = base.cast::<u8>();
         // SAFETY: `g <= total`, so `base + g` is inside the mapping just created.
         let ptr = unsafe { base.add(g) };
-        let m = Mapping { ptr, len, backing: Backing::Owned { base, len: total } };
+        let m = Mapping { ptr, len, backing: Backing::Owned { base, len: total }, guard: None };
         if guard {
             // SAFETY: `ptr .. ptr + inner` lies inside the mapping created above (between the two
             // guard pages) and is page aligned; changing its protection affects only that mapping.
@@ -159,12 +161,16 @@ impl Mapping {
             return Err(io::Error::last_os_error());
         }
         let base = base.cast::<u8>();
-        Ok(Mapping {
+        let mut m = Mapping {
             // SAFETY: `delta < page <= total`, inside the mapping just created.
             ptr: unsafe { base.add(delta) },
             len,
             backing: Backing::Owned { base, len: total },
-        })
+            guard: None,
+        };
+        // The frontend keeps the file and may shrink it: register before first use.
+        m.guard = Some(crate::sigbus::guard(base as usize, total)?); // on error `m` unmaps
+        Ok(m)
     }
 
     /// Uses a `vm-memory` mapping, keeping it mapped through its `Arc`.
@@ -176,13 +182,20 @@ impl Mapping {
         if region.prot() & (libc::PROT_READ | libc::PROT_WRITE) != libc::PROT_READ | libc::PROT_WRITE {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "vm-memory region is not readable and writable"));
         }
-        Ok(Mapping { ptr, len, backing: Backing::VmMemory(region) })
+        Ok(Mapping { ptr, len, backing: Backing::VmMemory(region), guard: None })
     }
 
     /// Length in bytes.
     #[inline]
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Whether the file behind this mapping shrank under it: its pages were replaced by zero
+    /// pages when an access faulted (see [`crate::sigbus`]), and what it holds is not the guest's.
+    #[inline]
+    pub fn lost(&self) -> bool {
+        self.guard.as_ref().is_some_and(|g| g.lost())
     }
 
     /// Never true (an empty mapping cannot be built); here for API symmetry.
@@ -322,6 +335,8 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        // Unregistered first: once unmapped, the addresses may be reused by anything.
+        drop(self.guard.take());
         if let Backing::Owned { base, len } = self.backing {
             // SAFETY: `base .. base + len` is exactly the mapping this value created and owns;
             // no reference into it survives (none is ever handed out), and `HostSeg`s of it are

@@ -19,9 +19,10 @@
 //!
 //! The guest is untrusted: every guest address and ring value is checked; a violation is a typed
 //! error and a broken queue, never undefined behaviour, a panic, or a write outside guest memory.
-//! `unsafe` code lives only in `access` (guest mappings), [`pool`] (packet buffer memory) and
-//! `vhost::copy` (handing guest segments to a copy engine, called once each from the north and
-//! south paths).
+//! `unsafe` code lives only in `access` (guest mappings), [`sigbus`] (surviving a guest file that
+//! shrinks under its mapping), [`pool`] (packet buffer memory), `vhost_user::wire` (the socket's
+//! file-descriptor passing) and `vhost::copy` (handing guest segments to a copy engine, called
+//! once each from the north and south paths).
 
 #![deny(missing_docs, missing_debug_implementations, unsafe_op_in_unsafe_fn)]
 #![deny(unsafe_code)]
@@ -37,6 +38,7 @@ pub mod pmd;
 #[allow(unsafe_code)]
 pub mod pool;
 pub mod port;
+pub mod sigbus;
 #[cfg(feature = "test-utils")]
 pub mod testguest;
 pub mod traffic;

@@ -244,6 +244,13 @@ impl GuestMemory {
         &self.regions
     }
 
+    /// Whether a region's file shrank under the switch (see [`crate::sigbus`]): what the memory
+    /// holds is no longer the guest's, and the queues on it must stop. One atomic load per region.
+    #[inline]
+    pub fn lost(&self) -> bool {
+        self.regions.iter().any(|r| r.mapping().lost())
+    }
+
     #[inline]
     pub(crate) fn region(&self, idx: usize) -> &GuestRegion {
         &self.regions[idx]

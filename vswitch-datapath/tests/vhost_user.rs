@@ -667,3 +667,48 @@ fn reset_device_forgets_the_rings_and_a_reinitialised_device_gets_traffic() {
         server.stop();
     }
 }
+
+#[test]
+fn a_guest_memory_file_truncated_under_traffic_breaks_only_that_port_and_the_switch_lives_on() {
+    // The frontend shrinks its memory file while the switch is copying into it: the next access
+    // past the end of file would be a SIGBUS that kills the switch. The pages are replaced by
+    // zero pages, the port's queues break with MemoryLost, and a new frontend is served.
+    let (mut pmd, server, sock) = switch(20);
+    let mut guest = Guest::new();
+    for _ in 0..200 {
+        guest.rx.post_rx(&guest.g, 2048, 1);
+    }
+    let (frontend, _fds) = guest.connect(&sock);
+    run_until(&mut pmd, "traffic", |p| attached(p) && guest.rx.used_idx(&guest.g) >= 16);
+    guest.file.set_len(0).unwrap();
+    run_until(&mut pmd, "the port's queues break", |p| {
+        matches!(
+            vhost_port(p).last_error(),
+            Some(vswitch_datapath::VhostError::Ring(vswitch_datapath::VirtqError::MemoryLost))
+        )
+    });
+    for _ in 0..1000 {
+        pmd.run_once();
+    }
+    assert!(pmd.port_stats()[0].1.rx_packets > 0, "the switch keeps running");
+    drop(frontend);
+    run_until(&mut pmd, "detach", |p| !attached(p));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.disconnects() < 1 {
+        assert!(Instant::now() < deadline, "control thread did not clean up");
+        pmd.run_once();
+    }
+    // A new frontend with intact memory gets traffic on the same port.
+    let mut guest2 = Guest::new();
+    for _ in 0..32 {
+        guest2.rx.post_rx(&guest2.g, 2048, 1);
+    }
+    let (frontend2, _fds2) = guest2.connect(&sock);
+    run_until(&mut pmd, "traffic into the new guest", |_| guest2.rx.used_idx(&guest2.g) == 32);
+    assert_eq!(guest2.rx.pop_used(&guest2.g).unwrap().len, 12 + 1000);
+    drop(frontend2);
+    run_until(&mut pmd, "second detach", |p| !attached(p));
+    pmd.stop();
+    drop(pmd);
+    server.stop();
+}

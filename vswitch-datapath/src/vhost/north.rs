@@ -52,6 +52,20 @@ pub struct Northbound {
 }
 
 impl Northbound {
+    /// Breaks the queue if its guest memory was lost under the switch (counted once), and fails
+    /// if the queue is broken.
+    #[inline]
+    fn check_memory(&mut self) -> Result<(), VhostError> {
+        match self.q.check_memory() {
+            Ok(()) => Ok(()),
+            Err(crate::virtio::error::VirtqError::Broken) => Err(VhostError::Broken),
+            Err(e) => {
+                self.stats.broken += 1;
+                Err(e.into())
+            }
+        }
+    }
+
     /// Serves `q` (a guest RX queue) with a `hdr_len`-byte net header (see
     /// [`net_hdr_len`](crate::net_hdr_len)); `mergeable` when VIRTIO_NET_F_MRG_RXBUF was
     /// negotiated.
@@ -79,9 +93,7 @@ impl Northbound {
         pool: &mut PacketPool,
         pkts: &mut Burst,
     ) -> Result<usize, VhostError> {
-        if self.q.is_broken() {
-            return Err(VhostError::Broken);
-        }
+        self.check_memory()?;
         let (off0, cpu0) = chan.copy_counts();
         let mut left = Burst::new();
         let mut accepted = 0;
@@ -213,6 +225,7 @@ impl Northbound {
     /// with one release store, frees the packets, notifies the guest if it asked. Call after
     /// [`Channel::progress`]. Returns how many packets completed.
     pub fn complete<E: CopyEngine>(&mut self, chan: &Channel<E>, pool: &mut PacketPool) -> Result<usize, VhostError> {
+        self.check_memory()?;
         let retired = chan.retired();
         let mut n = 0;
         while let Some(f) = self.inflight.front() {

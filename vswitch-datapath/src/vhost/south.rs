@@ -45,6 +45,20 @@ pub struct Southbound {
 }
 
 impl Southbound {
+    /// Breaks the queue if its guest memory was lost under the switch (counted once), and fails
+    /// if the queue is broken.
+    #[inline]
+    fn check_memory(&mut self) -> Result<(), VhostError> {
+        match self.q.check_memory() {
+            Ok(()) => Ok(()),
+            Err(crate::virtio::error::VirtqError::Broken) => Err(VhostError::Broken),
+            Err(e) => {
+                self.stats.broken += 1;
+                Err(e.into())
+            }
+        }
+    }
+
     /// Serves `q` (a guest TX queue) whose chains start with a `hdr_len`-byte net header.
     pub fn new(q: SplitQueue, hdr_len: usize, notifier: Notifier) -> Self {
         let size = q.size() as usize;
@@ -66,9 +80,7 @@ impl Southbound {
         pool: &mut PacketPool,
         max: usize,
     ) -> Result<usize, VhostError> {
-        if self.q.is_broken() {
-            return Err(VhostError::Broken);
-        }
+        self.check_memory()?;
         let (off0, cpu0) = chan.copy_counts();
         let mut taken = 0;
         let mut result = Ok(());
@@ -168,6 +180,8 @@ impl Southbound {
         out: &mut Burst,
         max: usize,
     ) -> Result<usize, VhostError> {
+        // Packets copied out of memory that was lost are not the guest's: none is handed on.
+        self.check_memory()?;
         let retired = chan.retired();
         let mut n = 0;
         while let Some(f) = self.inflight.front() {

@@ -14,6 +14,10 @@ pub enum VirtqError {
     /// The queue was broken by an earlier error (see [`super::split::SplitQueue::broken`]).
     #[error("queue is broken")]
     Broken,
+    /// The guest's memory file shrank under the switch: its pages were replaced by zero pages
+    /// (see [`crate::sigbus`]) and nothing in it can be trusted or written back.
+    #[error("guest memory was truncated under the switch")]
+    MemoryLost,
     /// A ring field, descriptor table or buffer is outside guest memory.
     #[error("guest memory: {0}")]
     Memory(#[from] MemoryError),

@@ -195,6 +195,16 @@ impl SplitQueue {
         self.broken.is_some()
     }
 
+    /// Breaks the queue if its guest memory was lost (a file truncated under its mapping, see
+    /// [`crate::sigbus`]); then, or if it was broken before, an error. Call once per burst.
+    #[inline]
+    pub fn check_memory(&mut self) -> Result<(), VirtqError> {
+        if self.broken.is_none() && self.mem.lost() {
+            return Err(self.fail(VirtqError::MemoryLost));
+        }
+        self.check()
+    }
+
     /// The error that broke the queue, if any.
     #[inline]
     pub fn broken(&self) -> Option<VirtqError> {
