@@ -193,11 +193,15 @@ struct Fixture {
 
 impl Fixture {
     fn start() -> Fixture {
+        Self::with_engine("worker")
+    }
+
+    fn with_engine(engine: &str) -> Fixture {
         let lock = machine_lock("interop", Duration::from_secs(600));
         let scratch = Scratch::new("hostile");
         let (hostile, good) = (scratch.path("hostile.sock"), scratch.path("good.sock"));
         let mut cmd = Command::new(vswitch_binary().expect("the vswitch binary"));
-        cmd.args(["--engine", "worker", "--stats-interval", "0"]);
+        cmd.args(["--engine", engine, "--stats-interval", "0"]);
         cmd.arg("--port").arg(format!("vhost-user:{}", hostile.display()));
         cmd.args(["--port", &format!("source:{PKT}"), "--port", &format!("source:{PKT}")]);
         cmd.arg("--port").arg(format!("vhost-user:{}", good.display()));
@@ -444,4 +448,83 @@ fn a_guest_that_truncates_its_memory_under_traffic_loses_only_its_own_port() {
     fx.check("a truncated memory file");
     drop(front);
     fx.hostile_socket_serves_a_good_frontend("a truncated memory file");
+}
+
+/// The switch process's resident set (KiB) and open descriptors.
+fn rss_and_fds(pid: u32) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    (rss, std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count())
+}
+
+/// How many mappings of our guests' memfds the switch holds.
+fn guest_mappings(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap().lines().filter(|l| l.contains("vs-hostile")).count()
+}
+
+/// `cycles` connect / traffic / disconnect cycles on the hostile socket: every cycle's packets
+/// intact, no write into a guest's memory after the switch unmapped it, the switch's RSS and
+/// descriptor count flat.
+fn soak(engine: &str, cycles: usize) {
+    let mut fx = Fixture::with_engine(engine);
+    let pid = fx.switch.pid().unwrap();
+    let baseline_maps = guest_mappings(pid);
+    let mut first = None;
+    for cycle in 0..cycles {
+        let mut guest = Guest::new();
+        for _ in 0..32 {
+            guest.rx.post_rx(&guest.g, 2048, 1);
+        }
+        let (front, fds) = guest.connect(&fx.hostile);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while guest.rx.used_idx(&guest.g) < 32 {
+            assert!(Instant::now() < deadline, "cycle {cycle}: no traffic");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        while let Some(u) = guest.rx.pop_used(&guest.g) {
+            assert_eq!(u.len, WRITTEN, "cycle {cycle}");
+            let b = guest.rx.read_written(&guest.g, u.id as u16, u.len as usize);
+            assert_eq!(&b[12 + 12..12 + 14], &[0x08, 0x00], "cycle {cycle}: not the source's packet");
+        }
+        // More buffers, so copies may be in flight when the frontend goes.
+        for _ in 0..32 {
+            guest.rx.post_rx(&guest.g, 2048, 1);
+        }
+        drop(front);
+        drop(fds);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while guest_mappings(pid) > baseline_maps {
+            assert!(Instant::now() < deadline, "cycle {cycle}: the switch kept the guest memory mapped");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let before = guest.g.snapshot();
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(guest.g.snapshot() == before, "cycle {cycle}: guest memory written after the switch unmapped it");
+        if cycle == 10 {
+            first = Some(rss_and_fds(pid));
+        }
+    }
+    let last = rss_and_fds(pid);
+    let first = first.unwrap();
+    eprintln!(
+        "soak {engine}: {cycles} cycles, switch RSS {} -> {} KiB, fds {} -> {}",
+        first.0, last.0, first.1, last.1
+    );
+    assert_eq!(first.1, last.1, "the switch's open descriptors grew");
+    assert!(last.0 < first.0 + 16 * 1024, "the switch's RSS grew from {} to {} KiB", first.0, last.0);
+    fx.check("the soak");
+}
+
+#[test]
+fn soak_1000_reconnects_on_the_memcpy_engine_keep_rss_and_fds_flat() {
+    soak("memcpy", 1000);
+}
+
+#[test]
+fn soak_1000_reconnects_on_the_worker_engine_keep_rss_and_fds_flat() {
+    soak("worker", 1000);
 }

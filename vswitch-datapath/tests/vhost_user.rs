@@ -712,3 +712,69 @@ fn a_guest_memory_file_truncated_under_traffic_breaks_only_that_port_and_the_swi
     drop(pmd);
     server.stop();
 }
+
+/// This process's resident set (KiB) and open descriptors.
+fn own_rss_and_fds() -> (u64, usize) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    (rss, std::fs::read_dir("/proc/self/fd").unwrap().count())
+}
+
+#[test]
+fn soak_1000_reconnects_with_copies_in_flight_on_the_delayed_worker_engine() {
+    // The worker engine behind the fault wrapper (completions delayed): each cycle the frontend
+    // leaves with copies in flight. No copy lands after the unmap, every cycle's packets are
+    // intact, and the switch side's (this process's) RSS and descriptors stay flat.
+    let (mut pmd, server, sock) = switch(30);
+    let mut first = None;
+    let mut with_copies_in_flight = 0;
+    for cycle in 0..1000 {
+        if cycle == 10 {
+            first = Some(own_rss_and_fds());
+        }
+        let mut guest = Guest::new();
+        for _ in 0..48 {
+            guest.rx.post_rx(&guest.g, 2048, 1);
+        }
+        let (frontend, fds) = guest.connect(&sock);
+        run_until(&mut pmd, "traffic", |_| guest.rx.used_idx(&guest.g) >= 16);
+        while let Some(u) = guest.rx.pop_used(&guest.g) {
+            assert_eq!(u.len, 12 + 1000, "cycle {cycle}");
+        }
+        drop(frontend);
+        drop(fds);
+        let mut in_flight = false;
+        run_until(&mut pmd, "detach", |p| {
+            in_flight |= attached(p) && p.channel().in_flight() > 0;
+            !attached(p)
+        });
+        with_copies_in_flight += usize::from(in_flight);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.disconnects() < cycle + 1 {
+            assert!(Instant::now() < deadline, "cycle {cycle}: control thread did not clean up");
+            pmd.run_once();
+        }
+        assert_eq!(guest.mappings(), 1, "cycle {cycle}: the backend still maps the guest memory");
+        let before = guest.g.snapshot();
+        for _ in 0..200 {
+            pmd.run_once();
+        }
+        assert!(guest.g.snapshot() == before, "cycle {cycle}: guest memory changed after the unmap");
+    }
+    let (first, last) = (first.unwrap(), own_rss_and_fds());
+    eprintln!(
+        "soak delayed worker: 1000 cycles ({with_copies_in_flight} left with copies in flight), \
+         RSS {} -> {} KiB, fds {} -> {}",
+        first.0, last.0, first.1, last.1
+    );
+    assert!(with_copies_in_flight > 0, "copies were in flight at some detach");
+    assert_eq!(first.1, last.1, "open descriptors grew");
+    assert!(last.0 < first.0 + 16 * 1024, "RSS grew from {} to {} KiB", first.0, last.0);
+    pmd.stop();
+    drop(pmd);
+    server.stop();
+}

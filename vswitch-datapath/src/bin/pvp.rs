@@ -58,8 +58,10 @@ fn parse() -> Result<Args, String> {
             }
             "--duration" => {
                 let v = value("--duration")?;
-                let secs: f64 = v.parse().map_err(|_| format!("bad --duration {v:?}"))?;
-                a.duration = Duration::from_secs_f64(secs.max(0.1));
+                a.duration = match v.parse::<f64>() {
+                    Ok(s) if s.is_finite() && s > 0.0 && s <= 1e9 => Duration::from_secs_f64(s.max(0.1)),
+                    _ => return Err(format!("--duration: expected seconds (a number > 0), got {v:?}")),
+                };
             }
             "--cpu-below" => {
                 let v = value("--cpu-below")?;
