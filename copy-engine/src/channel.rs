@@ -63,6 +63,14 @@ struct Inner<E> {
     keep_buffers: bool,
     wakers: SmallVec<[(Ticket, Waker); 2]>,
     stats: PolicyStats,
+    /// Consecutive progress calls that found engine ops in flight and retired none.
+    stall: u32,
+    /// Adaptive offload found the engine lagging: copies go to the CPU (but for probes).
+    lagging: bool,
+    /// Copies sent to the CPU since the last probe, while lagging.
+    since_probe: u32,
+    /// A probe is in flight (it was sent to an idle engine: nothing else is).
+    probing: bool,
 }
 
 /// An engine behind the policy layer: the object a PMD thread (or the datapath) copies through.
@@ -120,6 +128,10 @@ impl<E: CopyEngine> Channel<E> {
                 keep_buffers,
                 wakers: SmallVec::new(),
                 stats: PolicyStats::default(),
+                stall: 0,
+                lagging: false,
+                since_probe: 0,
+                probing: false,
             }),
             retired: Cell::new(Ticket::ZERO),
             failures: Cell::new(0),
@@ -147,6 +159,8 @@ impl<E: CopyEngine> Channel<E> {
         let len64 = len as u64;
         if len < inner.policy.cpu_below {
             inner.stats.cpu_small += 1;
+        } else if inner.lagging && !inner.probe_now() {
+            inner.stats.cpu_adaptive += 1;
         } else {
             let in_flight = inner.engine.next_ticket().since(inner.eng_done);
             let full = in_flight > inner.mask;
@@ -380,6 +394,10 @@ impl<E: CopyEngine> Channel<E> {
     pub fn set_policy(&self, policy: Policy) {
         let mut inner = self.inner.borrow_mut();
         inner.policy = policy;
+        if policy.adaptive.is_none() {
+            inner.lagging = false;
+            inner.probing = false;
+        }
         let cap = policy.report_capacity.max(1);
         if inner.failures.capacity() < cap {
             let len = inner.failures.len();
@@ -399,6 +417,45 @@ impl<E: CopyEngine> Inner<E> {
         self.engine.next_ticket() > self.eng_done
     }
 
+    /// While lagging: whether this copy goes to the engine as a probe (one in `probe_every`,
+    /// and only when the engine has nothing in flight, so a probe never waits behind a stall).
+    #[cold]
+    fn probe_now(&mut self) -> bool {
+        let every = self.policy.adaptive.map_or(1, |a| a.probe_every.max(1));
+        self.since_probe += 1;
+        if self.since_probe >= every && !self.engine_busy() {
+            self.since_probe = 0;
+            self.probing = true;
+            return true;
+        }
+        false
+    }
+
+    /// Adaptive offload's view of one progress call: `retired` engine ops retired by it.
+    #[inline]
+    fn watch(&mut self, retired: usize) {
+        let Some(a) = self.policy.adaptive else { return };
+        if retired == 0 {
+            self.stall = self.stall.saturating_add(1);
+            if !self.lagging && self.stall > a.stall_polls {
+                self.lagging = true;
+                self.since_probe = 0;
+                self.stats.adaptive_to_cpu += 1;
+            }
+        } else {
+            // The probes retired (the engine is idle again: nothing else went to it) within the
+            // limit: the engine keeps up again. Stalled ops that finally retire do not count.
+            if self.lagging && self.probing && !self.engine_busy() {
+                self.probing = false;
+                if self.stall <= a.stall_polls {
+                    self.lagging = false;
+                    self.stats.adaptive_to_engine += 1;
+                }
+            }
+            self.stall = 0;
+        }
+    }
+
     fn progress(&mut self, retired: &Cell<Ticket>) -> u64 {
         if !self.engine_busy() {
             self.stats.empty_polls += 1;
@@ -413,6 +470,7 @@ impl<E: CopyEngine> Inner<E> {
         };
         let r = self.engine.reap(usize::MAX, &mut self.reap_buf[..room]);
         if r.retired == 0 {
+            self.watch(0);
             self.stats.empty_polls += 1;
             return 0;
         }
@@ -437,6 +495,7 @@ impl<E: CopyEngine> Inner<E> {
         }
         self.eng_done = self.eng_done.add(r.retired as u64);
         debug_assert_eq!(self.eng_done, self.engine.retired());
+        self.watch(r.retired);
         let last = self.shadow[Ticket::new(self.eng_done.get() - 1).ring_index(self.mask)];
         let watermark = last.chan.add(1 + last.cpu_after);
         let newly = watermark.since(retired.get());

@@ -102,6 +102,12 @@ impl<E: CopyEngine> FaultEngine<E> {
         }
     }
 
+    /// Changes how completions are delayed from the next reap on (an engine that gets starved,
+    /// or gets its core back). Error injection keeps its configuration.
+    pub fn set_delay_polls(&mut self, delay_polls: u32) {
+        self.cfg.delay_polls = delay_polls;
+    }
+
     /// What has been injected so far.
     pub fn injected(&self) -> Injected {
         self.injected

@@ -39,7 +39,7 @@ pub use engine::{check_copy, CopyEngine, EngineControl, EngineInfo, Reaped};
 pub use error::{ControlError, EnqueueError, FailedOp, OpStatus};
 pub use flags::{Capabilities, OpFlags};
 pub use future::{poll_inline, CopyFuture, CopyOutcome, Failures};
-pub use policy::{OnError, OnRingFull, Policy};
+pub use policy::{Adaptive, OnError, OnRingFull, Policy};
 pub use stats::{EngineStats, PolicyStats};
 pub use ticket::{Ticket, TicketRange};
 pub use waker::{AsyncCopy, Driver};

@@ -23,6 +23,31 @@ pub enum OnError {
     Report,
 }
 
+/// Adaptive offload: the channel watches its engine's progress and copies on the CPU while the
+/// engine is starved (a worker thread with no core of its own, a device shared with others), then
+/// goes back to the engine once it keeps up again. Order across both paths is kept as always:
+/// a CPU copy is reported done only after every earlier engine op.
+///
+/// The engine is *lagging* when it has ops in flight and `stall_polls` consecutive
+/// [`progress`](crate::Channel::progress) calls retired none of them. From then on copies go to
+/// the CPU (counted in [`PolicyStats::cpu_adaptive`](crate::PolicyStats::cpu_adaptive)), and no
+/// new work piles up behind the stalled ops. Every `probe_every`-th copy, when the engine has
+/// nothing in flight, is sent to it as a probe; a probe that retires within `stall_polls` polls
+/// brings the channel back to the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Adaptive {
+    /// Consecutive fruitless polls (engine busy, nothing retired) that mean "lagging".
+    pub stall_polls: u32,
+    /// While lagging, one copy in this many goes to the engine as a probe (at least 1).
+    pub probe_every: u32,
+}
+
+impl Default for Adaptive {
+    fn default() -> Self {
+        Adaptive { stall_polls: 64, probe_every: 64 }
+    }
+}
+
 /// The knobs of the policy layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policy {
@@ -35,11 +60,19 @@ pub struct Policy {
     pub on_error: OnError,
     /// How many reported failures may wait to be claimed before reaping pauses (report policy).
     pub report_capacity: usize,
+    /// Adaptive offload (`None`: every copy at or above `cpu_below` goes to the engine).
+    pub adaptive: Option<Adaptive>,
 }
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { cpu_below: 256, on_ring_full: OnRingFull::CpuCopy, on_error: OnError::CpuRetry, report_capacity: 64 }
+        Policy {
+            cpu_below: 256,
+            on_ring_full: OnRingFull::CpuCopy,
+            on_error: OnError::CpuRetry,
+            report_capacity: 64,
+            adaptive: None,
+        }
     }
 }
 
@@ -57,6 +90,11 @@ impl Policy {
     /// This policy with a different full-ring behaviour.
     pub fn with_ring_full(self, on_ring_full: OnRingFull) -> Self {
         Policy { on_ring_full, ..self }
+    }
+
+    /// This policy with adaptive offload (`None`: off).
+    pub fn with_adaptive(self, adaptive: Option<Adaptive>) -> Self {
+        Policy { adaptive, ..self }
     }
 
     /// This policy with a different failed-op behaviour.

@@ -67,6 +67,12 @@ pub struct PolicyStats {
     pub cpu_retry: u64,
     /// CPU copies because the engine refused the op (too long, unsupported).
     pub cpu_refused: u64,
+    /// CPU copies because the engine was lagging (adaptive offload).
+    pub cpu_adaptive: u64,
+    /// Times adaptive offload found the engine lagging and went to the CPU.
+    pub adaptive_to_cpu: u64,
+    /// Times a probe found the engine keeping up again and adaptive offload went back to it.
+    pub adaptive_to_engine: u64,
     /// Ops refused back to the caller because the ring was full (push-back policy).
     pub pushed_back: u64,
     /// Engine ops that failed (retried or reported).
@@ -84,6 +90,6 @@ pub struct PolicyStats {
 impl PolicyStats {
     /// All CPU copies, whatever the cause.
     pub fn cpu_copies(&self) -> u64 {
-        self.cpu_small + self.cpu_ring_full + self.cpu_retry + self.cpu_refused
+        self.cpu_small + self.cpu_ring_full + self.cpu_retry + self.cpu_refused + self.cpu_adaptive
     }
 }

@@ -13,13 +13,13 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use copy_engine::{Channel, CopyEngine, Policy};
+use copy_engine::{Adaptive, Channel, CopyEngine, Policy};
 use copy_engine_cpu::{MemcpyEngine, WorkerConfig, WorkerEngine};
 use vswitch_datapath::loopguest::{LoopGuest, LoopGuestConfig};
 use vswitch_datapath::{Northbound, Notifier, PacketPool, Pmd, Southbound, TrafficConfig, TrafficPort, VhostPort};
 
 const USAGE: &str = "usage: pvp [--engine memcpy|worker|dmadev:<name>] [--size BYTES|MIN-MAX] [--duration SECS] \
-                     [--cpu-below BYTES] [--no-mergeable] [--eal-args \"...\"]";
+                     [--cpu-below BYTES] [--no-mergeable] [--no-adaptive] [--eal-args \"...\"]";
 
 #[derive(Debug)]
 struct Args {
@@ -29,6 +29,7 @@ struct Args {
     duration: Duration,
     cpu_below: usize,
     mergeable: bool,
+    adaptive: bool,
     eal_args: Option<String>,
 }
 
@@ -40,6 +41,7 @@ fn parse() -> Result<Args, String> {
         duration: Duration::from_secs(5),
         cpu_below: Policy::default().cpu_below,
         mergeable: true,
+        adaptive: true,
         eal_args: None,
     };
     let mut it = std::env::args().skip(1);
@@ -68,6 +70,7 @@ fn parse() -> Result<Args, String> {
                 a.cpu_below = v.parse().map_err(|_| format!("bad --cpu-below {v:?}"))?;
             }
             "--no-mergeable" => a.mergeable = false,
+            "--no-adaptive" => a.adaptive = false,
             "--eal-args" => a.eal_args = Some(value("--eal-args")?),
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown flag {other:?}\n{USAGE}")),
@@ -84,7 +87,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let policy = Policy::default().with_cpu_below(args.cpu_below);
+    let policy = Policy::default().with_cpu_below(args.cpu_below).with_adaptive(args.adaptive.then(Adaptive::default));
     let result = match args.engine.as_str() {
         "memcpy" => run(Channel::new(MemcpyEngine::default(), policy), &args),
         "worker" => match WorkerEngine::new(WorkerConfig::default()) {
@@ -217,13 +220,17 @@ fn run<E: CopyEngine>(chan: Channel<E>, args: &Args) -> Result<bool, String> {
         (busy_ns - traffic_ns).max(0.0)
     );
     println!(
-        "  copies: {} offloaded, {} by CPU ({} below threshold, {} ring full, {} retried), {} errors",
+        "  copies: {} offloaded, {} by CPU ({} below threshold, {} engine lagging, {} ring full, {} retried), \
+         {} errors; adaptive offload went to the CPU {} times, back to the engine {} times",
         pol.offloaded,
         pol.cpu_copies(),
         pol.cpu_small,
+        pol.cpu_adaptive,
         pol.cpu_ring_full,
         pol.cpu_retry,
-        pol.errors
+        pol.errors,
+        pol.adaptive_to_cpu,
+        pol.adaptive_to_engine
     );
     for (name, s) in pmd.port_stats() {
         println!(

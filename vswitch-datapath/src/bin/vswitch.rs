@@ -7,7 +7,7 @@
 //! ```text
 //! vswitch --port vhost-user:<socket path>|sink|source:<bytes> [--port ...]
 //!     --engine memcpy|worker|dmadev:<name> [--eal-args "..."] [--pmd-cores 0,1] [--mac-learning]
-//!     [--stats-interval SECS] [--duration SECS]
+//!     [--stats-interval SECS] [--duration SECS] [--no-adaptive]
 //! ```
 //!
 //! Forwarding: with two ports, 0 <-> 1; with more, pairs (0,1), (2,3), ... (an odd last port
@@ -24,7 +24,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use copy_engine::{Channel, CopyEngine, Policy};
+use copy_engine::{Adaptive, Channel, CopyEngine, Policy};
 use copy_engine_cpu::{MemcpyEngine, WorkerConfig, WorkerEngine};
 use vswitch_datapath::null_port::{SOURCE_HEADER, SOURCE_MAX};
 use vswitch_datapath::vhost_user::{DeviceConfig, VhostUserServer};
@@ -32,9 +32,10 @@ use vswitch_datapath::{PacketPool, Pmd, Port, PortStats, SinkPort, SourcePort, V
 
 const USAGE: &str = "usage: vswitch --port vhost-user:<socket path>|sink|source:<bytes> [--port ...] \
                      --engine memcpy|worker|dmadev:<name> [--eal-args \"...\"] [--pmd-cores 0,1] [--mac-learning] \
-                     [--stats-interval SECS] [--duration SECS]\n\
+                     [--stats-interval SECS] [--duration SECS] [--no-adaptive]\n\
                      ports are cross-connected in pairs (0,1), (2,3), ...; sink: counts and frees what it is sent; \
-                     source:<bytes>: makes packets of that size (42..=9216) as fast as its peer port takes them";
+                     source:<bytes>: makes packets of that size (42..=9216) as fast as its peer port takes them; \
+                     --no-adaptive: every copy of 256 B or more goes to the engine, even while it lags";
 
 /// Packet buffers of the PMD thread, and the largest packet a guest may send.
 const POOL_PACKETS: usize = 4096;
@@ -83,12 +84,13 @@ struct Args {
     mac_learning: bool,
     stats_interval: Option<Duration>,
     duration: Option<Duration>,
+    adaptive: bool,
 }
 
 fn secs(flag: &str, v: &str) -> Result<f64, String> {
     match v.parse::<f64>() {
-        Ok(s) if s.is_finite() && s >= 0.0 => Ok(s),
-        _ => Err(format!("{flag}: expected seconds (a number >= 0), got {v:?}")),
+        Ok(s) if s.is_finite() && (0.0..=1e9).contains(&s) => Ok(s),
+        _ => Err(format!("{flag}: expected seconds (a number in 0..=1e9), got {v:?}")),
     }
 }
 
@@ -101,6 +103,7 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         mac_learning: false,
         stats_interval: Some(Duration::from_secs(1)),
         duration: None,
+        adaptive: true,
     };
     let mut it = args.into_iter();
     while let Some(flag) = it.next() {
@@ -130,6 +133,7 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
                 a.stats_interval = (s > 0.0).then(|| Duration::from_secs_f64(s));
             }
             "--duration" => a.duration = Some(Duration::from_secs_f64(secs("--duration", &value("--duration")?)?)),
+            "--no-adaptive" => a.adaptive = false,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown flag {other:?}")),
         }
@@ -168,7 +172,9 @@ fn main() -> ExitCode {
     if args.mac_learning {
         eprintln!("vswitch: --mac-learning is not implemented yet: ports are cross-connected in pairs");
     }
-    let policy = Policy::default();
+    // Adaptive offload: copies go to the CPU while the engine lags (a worker thread without a
+    // core of its own, a shared device), and back to the engine when it keeps up.
+    let policy = Policy::default().with_adaptive(args.adaptive.then(Adaptive::default));
     let result = match args.engine.as_str() {
         "memcpy" => run(Channel::new(MemcpyEngine::default(), policy), &args, &stop),
         "worker" => match WorkerEngine::new(WorkerConfig::default()) {
@@ -321,10 +327,15 @@ fn print_stats<E: CopyEngine>(pmd: &Pmd<E>, servers: &[Option<VhostUserServer>],
     let rate = |now: u64, before: u64| if dt > 0.0 { now.saturating_sub(before) as f64 / dt } else { 0.0 };
     let c = pmd.channel().stats();
     println!(
-        "t={:.1}s  copies: {} offloaded, {} by CPU, {} in flight",
+        "t={:.1}s  copies: {} offloaded, {} by CPU ({} small, {} engine lagging, {} ring full, {} retried), \
+         {} in flight",
         t.as_secs_f64(),
         c.offloaded,
         c.cpu_copies(),
+        c.cpu_small,
+        c.cpu_adaptive,
+        c.cpu_ring_full,
+        c.cpu_retry,
         pmd.channel().in_flight()
     );
     for (i, s) in servers.iter().enumerate() {
