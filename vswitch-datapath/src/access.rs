@@ -279,6 +279,28 @@ impl Mapping {
         true
     }
 
+    /// Sets the bits of `mask` in the byte at `off` atomically (the shared dirty log, which the
+    /// frontend reads and clears concurrently). False if `off` is outside the mapping.
+    #[inline]
+    pub fn fetch_or_u8(&self, off: usize, mask: u8) -> bool {
+        let Some(p) = self.range(off, 1) else {
+            return false;
+        };
+        // SAFETY: `p` is inside the mapping (checked by `range`) and stays mapped while `self`
+        // lives; `AtomicU8` has alignment 1; the other party (QEMU's log sync) accesses the log
+        // with atomic operations too.
+        unsafe { std::sync::atomic::AtomicU8::from_ptr(p) }.fetch_or(mask, Ordering::Release);
+        true
+    }
+
+    /// Loads the byte at `off` (tests of the dirty log).
+    #[inline]
+    pub fn load_u8(&self, off: usize) -> Option<u8> {
+        let p = self.range(off, 1)?;
+        // SAFETY: as in `fetch_or_u8`.
+        Some(unsafe { std::sync::atomic::AtomicU8::from_ptr(p) }.load(Ordering::Acquire))
+    }
+
     /// A 2-byte aligned `u16` slot at `off`, as a pointer to an atomic.
     #[inline]
     fn atomic_u16(&self, off: usize) -> Option<&AtomicU16> {

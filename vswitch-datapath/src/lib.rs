@@ -29,6 +29,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod access;
+pub mod dirty;
 #[cfg(feature = "test-utils")]
 pub mod loopguest;
 pub mod memory;
@@ -47,6 +48,7 @@ pub mod vhost_port;
 pub mod vhost_user;
 pub mod virtio;
 
+pub use dirty::DirtyLog;
 pub use memory::{GuestMemory, GuestRegion, HostSeg, MemoryConfigError, MemoryError, RegionHint};
 pub use net::{net_hdr_len, NetHdr, NetHdrRepr};
 pub use virtio::chain::DescChain;

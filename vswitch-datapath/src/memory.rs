@@ -244,6 +244,15 @@ impl GuestMemory {
         &self.regions
     }
 
+    /// The guest-physical address of host address `host`, if a region maps it (the reverse of
+    /// translation; the dirty log needs it for segments already translated).
+    pub fn host_to_gpa(&self, host: usize) -> Option<u64> {
+        self.regions.iter().find_map(|r| {
+            let off = host.checked_sub(r.host_addr())?;
+            (off < r.len()).then(|| r.guest_addr() + off as u64)
+        })
+    }
+
     /// Whether a region's file shrank under the switch (see [`crate::sigbus`]): what the memory
     /// holds is no longer the guest's, and the queues on it must stop. One atomic load per region.
     #[inline]

@@ -371,7 +371,8 @@ fn requests_that_need_a_reply_get_one_or_the_connection_is_closed_never_silence(
     f.send(req::GET_VRING_BASE, 0, &rawfront::state(200, 0), &[]).unwrap();
     assert!(f.closed_by_peer(quiet), "GET_VRING_BASE beyond the queues: no reply and no close");
     drop(f);
-    // SET_LOG_BASE without LOG_SHMFD (not offered): closed.
+    // SET_LOG_BASE without LOG_SHMFD negotiated (the frontend expects no reply, and the log
+    // must be a shared fd): closed.
     let mut f = negotiated(&fx.hostile);
     f.send(req::SET_LOG_BASE, 0, &[0u8; 16], &[memfd(4096).as_raw_fd()]).unwrap();
     assert!(f.closed_by_peer(quiet), "SET_LOG_BASE: no reply and no close");

@@ -778,3 +778,76 @@ fn soak_1000_reconnects_with_copies_in_flight_on_the_delayed_worker_engine() {
     drop(pmd);
     server.stop();
 }
+
+#[test]
+fn dirty_logging_marks_the_pages_the_switch_writes_and_stops_when_log_all_is_cleared() {
+    use std::os::unix::fs::FileExt;
+    const LOG_ALL: u64 = 1 << 26;
+    const LOG_SHMFD: u64 = 1 << 1;
+    let (mut pmd, server, sock) = switch(10);
+    let mut guest = Guest::new();
+    let plan = guest.plan();
+    // The log covers the guest-physical range of the memory: one bit per 4 KiB page.
+    let log_len = ((GUEST_BASE + MEM_LEN as u64) / 4096).div_ceil(8);
+    let log = tempfile_like(log_len);
+    let (mut f, offered, _fds) = with_pmd(&mut pmd, || {
+        let mut f = RawFrontend::connect(&sock);
+        let offered = f.call(req::GET_FEATURES, 0, &[], &[]).u64();
+        assert_ne!(offered & LOG_ALL, 0, "VHOST_F_LOG_ALL offered");
+        let pf = f.call(req::GET_PROTOCOL_FEATURES, 0, &[], &[]).u64();
+        assert_ne!(pf & LOG_SHMFD, 0, "LOG_SHMFD offered");
+        f.send(req::SET_PROTOCOL_FEATURES, 0, &rawfront::u64_body(rawfront::PF_MQ_REPLY_ACK | LOG_SHMFD), &[]).unwrap();
+        let fds = qemu_dev_start(&mut f, &plan, offered, &[0, 0]);
+        for i in 0..2 {
+            assert!(f.acked(req::SET_VRING_ENABLE, &rawfront::state(i, 1), &[]));
+        }
+        // Migration starts: the log, then LOG_ALL.
+        let mut body = log_len.to_ne_bytes().to_vec();
+        body.extend_from_slice(&0u64.to_ne_bytes());
+        let r = f.call(req::SET_LOG_BASE, 0, &body, &[log.as_raw_fd()]);
+        assert!(r.payload.is_empty(), "SET_LOG_BASE is answered once the log is mapped");
+        assert!(f.acked(req::SET_FEATURES, &rawfront::u64_body(offered), &[]));
+        (f, offered, fds)
+    });
+    // Buffers posted once logging is on: whatever the switch writes now must be in the log.
+    for _ in 0..32 {
+        guest.rx.post_rx(&guest.g, 2048, 1);
+    }
+    run_until(&mut pmd, "traffic into the logging guest", |_| guest.rx.used_idx(&guest.g) == 32);
+    let marked = |gpa: u64| {
+        let page = gpa / 4096;
+        let mut b = [0u8];
+        log.read_exact_at(&mut b, page / 8).unwrap();
+        b[0] & (1 << (page % 8)) != 0
+    };
+    while let Some(u) = guest.rx.pop_used(&guest.g) {
+        for b in guest.rx.buffers(u.id as u16) {
+            assert!(marked(b.gpa) && marked(b.gpa + u.len as u64 - 1), "RX buffer {:#x} not logged", b.gpa);
+        }
+    }
+    assert!(marked(guest.rx.config().used_ring), "used ring logged");
+    // Migration done (or cancelled): LOG_ALL cleared; the pages written from now on are not logged.
+    with_pmd(&mut pmd, || assert!(f.acked(req::SET_FEATURES, &rawfront::u64_body(offered & !LOG_ALL), &[])));
+    log.write_all_at(&vec![0u8; log_len as usize], 0).unwrap();
+    for _ in 0..16 {
+        guest.rx.post_rx(&guest.g, 2048, 1);
+    }
+    run_until(&mut pmd, "traffic after logging stopped", |_| guest.rx.used_idx(&guest.g) == 48);
+    let mut b = vec![0u8; log_len as usize];
+    log.read_exact_at(&mut b, 0).unwrap();
+    assert!(b.iter().all(|&x| x == 0), "pages logged after LOG_ALL was cleared");
+    drop(f);
+    run_until(&mut pmd, "detach", |p| !attached(p));
+    pmd.stop();
+    drop(pmd);
+    server.stop();
+}
+
+/// An unlinked temporary file of `len` zero bytes.
+fn tempfile_like(len: u64) -> File {
+    let path = unique("log");
+    let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    f.set_len(len).unwrap();
+    f
+}

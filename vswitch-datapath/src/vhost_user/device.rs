@@ -19,8 +19,9 @@
 //! on the control thread; it never touches guest memory.
 
 use std::fs::File;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc::{self, Sender};
+use std::sync::Arc;
 use std::time::Duration;
 
 use vhost::vhost_user::VhostUserProtocolFeatures;
@@ -28,6 +29,7 @@ use vhost::vhost_user::VhostUserProtocolFeatures;
 use super::features;
 use super::memtable::{MemTable, UserRegion};
 use super::VhostUserError;
+use crate::dirty::DirtyLog;
 use crate::net::net_hdr_len;
 use crate::vhost::{Northbound, Notifier, Southbound};
 use crate::vhost_port::{DetachMode, PortCommand};
@@ -90,6 +92,8 @@ pub struct VhostUserDevice {
     acked: u64,
     protocol: VhostUserProtocolFeatures,
     mem: Option<MemTable>,
+    /// The dirty log (`SET_LOG_BASE`), used while VHOST_F_LOG_ALL is acked.
+    log: Option<Arc<DirtyLog>>,
     /// Two per queue pair: `2k` the guest's RX queue, `2k + 1` its TX queue.
     vrings: Vec<Vring>,
     /// Per queue pair: attached to the PMD now.
@@ -111,6 +115,7 @@ impl VhostUserDevice {
             acked: 0,
             protocol: VhostUserProtocolFeatures::empty(),
             mem: None,
+            log: None,
             vrings: (0..2 * pairs).map(|_| Vring::default()).collect(),
             attached: vec![false; pairs],
             attaches: 0,
@@ -212,7 +217,11 @@ impl VhostUserDevice {
             features: RingFeatures::from_negotiated(self.acked),
             avail_base: v.base,
         };
-        Ok(SplitQueue::new(mem.memory().clone(), cfg)?)
+        let mut q = SplitQueue::new(mem.memory().clone(), cfg)?;
+        if features::logging(self.acked) {
+            q.set_dirty_log(self.log.clone());
+        }
+        Ok(q)
     }
 
     fn notifier(&self, index: usize) -> Result<Notifier, VhostUserError> {
@@ -272,6 +281,7 @@ impl VhostUserDevice {
     pub fn reset(&mut self) -> Result<(), VhostUserError> {
         let r = self.detach(None, DetachMode::Clear);
         self.mem = None;
+        self.log = None;
         self.vrings.iter_mut().for_each(|v| *v = Vring::default());
         self.acked = 0;
         r
@@ -321,6 +331,27 @@ impl VhostUserDevice {
             d.mem = Some(table);
             Ok(())
         })
+    }
+
+    /// `SET_LOG_BASE`: maps the frontend's dirty log (`size` bytes of `file` at `offset`) and
+    /// hands it to the running pairs (drained and attached again: a replaced log takes effect
+    /// between two bursts, never in the middle of one). The old log is dropped after the detach.
+    pub fn set_log_base(&mut self, size: u64, offset: u64, file: File) -> Result<(), VhostUserError> {
+        let len = usize::try_from(size).ok().filter(|&l| l > 0).ok_or(VhostUserError::BadLog(size))?;
+        let md = file.metadata().map_err(crate::memory::MemoryConfigError::Map)?;
+        if !md.file_type().is_file() || offset.checked_add(size).is_none_or(|end| end > md.len()) {
+            return Err(VhostUserError::BadLog(size));
+        }
+        let log = DirtyLog::from_fd(file.as_fd(), offset, len).map_err(crate::memory::MemoryConfigError::Map)?;
+        self.reconfigure(None, |d| {
+            d.log = Some(Arc::new(log));
+            Ok(())
+        })
+    }
+
+    /// Whether the pairs attached from now on log dirty pages.
+    pub fn is_logging(&self) -> bool {
+        features::logging(self.acked) && self.log.is_some()
     }
 
     /// `SET_VRING_NUM`: a power of two in `1..=MAX_QUEUE_SIZE`.

@@ -9,9 +9,13 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 
 use super::VhostUserError;
 
+/// VHOST_F_LOG_ALL (linux `vhost.h`): the device logs the guest pages it writes (live migration).
+pub const VHOST_F_LOG_ALL: u64 = 1 << 26;
+
 /// The virtio feature bits offered by `GET_FEATURES`: VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF,
-/// VIRTIO_NET_F_MQ, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC and
-/// VHOST_USER_F_PROTOCOL_FEATURES. No offloads (checksum, GSO): a TX header asking for one is a
+/// VIRTIO_NET_F_MQ, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+/// VHOST_USER_F_PROTOCOL_FEATURES and VHOST_F_LOG_ALL (dirty logging with asynchronous copies:
+/// see [`crate::dirty`]). No offloads (checksum, GSO): a TX header asking for one is a
 /// malformed chain.
 ///
 /// VIRTIO_NET_F_MQ needs VIRTIO_NET_F_CTRL_VQ in the driver, but the control queue is the
@@ -24,13 +28,23 @@ pub fn offered_features() -> u64 {
         | (1 << VIRTIO_RING_F_EVENT_IDX)
         | (1 << VIRTIO_RING_F_INDIRECT_DESC)
         | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        | VHOST_F_LOG_ALL
 }
 
 /// The protocol features offered by `GET_PROTOCOL_FEATURES`: MQ (`GET_QUEUE_NUM` answers how many
-/// queue pairs a port offers), REPLY_ACK (the session acks any request that sets NEED_REPLY) and
-/// RESET_DEVICE (handled as `RESET_OWNER` is).
+/// queue pairs a port offers), REPLY_ACK (the session acks any request that sets NEED_REPLY),
+/// RESET_DEVICE (handled as `RESET_OWNER` is) and LOG_SHMFD (the dirty log arrives as a shared
+/// memory fd with `SET_LOG_BASE`).
 pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
-    VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::RESET_DEVICE
+    VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::RESET_DEVICE
+        | VhostUserProtocolFeatures::LOG_SHMFD
+}
+
+/// Whether dirty logging (VHOST_F_LOG_ALL) was acked.
+pub fn logging(acked: u64) -> bool {
+    acked & VHOST_F_LOG_ALL != 0
 }
 
 /// Checks the features a frontend acked with `SET_FEATURES`: a subset of what was offered.

@@ -136,9 +136,15 @@ pub enum VhostUserError {
     /// A memory table with no regions or more than [`session::MAX_MEM_REGIONS`].
     #[error("memory table with {0} regions (1..={max})", max = session::MAX_MEM_REGIONS)]
     RegionCount(u32),
+    /// A dirty log of size 0, or beyond its file.
+    #[error("dirty log of {0} bytes does not fit its file")]
+    BadLog(u64),
     /// A request code this backend does not know.
     #[error("unknown request {0}")]
     UnknownRequest(u32),
+    /// A request for a protocol feature the frontend did not negotiate.
+    #[error("{0:?} needs a protocol feature that was not negotiated")]
+    NotNegotiated(vhost::vhost_user::message::FrontendReq),
     /// A request for a feature this backend does not offer.
     #[error("{0:?} needs a feature that is not offered")]
     NotOffered(vhost::vhost_user::message::FrontendReq),

@@ -26,8 +26,10 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use vhost::vhost_user::message::{
-    FrontendReq, VhostUserMemory, VhostUserMemoryRegion, VhostUserU64, VhostUserVringAddr, VhostUserVringState,
+    FrontendReq, VhostUserLog, VhostUserMemory, VhostUserMemoryRegion, VhostUserU64, VhostUserVringAddr,
+    VhostUserVringState,
 };
+use vhost::vhost_user::VhostUserProtocolFeatures;
 use vm_memory::ByteValued;
 
 use super::device::VhostUserDevice;
@@ -318,6 +320,19 @@ impl<'a> Session<'a> {
                     v => return Err(VhostUserError::BadEnable(v)),
                 };
                 dev.set_vring_enable(s.index, enable).map(|_| None)
+            }
+            R::SET_LOG_BASE => {
+                // The log is a shared memory fd (LOG_SHMFD); the reply says it is mapped.
+                if !dev.acked_protocol_features().contains(VhostUserProtocolFeatures::LOG_SHMFD) {
+                    return Err(VhostUserError::NotNegotiated(req));
+                }
+                let l = body::<VhostUserLog>(m)?;
+                if m.fds.len() != 1 {
+                    return Err(VhostUserError::WrongFds { request: m.header.request, want: 1, got: m.fds.len() });
+                }
+                let (size, offset) = (l.mmap_size, l.mmap_offset);
+                dev.set_log_base(size, offset, m.fds.pop().expect("one fd"))?;
+                Ok(Some(Vec::new()))
             }
             other => Err(VhostUserError::NotOffered(other)),
         }

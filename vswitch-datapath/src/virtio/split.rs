@@ -37,7 +37,10 @@ use super::chain::DescChain;
 use super::desc::{DescContext, Descriptor, RawDescriptor, DESC_SIZE};
 use super::error::{QueueConfigError, VirtqError};
 use super::{vring_need_event, RingFeatures, MAX_QUEUE_SIZE};
+use smallvec::SmallVec;
+
 use crate::access::Mapping;
+use crate::dirty::DirtyLog;
 use crate::memory::{GuestMemory, MemoryError, Place, RegionHint};
 
 /// Where a split queue's rings are and how it starts (what vhost-user `SET_VRING_NUM`,
@@ -111,7 +114,14 @@ pub struct SplitQueue {
     in_flight: u16,
     hint: RegionHint,
     broken: Option<VirtqError>,
+    /// Live migration: the dirty log, and per descriptor head the guest-physical writable
+    /// buffers of the chain taken under it (recorded by `pop` only while logging).
+    log: Option<Arc<DirtyLog>>,
+    written: Box<[Written]>,
 }
+
+/// The guest-physical writable buffers `(gpa, len)` of one taken chain (dirty logging).
+type Written = SmallVec<[(u64, u32); 2]>;
 
 impl SplitQueue {
     /// Sets up a queue on `mem`: checks the size and that each ring lies, aligned, inside one
@@ -150,7 +160,62 @@ impl SplitQueue {
             in_flight: 0,
             hint: RegionHint::default(),
             broken: None,
+            log: None,
+            written: Box::default(),
         })
+    }
+
+    /// Starts (`Some`) or stops dirty logging (live migration). While logging, every device
+    /// write the ring learns of is marked, by construction: `push_used(head, len)` marks the
+    /// first `len` bytes of the writable buffers of the chain that `pop` took under `head`
+    /// (whatever wrote them: an engine, a CPU fallback, a retry), and every store into the used
+    /// ring (elements, used idx, flags, avail_event) marks its page. Mark only after the bytes
+    /// landed: call `push_used` only once the copies into the chain have retired.
+    pub fn set_dirty_log(&mut self, log: Option<Arc<DirtyLog>>) {
+        if log.is_some() && self.written.is_empty() {
+            self.written = vec![SmallVec::new(); self.cfg.size as usize].into_boxed_slice();
+        }
+        self.log = log;
+    }
+
+    /// Whether dirty logging is on.
+    pub fn is_logging(&self) -> bool {
+        self.log.is_some()
+    }
+
+    /// Marks `len` bytes of the used ring at `off` from its start, if logging.
+    #[inline]
+    fn log_used(&self, off: usize, len: u64) {
+        if let Some(log) = &self.log {
+            log.mark(self.cfg.used_ring + off as u64, len);
+        }
+    }
+
+    /// Records the writable buffers of `chain` (logging only).
+    #[cold]
+    fn record_written(&mut self, chain: &DescChain) {
+        let Some(w) = self.written.get_mut(chain.head() as usize) else { return };
+        w.clear();
+        for s in chain.writable() {
+            if let Some(gpa) = self.mem.host_to_gpa(s.host_addr()) {
+                w.push((gpa, s.len()));
+            }
+        }
+    }
+
+    /// Marks the first `len` bytes of what chain `head` can be written at (logging only).
+    #[cold]
+    fn log_written(&self, head: u16, len: u32) {
+        let (Some(log), Some(w)) = (&self.log, self.written.get(head as usize)) else { return };
+        let mut left = len;
+        for &(gpa, n) in w {
+            if left == 0 {
+                break;
+            }
+            let take = n.min(left);
+            log.mark(gpa, take as u64);
+            left -= take;
+        }
     }
 
     /// The configuration it was set up with.
@@ -291,6 +356,9 @@ impl SplitQueue {
         }
         self.last_avail = self.last_avail.wrapping_add(1);
         self.in_flight += 1;
+        if self.log.is_some() {
+            self.record_written(chain);
+        }
         Ok(true)
     }
 
@@ -332,6 +400,10 @@ impl SplitQueue {
             let addr = self.cfg.used_ring;
             return Err(self.fail(MemoryError::NotContiguous { addr }.into()));
         }
+        if self.log.is_some() {
+            self.log_written(head, len);
+            self.log_used(USED_RING + USED_ELEM * slot, USED_ELEM as u64);
+        }
         self.used_next = self.used_next.wrapping_add(1);
         self.in_flight -= 1;
         Ok(())
@@ -354,6 +426,7 @@ impl SplitQueue {
             let addr = self.cfg.used_ring;
             return Err(self.fail(MemoryError::NotContiguous { addr }.into()));
         }
+        self.log_used(USED_IDX, 2);
         self.published = self.used_next;
         Ok(n)
     }
@@ -364,6 +437,7 @@ impl SplitQueue {
             let addr = self.cfg.used_ring;
             return Err(self.fail(MemoryError::NotContiguous { addr }.into()));
         }
+        self.log_used(USED_RING + USED_ELEM * self.cfg.size as usize, 2);
         Ok(())
     }
 
@@ -414,6 +488,7 @@ impl SplitQueue {
                 let addr = self.cfg.used_ring;
                 return Err(self.fail(MemoryError::NotContiguous { addr }.into()));
             }
+            self.log_used(USED_FLAGS, 2);
         }
         fence(Ordering::SeqCst);
         Ok(())
