@@ -108,17 +108,14 @@ impl<E: CopyEngine> Pmd<E> {
             let mut cx = PortCtx { chan: &self.chan, pool: &mut self.pool };
             let vp = self.ports.get_mut(port).and_then(|p| p.as_any_mut().downcast_mut::<VhostPort>());
             match (cmd, vp) {
-                (PortCommand::Attach { pair, north, south, .. }, Some(vp)) => {
-                    vp.attach_pair(&mut cx, pair, north, south);
+                (PortCommand::Attach { pair, north, south, owner, .. }, Some(vp)) => {
+                    vp.attach_owned(&mut cx, owner, pair, north, south);
                 }
                 (PortCommand::Attach { .. }, None) => {}
-                (PortCommand::Detach { pair, mode, reply, .. }, vp) => {
-                    let bases = match (vp, pair) {
-                        (Some(vp), Some(k)) => {
-                            vp.detach_pair(&mut cx, k, mode).map(|b| vec![(k, b)]).unwrap_or_default()
-                        }
-                        (Some(vp), None) => vp.detach(&mut cx, mode),
-                        (None, _) => Vec::new(),
+                (PortCommand::Detach { pair, mode, reply, owner, .. }, vp) => {
+                    let bases = match vp {
+                        Some(vp) => vp.detach_owned(&mut cx, owner, pair, mode),
+                        None => Vec::new(),
                     };
                     // The control thread may have given up waiting; the queues are gone anyway.
                     let _ = reply.send(bases);

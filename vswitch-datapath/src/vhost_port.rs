@@ -62,6 +62,8 @@ pub enum PortCommand {
         north: Northbound,
         /// The guest TX queue.
         south: Southbound,
+        /// Who attaches it (a vhost-user connection): only its owner's detaches touch it.
+        owner: u64,
     },
     /// Detach queue pair `pair` of port `port` ([`VhostPort::detach_pair`]), or every pair when
     /// `pair` is `None` ([`VhostPort::detach`]), and answer with the ring positions of each pair
@@ -76,6 +78,8 @@ pub enum PortCommand {
         mode: DetachMode,
         /// Where the answer goes: `(pair, bases)` for each pair detached.
         reply: Sender<Vec<(usize, DetachedBases)>>,
+        /// Only pairs attached by this owner (`None`: whoever attached them).
+        owner: Option<u64>,
     },
 }
 
@@ -85,6 +89,8 @@ struct QueuePair {
     index: usize,
     north: Northbound,
     south: Southbound,
+    /// Who attached it (see [`PortCommand::Attach`]).
+    owner: u64,
 }
 
 /// A guest's queue pairs as a switch port.
@@ -111,7 +117,7 @@ impl VhostPort {
     /// A port over one queue pair (pair 0): a guest RX queue (`north`) and TX queue (`south`).
     pub fn new(name: impl Into<String>, north: Northbound, south: Southbound) -> Self {
         let mut p = Self::unattached(name);
-        p.pairs.push(QueuePair { index: 0, north, south });
+        p.pairs.push(QueuePair { index: 0, north, south, owner: 0 });
         p
     }
 
@@ -172,9 +178,23 @@ impl VhostPort {
         north: Northbound,
         south: Southbound,
     ) {
+        self.attach_owned(cx, 0, pair, north, south);
+    }
+
+    /// As [`attach_pair`](Self::attach_pair), for `owner` (a vhost-user connection: during a
+    /// live migration on one host, the source's and the destination's frontends are two
+    /// connections of one port, and each may only detach its own pairs).
+    pub fn attach_owned<E: CopyEngine>(
+        &mut self,
+        cx: &mut PortCtx<'_, E>,
+        owner: u64,
+        pair: usize,
+        north: Northbound,
+        south: Southbound,
+    ) {
         self.detach_pair(cx, pair, DetachMode::Clear);
         let at = self.pairs.partition_point(|qp| qp.index < pair);
-        self.pairs.insert(at, QueuePair { index: pair, north, south });
+        self.pairs.insert(at, QueuePair { index: pair, north, south, owner });
         self.attaches += 1;
         if self.pairs.len() == 1 {
             self.last_error = None;
@@ -184,7 +204,23 @@ impl VhostPort {
     /// Detaches every queue pair (see [`detach_pair`](Self::detach_pair)); returns each one's
     /// index and ring positions.
     pub fn detach<E: CopyEngine>(&mut self, cx: &mut PortCtx<'_, E>, mode: DetachMode) -> Vec<(usize, DetachedBases)> {
-        let pairs: Vec<usize> = self.attached_pairs();
+        self.detach_owned(cx, None, None, mode)
+    }
+
+    /// Detaches pair `pair` (`None`: every pair) if `owner` attached it (`None`: whoever did).
+    pub fn detach_owned<E: CopyEngine>(
+        &mut self,
+        cx: &mut PortCtx<'_, E>,
+        owner: Option<u64>,
+        pair: Option<usize>,
+        mode: DetachMode,
+    ) -> Vec<(usize, DetachedBases)> {
+        let pairs: Vec<usize> = self
+            .pairs
+            .iter()
+            .filter(|qp| pair.is_none_or(|k| qp.index == k) && owner.is_none_or(|o| qp.owner == o))
+            .map(|qp| qp.index)
+            .collect();
         pairs.into_iter().filter_map(|k| Some((k, self.detach_pair(cx, k, mode)?))).collect()
     }
 

@@ -851,3 +851,77 @@ fn tempfile_like(len: u64) -> File {
     f.set_len(len).unwrap();
     f
 }
+
+#[test]
+fn a_migration_destination_is_served_while_the_source_runs_and_keeps_the_port_when_the_source_leaves() {
+    // Live migration on one host: the destination's QEMU connects to the same socket and is
+    // answered while the source still runs; the source stops its rings, the destination starts
+    // its own where they stopped, and the source leaving does not touch the destination's pairs.
+    let (mut pmd, server, sock) = switch(20);
+    let mut src = Guest::new();
+    for _ in 0..40 {
+        src.rx.post_rx(&src.g, 2048, 1);
+    }
+    let src_plan = src.plan();
+    let (mut a, offered, _fds_a) = with_pmd(&mut pmd, || {
+        let mut f = RawFrontend::connect(&sock);
+        let (offered, fds) = qemu72_connect(&mut f, &src_plan);
+        (f, offered, fds)
+    });
+    run_until(&mut pmd, "traffic into the source", |_| src.rx.used_idx(&src.g) >= 20);
+    // The destination connects and negotiates while the source is attached and running.
+    let mut b = RawFrontend::connect(&sock);
+    assert_eq!(b.call(req::GET_FEATURES, 0, &[], &[]).u64(), offered);
+    b.send(req::SET_PROTOCOL_FEATURES, 0, &rawfront::u64_body(rawfront::PF_MQ_REPLY_ACK), &[]).unwrap();
+    assert!(b.acked(req::SET_OWNER, &[], &[]));
+    assert!(attached(&pmd), "the source still runs");
+    // The source stops (end of migration): its rings' next avail indexes go to the destination.
+    let bases = with_pmd(&mut pmd, || {
+        (0..2)
+            .map(|i| {
+                u32::from_ne_bytes(
+                    a.call(req::GET_VRING_BASE, 0, &rawfront::state(i, 0), &[]).payload[4..8].try_into().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    });
+    assert!(!attached(&pmd));
+    let used_by_src = src.rx.used_idx(&src.g) as u32;
+    assert_eq!(bases[0], used_by_src, "every chain the source's rings gave was returned");
+    // The destination's guest memory holds the same rings state (QEMU migrated it): here a
+    // fresh guest that starts at the source's avail index.
+    let mut dst = Guest::new();
+    dst.rx.start_at(&dst.g, bases[0] as u16);
+    dst.tx.start_at(&dst.g, bases[1] as u16);
+    for _ in 0..32 {
+        dst.rx.post_rx(&dst.g, 2048, 1);
+    }
+    let dst_plan = dst.plan();
+    let _fds_b = with_pmd(&mut pmd, || {
+        let fds = qemu_dev_start(&mut b, &dst_plan, offered, &bases);
+        for i in 0..2 {
+            assert!(b.acked(req::SET_VRING_ENABLE, &rawfront::state(i, 1), &[]));
+        }
+        fds
+    });
+    run_until(&mut pmd, "traffic into the destination", |_| {
+        dst.rx.used_idx(&dst.g) == (bases[0] as u16).wrapping_add(32)
+    });
+    // The source's QEMU exits: the destination keeps the port.
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.disconnects() < 1 {
+        assert!(Instant::now() < deadline, "the source's connection was not cleaned up");
+        pmd.run_once();
+    }
+    assert!(attached(&pmd), "the source leaving detached the destination's pairs");
+    for _ in 0..16 {
+        dst.rx.post_rx(&dst.g, 2048, 1);
+    }
+    run_until(&mut pmd, "traffic goes on", |_| dst.rx.used_idx(&dst.g) == (bases[0] as u16).wrapping_add(48));
+    drop(b);
+    run_until(&mut pmd, "detach", |p| !attached(p));
+    pmd.stop();
+    drop(pmd);
+    server.stop();
+}

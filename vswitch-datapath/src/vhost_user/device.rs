@@ -99,6 +99,8 @@ pub struct VhostUserDevice {
     /// Per queue pair: attached to the PMD now.
     attached: Vec<bool>,
     attaches: u64,
+    /// The connection this device serves (the owner of the pairs it attaches).
+    session: u64,
 }
 
 impl VhostUserDevice {
@@ -119,7 +121,15 @@ impl VhostUserDevice {
             vrings: (0..2 * pairs).map(|_| Vring::default()).collect(),
             attached: vec![false; pairs],
             attaches: 0,
+            session: 0,
         }
+    }
+
+    /// The same device for connection `session` of its socket: the pairs it attaches are that
+    /// connection's, and its detaches touch no other connection's pairs.
+    pub fn for_session(mut self, session: u64) -> Self {
+        self.session = session;
+        self
     }
 
     /// How many queue pairs the device offers.
@@ -174,7 +184,8 @@ impl VhostUserDevice {
             return Ok(());
         }
         let (tx, rx) = mpsc::channel();
-        if self.cfg.pmd.send(PortCommand::Detach { port: self.cfg.port, pair, mode, reply: tx }).is_err() {
+        let cmd = PortCommand::Detach { port: self.cfg.port, pair, mode, reply: tx, owner: Some(self.session) };
+        if self.cfg.pmd.send(cmd).is_err() {
             // No PMD: nothing serves the queues any more (they were dropped with it).
             return Err(VhostUserError::PmdGone);
         }
@@ -260,7 +271,7 @@ impl VhostUserDevice {
         let south = Southbound::new(txq, hdr_len, self.notifier(tx)?);
         self.cfg
             .pmd
-            .send(PortCommand::Attach { port: self.cfg.port, pair: k, north, south })
+            .send(PortCommand::Attach { port: self.cfg.port, pair: k, north, south, owner: self.session })
             .map_err(|_| VhostUserError::PmdGone)?;
         self.attached[k] = true;
         self.attaches += 1;

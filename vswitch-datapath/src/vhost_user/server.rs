@@ -1,7 +1,10 @@
 //! [`VhostUserServer`]: the control thread of one vhost-user socket.
 //!
-//! The thread listens on the socket path, accepts one frontend, and serves its requests with a
-//! [`Session`] over our [`VhostUserDevice`]. When the frontend's socket
+//! The thread listens on the socket path and serves each frontend that connects with a
+//! [`Session`] over a [`VhostUserDevice`] of its own, on a thread of its own. Up to
+//! [`MAX_CONNECTIONS`] frontends are served at once: the port's guest, and during a live
+//! migration on this host the destination's QEMU, which connects (and must be answered) while
+//! the source still runs; each connection attaches and detaches only its own queue pairs. When the frontend's socket
 //! closes (mid-traffic too), the device detaches its queue pairs from the PMD, clearing in-flight
 //! copies, unmaps its memory, and the thread listens again on the same path: a new frontend
 //! connects and traffic resumes without restarting the switch.
@@ -28,15 +31,18 @@ use super::VhostUserError;
 /// How often an idle listener checks for a stop.
 const ACCEPT_POLL: Duration = Duration::from_millis(20);
 
+/// Frontends served at once on one socket: the guest's QEMU, plus a migration destination.
+/// Further ones wait in the listen queue.
+pub const MAX_CONNECTIONS: usize = 2;
+
 /// What the control thread shares with its owner.
 #[derive(Debug, Default)]
 struct Shared {
     stop: AtomicBool,
-    /// The connection being served, to shut it down on stop.
-    conn: Mutex<Option<UnixStream>>,
+    /// The connections being served `(session, stream)`, to shut them down on stop.
+    conns: Mutex<Vec<(u64, UnixStream)>>,
     connections: AtomicU64,
     disconnects: AtomicU64,
-    connected: AtomicBool,
 }
 
 /// The control thread of one vhost-user socket. Dropping it (or [`stop`](Self::stop)) closes the
@@ -90,13 +96,13 @@ impl VhostUserServer {
             Listener::new(&path, false).map_err(|e| VhostUserError::Listen { path: path.clone(), source: to_io(e) })?;
         listener.set_nonblocking(true).map_err(|e| VhostUserError::Listen { path: path.clone(), source: to_io(e) })?;
         let name = cfg.name.clone();
-        let device = VhostUserDevice::with_queue_pairs(cfg, max_queue_pairs);
+        let pairs = max_queue_pairs.max(1);
         let shared = Arc::new(Shared::default());
         let thread = std::thread::Builder::new()
             .name(format!("vhost-user-{name}"))
             .spawn({
                 let shared = shared.clone();
-                move || serve(listener, device, shared, name)
+                move || serve(listener, cfg, pairs, shared, name)
             })
             .map_err(|e| VhostUserError::Listen { path: path.clone(), source: e })?;
         Ok(VhostUserServer { path, shared, thread: Some(thread) })
@@ -119,7 +125,7 @@ impl VhostUserServer {
 
     /// Whether a frontend is connected now.
     pub fn is_connected(&self) -> bool {
-        self.shared.connected.load(Ordering::Acquire)
+        self.shared.conns.lock().is_ok_and(|c| !c.is_empty())
     }
 
     /// Stops the thread: closes the connection (detaching the queue pairs: the PMD must still be
@@ -130,8 +136,8 @@ impl VhostUserServer {
 
     fn shutdown(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
-        if let Ok(conn) = self.shared.conn.lock() {
-            if let Some(c) = conn.as_ref() {
+        if let Ok(conns) = self.shared.conns.lock() {
+            for (_, c) in conns.iter() {
                 let _ = c.shutdown(std::net::Shutdown::Both);
             }
         }
@@ -147,8 +153,15 @@ impl Drop for VhostUserServer {
     }
 }
 
-fn serve(listener: Listener, mut device: VhostUserDevice, shared: Arc<Shared>, name: String) {
+fn serve(listener: Listener, cfg: DeviceConfig, pairs: usize, shared: Arc<Shared>, name: String) {
+    let mut sessions: Vec<JoinHandle<()>> = Vec::new();
+    let mut next_session = 1u64;
     while !shared.stop.load(Ordering::Acquire) {
+        sessions.retain(|t| !t.is_finished());
+        if sessions.len() >= MAX_CONNECTIONS {
+            std::thread::sleep(ACCEPT_POLL);
+            continue;
+        }
         let stream = match listener.accept() {
             Ok(Some(s)) => s,
             Ok(None) => {
@@ -164,24 +177,45 @@ fn serve(listener: Listener, mut device: VhostUserDevice, shared: Arc<Shared>, n
         if stream.set_nonblocking(false).is_err() {
             continue;
         }
-        match (stream.try_clone(), shared.conn.lock()) {
-            (Ok(clone), Ok(mut conn)) => *conn = Some(clone),
+        let session = next_session;
+        next_session += 1;
+        match (stream.try_clone(), shared.conns.lock()) {
+            (Ok(clone), Ok(mut conns)) => conns.push((session, clone)),
             _ => continue,
         }
         shared.connections.fetch_add(1, Ordering::AcqRel);
-        shared.connected.store(true, Ordering::Release);
-        // Ends when the frontend goes away, the connection has to be closed (logged), or stop.
-        Session::new(Connection::new(stream), &mut device, &name).run(&shared.stop);
-        if let Ok(mut conn) = shared.conn.lock() {
-            *conn = None;
+        let device = VhostUserDevice::with_queue_pairs(cfg.clone(), pairs).for_session(session);
+        let spawned = std::thread::Builder::new().name(format!("vhost-user-{name}-{session}")).spawn({
+            let (shared, name) = (shared.clone(), name.clone());
+            move || serve_one(stream, device, session, &shared, &name)
+        });
+        match spawned {
+            Ok(t) => sessions.push(t),
+            Err(e) => {
+                eprintln!("vhost-user {name}: cannot start a thread for a frontend: {e}");
+                if let Ok(mut conns) = shared.conns.lock() {
+                    conns.retain(|(s, _)| *s != session);
+                }
+                shared.disconnects.fetch_add(1, Ordering::AcqRel);
+            }
         }
-        // The frontend is gone: detach (clearing copies in flight), then unmap its memory.
-        // A PMD that is gone (the switch is shutting down) took the queues with it.
-        match device.disconnect() {
-            Ok(()) | Err(VhostUserError::PmdGone) => {}
-            Err(e) => eprintln!("vhost-user {name}: cleaning up after the frontend: {e}"),
-        }
-        shared.connected.store(false, Ordering::Release);
-        shared.disconnects.fetch_add(1, Ordering::AcqRel);
     }
+    for t in sessions {
+        let _ = t.join();
+    }
+}
+
+/// Serves one frontend until it goes away (or the connection has to be closed, or stop), then
+/// detaches its queue pairs (clearing copies in flight) and unmaps its memory.
+fn serve_one(stream: UnixStream, mut device: VhostUserDevice, session: u64, shared: &Shared, name: &str) {
+    Session::new(Connection::new(stream), &mut device, name).run(&shared.stop);
+    // A PMD that is gone (the switch is shutting down) took the queues with it.
+    match device.disconnect() {
+        Ok(()) | Err(VhostUserError::PmdGone) => {}
+        Err(e) => eprintln!("vhost-user {name}: cleaning up after the frontend: {e}"),
+    }
+    if let Ok(mut conns) = shared.conns.lock() {
+        conns.retain(|(s, _)| *s != session);
+    }
+    shared.disconnects.fetch_add(1, Ordering::AcqRel);
 }
