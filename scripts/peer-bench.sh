@@ -9,7 +9,8 @@
 #   mode txonly --txpkts=<size> (guest->host) or rxonly (host->guest).
 # Switch (a) "dpdk": dpdk-testpmd with one net_vhost port, rxonly (guest->host) or txonly
 #   --txpkts=<size> (host->guest), one forwarding lcore.
-# Switch (b) "memcpy", "worker": target/release/vswitch, one PMD thread, --engine <name>, with
+# Switch (b) "memcpy", "worker": target/release/vswitch, one PMD thread, --engine <name> (adaptive
+#   offload on, as by default; "worker-noadapt" is the worker engine with --no-adaptive), with
 #   --port vhost-user:<sock> --port sink (guest->host) or --port source:<size> --port
 #   vhost-user:<sock> (host->guest).
 # Rate of a run = packets per second received by the receiving side over WINDOW seconds after
@@ -159,7 +160,10 @@ run_one() {
   else
     local ports=(--port "vhost-user:$s0" --port sink)
     [ "$dir" = h2g ] && ports=(--port "source:$size" --port "vhost-user:$s0")
-    "$VSWITCH" "${ports[@]}" --engine "$label" --pmd-cores "$SWITCH_CPU" --stats-interval 1 \
+    # "<engine>-noadapt": the engine with adaptive offload off (--no-adaptive).
+    local engine=(--engine "${label%-noadapt}")
+    [ "$label" != "${label%-noadapt}" ] && engine+=(--no-adaptive)
+    "$VSWITCH" "${ports[@]}" "${engine[@]}" --pmd-cores "$SWITCH_CPU" --stats-interval 1 \
       </dev/null >"$swlog" 2>&1 &
   fi
   sw_pid=$!; PIDS+=("$sw_pid")

@@ -71,6 +71,10 @@ struct Inner<E> {
     since_probe: u32,
     /// A probe is in flight (it was sent to an idle engine: nothing else is).
     probing: bool,
+    /// Copies to send to the CPU before the next probe (doubles after each failed probe).
+    probe_gap: u32,
+    /// `stats.offloaded` when the channel last went back to the engine.
+    offloaded_at_return: u64,
 }
 
 /// An engine behind the policy layer: the object a PMD thread (or the datapath) copies through.
@@ -132,6 +136,8 @@ impl<E: CopyEngine> Channel<E> {
                 lagging: false,
                 since_probe: 0,
                 probing: false,
+                probe_gap: 0,
+                offloaded_at_return: 0,
             }),
             retired: Cell::new(Ticket::ZERO),
             failures: Cell::new(0),
@@ -421,9 +427,8 @@ impl<E: CopyEngine> Inner<E> {
     /// and only when the engine has nothing in flight, so a probe never waits behind a stall).
     #[cold]
     fn probe_now(&mut self) -> bool {
-        let every = self.policy.adaptive.map_or(1, |a| a.probe_every.max(1));
         self.since_probe += 1;
-        if self.since_probe >= every && !self.engine_busy() {
+        if self.since_probe >= self.probe_gap.max(1) && !self.engine_busy() {
             self.since_probe = 0;
             self.probing = true;
             return true;
@@ -440,6 +445,12 @@ impl<E: CopyEngine> Inner<E> {
             if !self.lagging && self.stall > a.stall_polls {
                 self.lagging = true;
                 self.since_probe = 0;
+                // An engine that kept up for fewer copies than the last gap was lucky with its
+                // probe, not recovered: keep the gap (it doubles on the next failed probe).
+                let kept_up = self.stats.offloaded - self.offloaded_at_return;
+                if self.probe_gap == 0 || kept_up >= u64::from(self.probe_gap) {
+                    self.probe_gap = a.probe_every.max(1);
+                }
                 self.stats.adaptive_to_cpu += 1;
             }
         } else {
@@ -449,7 +460,10 @@ impl<E: CopyEngine> Inner<E> {
                 self.probing = false;
                 if self.stall <= a.stall_polls {
                     self.lagging = false;
+                    self.offloaded_at_return = self.stats.offloaded;
                     self.stats.adaptive_to_engine += 1;
+                } else {
+                    self.probe_gap = self.probe_gap.saturating_mul(2).min(a.max_probe_every.max(1));
                 }
             }
             self.stall = 0;

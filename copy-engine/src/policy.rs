@@ -31,20 +31,26 @@ pub enum OnError {
 /// The engine is *lagging* when it has ops in flight and `stall_polls` consecutive
 /// [`progress`](crate::Channel::progress) calls retired none of them. From then on copies go to
 /// the CPU (counted in [`PolicyStats::cpu_adaptive`](crate::PolicyStats::cpu_adaptive)), and no
-/// new work piles up behind the stalled ops. Every `probe_every`-th copy, when the engine has
-/// nothing in flight, is sent to it as a probe; a probe that retires within `stall_polls` polls
-/// brings the channel back to the engine.
+/// new work piles up behind the stalled ops. After `probe_every` such copies, one copy is sent to
+/// the engine as a probe (only when the engine has nothing in flight); a probe that retires within
+/// `stall_polls` polls brings the channel back to the engine. A probe that stalls holds up every
+/// copy after it (they retire in order), so each failed probe doubles the distance to the next
+/// one, up to `max_probe_every` copies: a starved engine costs one stall per that many copies. The
+/// gap starts over only after the engine kept up for as many copies as the gap; one lucky probe
+/// does not reset it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Adaptive {
     /// Consecutive fruitless polls (engine busy, nothing retired) that mean "lagging".
     pub stall_polls: u32,
-    /// While lagging, one copy in this many goes to the engine as a probe (at least 1).
+    /// While lagging, copies between two probes at first (at least 1).
     pub probe_every: u32,
+    /// The most copies between two probes after repeated failed probes.
+    pub max_probe_every: u32,
 }
 
 impl Default for Adaptive {
     fn default() -> Self {
-        Adaptive { stall_polls: 64, probe_every: 64 }
+        Adaptive { stall_polls: 64, probe_every: 64, max_probe_every: 1 << 20 }
     }
 }
 

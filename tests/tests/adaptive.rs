@@ -26,7 +26,7 @@ impl Bufs {
 }
 
 fn policy() -> Policy {
-    Policy::offload_all().with_adaptive(Some(Adaptive { stall_polls: 8, probe_every: 4 }))
+    Policy::offload_all().with_adaptive(Some(Adaptive { stall_polls: 8, probe_every: 4, max_probe_every: 8 }))
 }
 
 #[test]
@@ -55,19 +55,21 @@ fn a_stalled_engine_sends_copies_to_the_cpu_in_order_and_a_recovered_one_gets_th
     for i in 0..20 {
         assert_eq!(b.dst[i], b.src[i], "copy {i}");
     }
-    // Still starved: every 4th copy probes the idle engine; a probe that takes longer than the
-    // stall limit keeps the channel on the CPU.
-    for i in 20..28 {
+    // Still starved: the first copy with the engine idle (more than 4 since lagging began) is a
+    // probe; it takes longer than the stall limit, so the channel stays on the CPU and waits 8
+    // copies (doubled, at the maximum) for the next probe.
+    for i in 20..32 {
         b.copy(&ch, i);
         ch.submit();
         ch.drain();
     }
     let s = ch.stats();
-    assert_eq!(s.offloaded, 3, "two probes: {s:?}");
+    assert_eq!(s.offloaded, 3, "probes at copies 20 and 28: {s:?}");
     assert_eq!(s.adaptive_to_engine, 0);
-    // The engine gets its core back: the next probe retires at once and the channel returns.
+    // The engine gets its core back: the next probe (copy 36) retires at once and the channel
+    // returns.
     ch.with_engine(|e| e.set_delay_polls(0));
-    for i in 28..32 {
+    for i in 32..40 {
         b.copy(&ch, i);
         ch.submit();
         ch.drain();
@@ -75,13 +77,13 @@ fn a_stalled_engine_sends_copies_to_the_cpu_in_order_and_a_recovered_one_gets_th
     let s = ch.stats();
     assert_eq!(s.adaptive_to_engine, 1, "{s:?}");
     let offloaded = s.offloaded;
-    for i in 32..N {
+    for i in 40..N {
         b.copy(&ch, i);
     }
     ch.submit();
     ch.drain();
     let s = ch.stats();
-    assert_eq!(s.offloaded, offloaded + (N - 32) as u64, "back on the engine: {s:?}");
+    assert_eq!(s.offloaded, offloaded + (N - 40) as u64, "back on the engine: {s:?}");
     assert_eq!(ch.retired().get(), N as u64);
     for i in 0..N {
         assert_eq!(b.dst[i], b.src[i], "copy {i}");
