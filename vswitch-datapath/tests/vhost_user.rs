@@ -28,6 +28,13 @@ mod rawfront;
 use rawfront::{req, RawFrontend};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The tests of this binary run one at a time: the soak counts this process's descriptors and
+/// resident memory, which tests running beside it would change.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
 const MEM_LEN: usize = 4 << 20;
 const QSIZE: u16 = 256;
 
@@ -184,6 +191,7 @@ fn run_until(pmd: &mut Pmd<SlowEngine>, what: &str, mut cond: impl FnMut(&mut Pm
 
 #[test]
 fn frontend_gone_mid_traffic_no_copy_lands_after_unmap_and_a_new_frontend_gets_traffic() {
+    let _serial = serial();
     // Slow enough that copies are still in flight when the control thread has seen the socket
     // close, however late the scheduler runs it.
     let (mut pmd, server, sock) = switch(5000);
@@ -241,6 +249,7 @@ fn frontend_gone_mid_traffic_no_copy_lands_after_unmap_and_a_new_frontend_gets_t
 
 #[test]
 fn get_vring_base_drains_in_flight_copies_and_returns_the_next_avail_index() {
+    let _serial = serial();
     let (mut pmd, server, sock) = switch(100);
     let mut guest = Guest::new();
     for _ in 0..100 {
@@ -275,6 +284,7 @@ fn get_vring_base_drains_in_flight_copies_and_returns_the_next_avail_index() {
 
 #[test]
 fn a_second_server_on_a_live_socket_is_refused_and_a_stale_one_is_replaced() {
+    let _serial = serial();
     let (_pmd, server, sock) = switch(0);
     let (tx, _rx) = mpsc::channel();
     let cfg = DeviceConfig { name: "dup".into(), port: 1, pmd: tx, detach_timeout: Duration::from_secs(1) };
@@ -297,6 +307,7 @@ fn a_second_server_on_a_live_socket_is_refused_and_a_stale_one_is_replaced() {
 
 #[test]
 fn a_memory_table_replaced_under_running_queues_detaches_remaps_and_reattaches() {
+    let _serial = serial();
     let (mut pmd, server, sock) = switch(50);
     let mut guest = Guest::new();
     for _ in 0..200 {
@@ -356,6 +367,7 @@ fn received_on(pmd: &Pmd<SlowEngine>, pair: usize) -> u64 {
 
 #[test]
 fn two_queue_pairs_carry_traffic_and_get_vring_base_on_pair_1_drains_only_it() {
+    let _serial = serial();
     let (mut pmd, server, sock) = switch(100);
     let mut guest = Guest::with_pairs(2);
     for _ in 0..64 {
@@ -508,6 +520,7 @@ fn qemu72_connect(f: &mut RawFrontend, plan: &Plan) -> (u64, Vec<EventFd>) {
 
 #[test]
 fn rings_enabled_before_set_features_start_once_features_are_acked() {
+    let _serial = serial();
     // QEMU 7.2 with one queue pair: the order the vhost crate's handler refused.
     let (mut pmd, server, sock) = switch(0);
     let mut guest = Guest::new();
@@ -536,6 +549,7 @@ fn rings_enabled_before_set_features_start_once_features_are_acked() {
 
 #[test]
 fn stop_by_disable_then_get_vring_base_and_a_restart_resume_where_the_rings_stopped() {
+    let _serial = serial();
     // QEMU 7.2+ stops a device with SET_VRING_ENABLE 0, then GET_VRING_BASE, per ring (guest
     // driver reload, reboot); the next start sends SET_FEATURES again (the same features), the
     // memory table again, the bases it got, and enables the rings again.
@@ -593,6 +607,7 @@ fn stop_by_disable_then_get_vring_base_and_a_restart_resume_where_the_rings_stop
 
 #[test]
 fn repeated_set_features_with_the_same_features_does_not_stop_running_rings() {
+    let _serial = serial();
     let (mut pmd, server, sock) = switch(0);
     let mut guest = Guest::new();
     for _ in 0..16 {
@@ -625,6 +640,7 @@ fn repeated_set_features_with_the_same_features_does_not_stop_running_rings() {
 
 #[test]
 fn reset_device_forgets_the_rings_and_a_reinitialised_device_gets_traffic() {
+    let _serial = serial();
     for reset in [req::RESET_DEVICE, req::RESET_OWNER] {
         let (mut pmd, server, sock) = switch(50);
         let mut guest = Guest::new();
@@ -670,6 +686,7 @@ fn reset_device_forgets_the_rings_and_a_reinitialised_device_gets_traffic() {
 
 #[test]
 fn a_guest_memory_file_truncated_under_traffic_breaks_only_that_port_and_the_switch_lives_on() {
+    let _serial = serial();
     // The frontend shrinks its memory file while the switch is copying into it: the next access
     // past the end of file would be a SIGBUS that kills the switch. The pages are replaced by
     // zero pages, the port's queues break with MemoryLost, and a new frontend is served.
@@ -726,6 +743,7 @@ fn own_rss_and_fds() -> (u64, usize) {
 
 #[test]
 fn soak_1000_reconnects_with_copies_in_flight_on_the_delayed_worker_engine() {
+    let _serial = serial();
     // The worker engine behind the fault wrapper (completions delayed): each cycle the frontend
     // leaves with copies in flight. No copy lands after the unmap, every cycle's packets are
     // intact, and the switch side's (this process's) RSS and descriptors stay flat.
@@ -781,6 +799,7 @@ fn soak_1000_reconnects_with_copies_in_flight_on_the_delayed_worker_engine() {
 
 #[test]
 fn dirty_logging_marks_the_pages_the_switch_writes_and_stops_when_log_all_is_cleared() {
+    let _serial = serial();
     use std::os::unix::fs::FileExt;
     const LOG_ALL: u64 = 1 << 26;
     const LOG_SHMFD: u64 = 1 << 1;
@@ -854,6 +873,7 @@ fn tempfile_like(len: u64) -> File {
 
 #[test]
 fn a_migration_destination_is_served_while_the_source_runs_and_keeps_the_port_when_the_source_leaves() {
+    let _serial = serial();
     // Live migration on one host: the destination's QEMU connects to the same socket and is
     // answered while the source still runs; the source stops its rings, the destination starts
     // its own where they stopped, and the source leaving does not touch the destination's pairs.
