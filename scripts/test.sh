@@ -9,7 +9,7 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 pkg-config --exists libdpdk 2>/dev/null || need+=(libdpdk-dev)
 dpkg -s dpdk >/dev/null 2>&1 || need+=(dpdk)
 command -v dpdk-testpmd >/dev/null 2>&1 || need+=(dpdk-dev)   # Debian ships dpdk-testpmd in dpdk-dev
-# The QEMU + Linux guest tests (vswitch-datapath/tests/qemu_linux.rs): QEMU, a kernel to boot, and
+# The QEMU + Linux guest tests (vswitch-datapath/tests/qemu.rs, qemu_linux.rs): QEMU, a kernel, and
 # what scripts/qemu/build-initramfs.sh packs (static busybox, cpio; a static libc for vsq).
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
 ls /boot/vmlinuz-* >/dev/null 2>&1 || need+=(linux-image-amd64)
