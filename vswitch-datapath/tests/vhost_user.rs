@@ -555,15 +555,16 @@ fn stop_by_disable_then_get_vring_base_and_a_restart_resume_where_the_rings_stop
     // memory table again, the bases it got, and enables the rings again.
     let (mut pmd, server, sock) = switch(50);
     let mut guest = Guest::new();
-    for _ in 0..100 {
-        guest.rx.post_rx(&guest.g, 2048, 1);
-    }
     let plan = guest.plan();
     let (mut f, offered, _fds) = with_pmd(&mut pmd, || {
         let mut f = RawFrontend::connect(&sock);
         let (offered, fds) = qemu72_connect(&mut f, &plan);
         (f, offered, fds)
     });
+    // Buffers only now, so that however slowly the frontend's thread ran, copies are in flight.
+    for _ in 0..100 {
+        guest.rx.post_rx(&guest.g, 2048, 1);
+    }
     run_until(&mut pmd, "copies in flight", |p| attached(p) && p.channel().in_flight() > 0);
     let bases = with_pmd(&mut pmd, || {
         for i in 0..2 {

@@ -56,6 +56,20 @@ pub enum VhostError {
     Engine(copy_engine::EnqueueError),
 }
 
+/// Breaks `q` if its guest memory was lost under the switch (counted once in `stats`), and fails
+/// if it is broken. Shared by both directions, once per burst.
+#[inline]
+fn check_memory(q: &mut crate::virtio::split::SplitQueue, stats: &mut QueueStats) -> Result<(), VhostError> {
+    match q.check_memory() {
+        Ok(()) => Ok(()),
+        Err(crate::virtio::error::VirtqError::Broken) => Err(VhostError::Broken),
+        Err(e) => {
+            stats.broken += 1;
+            Err(e.into())
+        }
+    }
+}
+
 /// Makes the used entries pushed so far visible (one release store) and interrupts the guest if
 /// it asked (event idx / NO_INTERRUPT), counting both outcomes. A ring error breaks the queue and
 /// is counted. Shared by both directions.

@@ -56,14 +56,7 @@ impl Northbound {
     /// if the queue is broken.
     #[inline]
     fn check_memory(&mut self) -> Result<(), VhostError> {
-        match self.q.check_memory() {
-            Ok(()) => Ok(()),
-            Err(crate::virtio::error::VirtqError::Broken) => Err(VhostError::Broken),
-            Err(e) => {
-                self.stats.broken += 1;
-                Err(e.into())
-            }
-        }
+        crate::vhost::check_memory(&mut self.q, &mut self.stats)
     }
 
     /// Serves `q` (a guest RX queue) with a `hdr_len`-byte net header (see
