@@ -98,11 +98,17 @@ case $cmd in
       new="$CARGO_TARGET_DIR/corpus-merged/$t"
       rm -rf "$new"; mkdir -p "$new" "$CARGO_TARGET_DIR/corpus/$t"
       mapfile -t args < <(fuzzer_args "$t")
-      $NICE "$BIN/$t" "${args[@]}" -merge=1 "$new" "$ROOT/fuzz/corpus/$t" "$CARGO_TARGET_DIR/corpus/$t" \
+      $NICE "$BIN/$t" "${args[@]}" -set_cover_merge=1 "$new" "$ROOT/fuzz/corpus/$t" "$CARGO_TARGET_DIR/corpus/$t" \
         >"$CARGO_TARGET_DIR/logs/$t.merge.log" 2>&1
       rm -rf "$ROOT/fuzz/corpus/$t"; cp -r "$new" "$ROOT/fuzz/corpus/$t"
-      echo "$t: $(find "$ROOT/fuzz/corpus/$t" -type f | wc -l) inputs in fuzz/corpus/$t"
     done
+    # The merge names files by content hash: put the named seeds back, without duplicates.
+    CARGO_TARGET_DIR="$ROOT/target/fuzz" cargo run -q --manifest-path fuzz/Cargo.toml --bin seeds -- "$ROOT/fuzz/corpus" >/dev/null
+    for f in "$ROOT"/fuzz/corpus/*/seed-*; do
+      dup="$(dirname "$f")/$(sha1sum "$f" | cut -d' ' -f1)"
+      [[ -f $dup ]] && rm "$dup"
+    done
+    for t in "$@"; do echo "$t: $(find "$ROOT/fuzz/corpus/$t" -type f | wc -l) inputs in fuzz/corpus/$t"; done
     ;;
   repro)
     t=${1:?repro TARGET FILE...}; shift
