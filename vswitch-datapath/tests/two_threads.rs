@@ -51,7 +51,8 @@ fn driver_and_device_on_two_threads_exchange_buffers_in_order() {
         });
         let (mut sent, mut recvd) = (0u32, 0u32);
         while recvd < PACKETS {
-            assert!(!device.is_finished(), "device thread stopped early");
+            // The device may finish (all packets taken) before the last used entries are read.
+            assert!(!(device.is_finished() && sent < PACKETS), "device thread stopped early");
             assert!(start.elapsed() < LIMIT, "driver stalled");
             while sent < PACKETS && dq.free_descriptors() >= 2 {
                 dq.post_tx(
