@@ -83,6 +83,20 @@ pub(crate) fn page_size() -> usize {
     }
 }
 
+/// Hints the CPU to bring the cache line holding host address `addr` in (a guest buffer about to
+/// be copied). Any address is allowed: a prefetch reads nothing architecturally and never faults.
+#[inline]
+pub fn prefetch_host(addr: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `prefetcht0` has no architectural effect (it loads no value and never faults, even
+    // for an unmapped address); SSE, which it needs, is part of the x86_64 baseline.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(addr as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
+}
+
 fn round_up(v: usize, to: usize) -> Option<usize> {
     v.checked_add(to - 1).map(|x| x & !(to - 1))
 }
@@ -258,24 +272,92 @@ impl Mapping {
         true
     }
 
-    /// Reads `N` bytes at `off` with one volatile access (descriptors, used elements).
-    #[inline]
+    /// Reads `N` bytes at `off` with volatile accesses: 8 bytes at a time when the address is
+    /// 8-aligned and `N` a multiple of 8 (a descriptor is two loads), else 4, else 1.
+    #[inline(always)]
     pub fn read_array<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
         let p = self.range(off, N)?;
-        // SAFETY: `p .. p + N` is inside the mapping (checked by `range`); `[u8; N]` has
-        // alignment 1 and every bit pattern is valid.
-        Some(unsafe { std::ptr::read_volatile(p.cast::<[u8; N]>()) })
+        let mut v = [0u8; N];
+        if N % 8 == 0 && p as usize % 8 == 0 {
+            let mut i = 0;
+            while i < N {
+                // SAFETY: `p .. p + N` is inside the mapping (checked by `range`), `p + i` is
+                // 8-aligned and `i + 8 <= N`; the destination is a local array of `N` bytes.
+                unsafe {
+                    let x = p.add(i).cast::<u64>().read_volatile();
+                    v.as_mut_ptr().add(i).cast::<u64>().write_unaligned(x);
+                }
+                i += 8;
+            }
+        } else if N % 4 == 0 && p as usize % 4 == 0 {
+            let mut i = 0;
+            while i < N {
+                // SAFETY: as above, with 4-byte accesses at 4-aligned addresses.
+                unsafe {
+                    let x = p.add(i).cast::<u32>().read_volatile();
+                    v.as_mut_ptr().add(i).cast::<u32>().write_unaligned(x);
+                }
+                i += 4;
+            }
+        } else {
+            for (i, b) in v.iter_mut().enumerate() {
+                // SAFETY: `p + i` is inside the mapping (`i < N`, range checked).
+                *b = unsafe { p.add(i).read_volatile() };
+            }
+        }
+        Some(v)
     }
 
-    /// Writes `N` bytes at `off` with one volatile access.
-    #[inline]
+    /// Reads the two little-endian `u64` words at `off` (a split-ring descriptor) with two
+    /// volatile loads; `None` when the range is outside the mapping or not 8-aligned.
+    #[inline(always)]
+    pub fn read_u64_pair(&self, off: usize) -> Option<[u64; 2]> {
+        let p = self.range(off, 16)?;
+        if p as usize % 8 != 0 {
+            return None;
+        }
+        // SAFETY: `p .. p + 16` is inside the mapping (checked by `range`) and 8-aligned, so both
+        // `u64` loads are in bounds and aligned; every bit pattern is a valid `u64`.
+        unsafe {
+            let q = p.cast::<u64>();
+            Some([u64::from_le(q.read_volatile()), u64::from_le(q.add(1).read_volatile())])
+        }
+    }
+
+    /// Writes `N` bytes at `off` with volatile accesses, as wide as in
+    /// [`read_array`](Self::read_array) (a used element at its 4-aligned slot is two stores).
+    #[inline(always)]
     pub fn write_array<const N: usize>(&self, off: usize, v: [u8; N]) -> bool {
         let Some(p) = self.range(off, N) else {
             return false;
         };
-        // SAFETY: `p .. p + N` is inside the writable mapping (checked by `range`); `[u8; N]` has
-        // alignment 1.
-        unsafe { std::ptr::write_volatile(p.cast::<[u8; N]>(), v) };
+        if N % 8 == 0 && p as usize % 8 == 0 {
+            let mut i = 0;
+            while i < N {
+                // SAFETY: `p .. p + N` is inside the writable mapping (checked by `range`), `p + i`
+                // is 8-aligned and `i + 8 <= N`; the source is a local array of `N` bytes.
+                unsafe {
+                    let x = v.as_ptr().add(i).cast::<u64>().read_unaligned();
+                    p.add(i).cast::<u64>().write_volatile(x);
+                }
+                i += 8;
+            }
+        } else if N % 4 == 0 && p as usize % 4 == 0 {
+            let mut i = 0;
+            while i < N {
+                // SAFETY: as above, with 4-byte accesses at 4-aligned addresses.
+                unsafe {
+                    let x = v.as_ptr().add(i).cast::<u32>().read_unaligned();
+                    p.add(i).cast::<u32>().write_volatile(x);
+                }
+                i += 4;
+            }
+        } else {
+            for (i, b) in v.iter().enumerate() {
+                // SAFETY: `p + i` is inside the writable mapping (`i < N`, range checked).
+                unsafe { p.add(i).write_volatile(*b) };
+            }
+        }
         true
     }
 
@@ -320,6 +402,15 @@ impl Mapping {
     #[inline]
     pub fn load_u16_acquire(&self, off: usize) -> Option<u16> {
         Some(u16::from_le(self.atomic_u16(off)?.load(Ordering::Acquire)))
+    }
+
+    /// Hints the CPU to bring the cache line at `off` in (no effect when `off` is outside the
+    /// mapping). Reads nothing and cannot fault.
+    #[inline]
+    pub fn prefetch(&self, off: usize) {
+        if let Some(p) = self.range(off, 1) {
+            prefetch_host(p as usize);
+        }
     }
 
     /// Loads a little-endian `u16` at `off`, relaxed (ring entries and flags read after an

@@ -170,6 +170,8 @@ impl GuestRegion {
 pub struct HostSeg {
     host: usize,
     len: u32,
+    /// The region it was translated in (where the copy helpers look first).
+    region: u32,
 }
 
 impl HostSeg {
@@ -189,6 +191,46 @@ impl HostSeg {
     #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+}
+
+/// Where [`GuestMemory::translate`] appends segments: a `Vec` or a `SmallVec` of [`HostSeg`].
+pub trait SegmentSink {
+    /// Segments held.
+    fn seg_count(&self) -> usize;
+    /// Appends one.
+    fn push_seg(&mut self, s: HostSeg);
+    /// Keeps the first `n`.
+    fn truncate_segs(&mut self, n: usize);
+}
+
+impl SegmentSink for Vec<HostSeg> {
+    #[inline]
+    fn seg_count(&self) -> usize {
+        self.len()
+    }
+    #[inline]
+    fn push_seg(&mut self, s: HostSeg) {
+        self.push(s)
+    }
+    #[inline]
+    fn truncate_segs(&mut self, n: usize) {
+        self.truncate(n)
+    }
+}
+
+impl<const N: usize> SegmentSink for SmallVec<[HostSeg; N]> {
+    #[inline]
+    fn seg_count(&self) -> usize {
+        self.len()
+    }
+    #[inline]
+    fn push_seg(&mut self, s: HostSeg) {
+        self.push(s)
+    }
+    #[inline]
+    fn truncate_segs(&mut self, n: usize) {
+        self.truncate(n)
     }
 }
 
@@ -284,27 +326,27 @@ impl GuestMemory {
     /// Translates the guest range `gpa .. gpa + len` and appends its host segments to `out`, one
     /// per region it touches. On error `out` is left as it was. A zero `len` appends nothing.
     #[inline]
-    pub fn translate<const N: usize>(
+    pub fn translate<S: SegmentSink>(
         &self,
         gpa: u64,
         len: u32,
         hint: &mut RegionHint,
-        out: &mut SmallVec<[HostSeg; N]>,
+        out: &mut S,
     ) -> Result<(), MemoryError> {
-        let start = out.len();
+        let start = out.seg_count();
         let r = self.translate_inner(gpa, len, hint, out);
         if r.is_err() {
-            out.truncate(start);
+            out.truncate_segs(start);
         }
         r
     }
 
-    fn translate_inner<const N: usize>(
+    fn translate_inner<S: SegmentSink>(
         &self,
         gpa: u64,
         len: u32,
         hint: &mut RegionHint,
-        out: &mut SmallVec<[HostSeg; N]>,
+        out: &mut S,
     ) -> Result<(), MemoryError> {
         if gpa.checked_add(len as u64).is_none() {
             return Err(MemoryError::Overflow { addr: gpa, len: len as u64 });
@@ -315,11 +357,25 @@ impl GuestMemory {
             let r = &self.regions[idx];
             let off = (cur - r.gpa) as usize;
             let take = left.min((r.len() - off) as u64);
-            out.push(HostSeg { host: r.host_addr() + off, len: take as u32 });
+            out.push_seg(HostSeg { host: r.host_addr() + off, len: take as u32, region: idx as u32 });
             cur += take;
             left -= take;
         }
         Ok(())
+    }
+
+    /// The host segment of `gpa .. gpa + len` if it lies inside one region (`None` otherwise,
+    /// also for `len == 0`): the single-segment fast path of [`translate`](Self::translate).
+    #[inline]
+    pub fn translate_one(&self, gpa: u64, len: u32, hint: &mut RegionHint) -> Option<HostSeg> {
+        let idx = self.find(gpa, hint).ok()?;
+        let r = &self.regions[idx];
+        // `find` proved `off < r.len()`.
+        let off = (gpa - r.gpa) as usize;
+        if len == 0 || len as usize > r.len() - off {
+            return None;
+        }
+        Some(HostSeg { host: r.host_addr() + off, len, region: idx as u32 })
     }
 
     /// Resolves a guest object of `len` bytes at `gpa` that must lie in one region with its host
@@ -417,17 +473,22 @@ impl GuestMemory {
         }
     }
 
-    /// Region index and offset of a host segment, if it lies inside one of this memory's regions.
+    /// Region index and offset of a host segment, if it lies inside one of this memory's regions
+    /// (the region it was translated in is tried first: one range check).
     #[inline]
-    fn locate(&self, seg: HostSeg, hint: &mut RegionHint) -> Result<(usize, usize), MemoryError> {
-        if let Some(r) = self.regions.get(hint.0) {
+    fn locate(&self, seg: HostSeg) -> Result<(usize, usize), MemoryError> {
+        if let Some(r) = self.regions.get(seg.region as usize) {
             if let Some(off) = r.map.offset_of_host(seg.host, seg.len as usize) {
-                return Ok((hint.0, off));
+                return Ok((seg.region as usize, off));
             }
         }
+        self.locate_slow(seg)
+    }
+
+    #[cold]
+    fn locate_slow(&self, seg: HostSeg) -> Result<(usize, usize), MemoryError> {
         for (i, r) in self.regions.iter().enumerate() {
             if let Some(off) = r.map.offset_of_host(seg.host, seg.len as usize) {
-                hint.0 = i;
                 return Ok((i, off));
             }
         }
@@ -437,14 +498,26 @@ impl GuestMemory {
     /// Gathers the first `dst.len()` bytes of `segs` into `dst` (a header, a small packet, a CPU
     /// copy). Fails with [`MemoryError::Short`] when the segments hold fewer bytes, and with
     /// [`MemoryError::ForeignSegment`] for a segment not in this memory.
+    #[inline]
     pub fn gather(&self, segs: &[HostSeg], dst: &mut [u8]) -> Result<(), MemoryError> {
-        let mut hint = RegionHint::default();
+        // The common case, a header in the first segment: one check, one copy.
+        if let Some(&s) = segs.first() {
+            if s.len as usize >= dst.len() {
+                let (idx, off) = self.locate(s)?;
+                self.regions[idx].map.read_bytes(off, dst);
+                return Ok(());
+            }
+        }
+        self.gather_slow(segs, dst)
+    }
+
+    fn gather_slow(&self, segs: &[HostSeg], dst: &mut [u8]) -> Result<(), MemoryError> {
         let mut at = 0;
         for &s in segs {
             if at == dst.len() {
                 break;
             }
-            let (idx, off) = self.locate(s, &mut hint)?;
+            let (idx, off) = self.locate(s)?;
             let n = (s.len as usize).min(dst.len() - at);
             self.regions[idx].map.read_bytes(off, &mut dst[at..at + n]);
             at += n;
@@ -457,14 +530,25 @@ impl GuestMemory {
 
     /// Scatters `src` into `segs`, in order (an RX packet, a header). Nothing is written unless
     /// every segment is in this memory and they hold at least `src.len()` bytes.
+    #[inline]
     pub fn scatter(&self, src: &[u8], segs: &[HostSeg]) -> Result<(), MemoryError> {
-        let mut hint = RegionHint::default();
+        if let Some(&s) = segs.first() {
+            if s.len as usize >= src.len() {
+                let (idx, off) = self.locate(s)?;
+                self.regions[idx].map.write_bytes(off, src);
+                return Ok(());
+            }
+        }
+        self.scatter_slow(src, segs)
+    }
+
+    fn scatter_slow(&self, src: &[u8], segs: &[HostSeg]) -> Result<(), MemoryError> {
         let mut have = 0usize;
         for &s in segs {
             if have >= src.len() {
                 break;
             }
-            self.locate(s, &mut hint)?;
+            self.locate(s)?;
             have += s.len as usize;
         }
         if have < src.len() {
@@ -475,7 +559,7 @@ impl GuestMemory {
             if at == src.len() {
                 break;
             }
-            let (idx, off) = self.locate(s, &mut hint)?;
+            let (idx, off) = self.locate(s)?;
             let n = (s.len as usize).min(src.len() - at);
             self.regions[idx].map.write_bytes(off, &src[at..at + n]);
             at += n;

@@ -165,6 +165,7 @@ impl<T: AsRef<[u8]>> NetHdr<T> {
     }
 
     /// All fields.
+    #[inline]
     pub fn repr(&self) -> NetHdrRepr {
         NetHdrRepr {
             flags: self.flags(),

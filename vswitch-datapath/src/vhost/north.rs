@@ -23,13 +23,16 @@ use crate::vhost::{Burst, Notifier, QueueStats, VhostError};
 use crate::virtio::chain::DescChain;
 use crate::virtio::split::SplitQueue;
 
-/// One accepted packet: its used entries wait in `used` until `end` retires.
+/// One accepted packet: its used entries (the first here, any more in `used`) wait until `end`
+/// retires.
 #[derive(Debug)]
 struct InFlight {
     /// The packet, freed when `end` retires.
     pkt: Option<Packet>,
-    /// How many entries of `used` belong to it.
-    used: u16,
+    /// Its first used entry `(head, len)`: the only one unless it merged several chains.
+    first: (u16, u32),
+    /// How many entries of `used` belong to it (its chains after the first).
+    more: u16,
     /// One past its last ticket.
     end: Ticket,
     /// Whether the guest receives it (false: its chains go back unused).
@@ -43,7 +46,7 @@ pub struct Northbound {
     hdr_len: usize,
     mergeable: bool,
     inflight: VecDeque<InFlight>,
-    /// Used entries `(head, len)` of in-flight packets, in order.
+    /// Used entries `(head, len)` after the first of in-flight packets, in order.
     used: VecDeque<(u16, u32)>,
     chain: DescChain,
     segs: SmallVec<[HostSeg; 16]>,
@@ -91,6 +94,7 @@ impl Northbound {
         let mut left = Burst::new();
         let mut accepted = 0;
         let mut result = Ok(());
+        self.q.prefetch(pkts.len());
         let mut iter = std::mem::take(pkts).into_iter();
         for pkt in iter.by_ref() {
             match self.enqueue_one(chan, pool, pkt) {
@@ -129,6 +133,8 @@ impl Northbound {
         let mark = self.q.mark();
         let used_mark = self.used.len();
         let mut got = 0usize;
+        let mut first = (0u16, 0u32);
+        let mut chains = 0usize;
         while got < need {
             match self.q.pop(&mut self.chain) {
                 Ok(true) => {}
@@ -149,14 +155,24 @@ impl Northbound {
                 // Without mergeable buffers one chain must hold the whole packet: this guest
                 // posted a buffer too small for it. Return the chain unused; count the packet.
                 self.used.truncate(used_mark);
-                self.used.push_back((self.chain.head(), 0));
                 self.stats.bad_chains += 1;
-                self.inflight.push_back(InFlight { pkt: None, used: 1, end: chan.next_ticket(), delivered: false });
+                self.inflight.push_back(InFlight {
+                    pkt: None,
+                    first: (self.chain.head(), 0),
+                    more: 0,
+                    end: chan.next_ticket(),
+                    delivered: false,
+                });
                 pool.free(pkt);
                 return Ok(None);
             }
             let take = room.min(need - got);
-            self.used.push_back((self.chain.head(), take as u32));
+            if chains == 0 {
+                first = (self.chain.head(), take as u32);
+            } else {
+                self.used.push_back((self.chain.head(), take as u32));
+            }
+            chains += 1;
             if got == 0 && take == need {
                 // One chain holds the packet (the common case): its segments are used in place.
                 break;
@@ -167,7 +183,6 @@ impl Northbound {
             self.segs.extend_from_slice(self.chain.writable());
             got += take;
         }
-        let chains = self.used.len() - used_mark;
         let segs: &[HostSeg] = if chains == 1 { self.chain.writable() } else { &self.segs };
         let mut hdr = [0u8; crate::net::NET_HDR_LEN];
         if self.mergeable {
@@ -192,7 +207,8 @@ impl Northbound {
                 self.used.range_mut(used_mark..).for_each(|u| u.1 = 0);
                 self.inflight.push_back(InFlight {
                     pkt: Some(pkt),
-                    used: chains as u16,
+                    first: (first.0, 0),
+                    more: (chains - 1) as u16,
                     end: chan.next_ticket(),
                     delivered: false,
                 });
@@ -202,7 +218,8 @@ impl Northbound {
         }
         self.inflight.push_back(InFlight {
             pkt: Some(pkt),
-            used: chains as u16,
+            first,
+            more: (chains - 1) as u16,
             end: chan.next_ticket(),
             delivered: true,
         });
@@ -226,8 +243,9 @@ impl Northbound {
                 break;
             }
             let f = self.inflight.pop_front().expect("front exists");
-            for _ in 0..f.used {
-                let (head, len) = self.used.pop_front().expect("used entries of an in-flight packet");
+            for k in 0..=f.more {
+                let (head, len) =
+                    if k == 0 { f.first } else { self.used.pop_front().expect("used entries of an in-flight packet") };
                 if let Err(e) = self.q.push_used(head, len) {
                     if let Some(p) = f.pkt {
                         pool.free(p);

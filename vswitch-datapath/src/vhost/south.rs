@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 
 use copy_engine::{Channel, CopyEngine, Ticket};
 
+use crate::access::prefetch_host;
 use crate::net::{NetHdr, NET_HDR_LEN};
 use crate::pool::{Packet, PacketPool};
 use crate::vhost::copy::{copy_segments, Dir};
@@ -39,7 +40,8 @@ pub struct Southbound {
     q: SplitQueue,
     hdr_len: usize,
     inflight: VecDeque<InFlight>,
-    chain: DescChain,
+    /// Chains of the group being taken (`BURST` of them, reused).
+    chains: Vec<DescChain>,
     notifier: Notifier,
     stats: QueueStats,
 }
@@ -59,7 +61,7 @@ impl Southbound {
             q,
             hdr_len,
             inflight: VecDeque::with_capacity(size),
-            chain: DescChain::new(),
+            chains: (0..crate::vhost::BURST).map(|_| DescChain::new()).collect(),
             notifier,
             stats: QueueStats::default(),
         }
@@ -67,6 +69,10 @@ impl Southbound {
 
     /// Takes up to `max` TX chains and enqueues the copies out of them (the caller submits).
     /// Returns how many chains were taken.
+    ///
+    /// Chains are taken in groups of up to [`BURST`](crate::vhost::BURST): first every chain of
+    /// the group is taken and its first buffer prefetched, then each is checked and copied, so
+    /// the cache misses on what the guest just wrote overlap instead of coming one at a time.
     pub fn dequeue_burst<E: CopyEngine>(
         &mut self,
         chan: &Channel<E>,
@@ -77,26 +83,54 @@ impl Southbound {
         let (off0, cpu0) = chan.copy_counts();
         let mut taken = 0;
         let mut result = Ok(());
-        while taken < max {
+        let mut chains = std::mem::take(&mut self.chains);
+        'groups: while taken < max {
+            let want = (max - taken).min(chains.len());
             if pool.available() == 0 {
                 self.stats.no_buffers += 1;
                 break;
             }
-            match self.q.pop(&mut self.chain) {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(e) => {
-                    self.stats.broken += 1;
-                    result = Err(e.into());
+            let want = want.min(pool.available());
+            self.q.prefetch(want);
+            let mut got = 0;
+            let mut stop = false;
+            while got < want {
+                match self.q.pop(&mut chains[got]) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        stop = true;
+                        break;
+                    }
+                    Err(e) => {
+                        self.stats.broken += 1;
+                        result = Err(e.into());
+                        stop = true;
+                        break;
+                    }
+                }
+                if let Some(s) = chains[got].readable().first() {
+                    prefetch_host(s.host_addr());
+                }
+                got += 1;
+            }
+            // Every chain taken is copied (or returned), in order. If the channel refuses one
+            // (a stopped device), the chains after it are given back untouched, as if never taken.
+            for (k, chain) in chains[..got].iter().enumerate() {
+                taken += 1;
+                if let Err(e) = self.start_copy(chain, chan, pool) {
+                    let back = self.q.give_back((got - k - 1) as u16);
+                    if result.is_ok() {
+                        result = Err(back.map_or_else(VhostError::from, |()| e));
+                    }
+                    stop = true;
                     break;
                 }
             }
-            taken += 1;
-            if let Err(e) = self.start_copy(chan, pool) {
-                result = Err(e);
-                break;
+            if stop || result.is_err() {
+                break 'groups;
             }
         }
+        self.chains = chains;
         let (off1, cpu1) = chan.copy_counts();
         self.stats.copies_offloaded += off1 - off0;
         self.stats.copies_cpu += cpu1 - cpu0;
@@ -104,11 +138,16 @@ impl Southbound {
         result.map(|()| taken)
     }
 
-    /// Checks the chain just taken and starts copying it into a fresh packet.
-    fn start_copy<E: CopyEngine>(&mut self, chan: &Channel<E>, pool: &mut PacketPool) -> Result<(), VhostError> {
-        let head = self.chain.head();
-        let total = self.chain.readable_len() as usize;
-        let Some(plen) = self.packet_len(total) else {
+    /// Checks a chain just taken and starts copying it into a fresh packet.
+    fn start_copy<E: CopyEngine>(
+        &mut self,
+        chain: &DescChain,
+        chan: &Channel<E>,
+        pool: &mut PacketPool,
+    ) -> Result<(), VhostError> {
+        let head = chain.head();
+        let total = chain.readable_len() as usize;
+        let Some(plen) = self.packet_len(chain, total) else {
             // Malformed for TX: returned to the guest unused, after every earlier chain.
             self.stats.bad_chains += 1;
             self.inflight.push_back(InFlight { pkt: None, head, end: chan.next_ticket(), deliver: false });
@@ -123,9 +162,8 @@ impl Southbound {
         pool.set_len(&mut pkt, plen);
         // SAFETY: the packet buffer is owned by the in-flight record and the chain stays taken
         // until `end` retires; the segments come from a validated chain.
-        let r = unsafe {
-            copy_segments(chan, Dir::FromGuest, pool.data_ptr(&pkt), plen, self.chain.readable(), self.hdr_len)
-        };
+        let r =
+            unsafe { copy_segments(chan, Dir::FromGuest, pool.data_ptr(&pkt), plen, chain.readable(), self.hdr_len) };
         match r {
             Ok(c) => {
                 self.stats.copies_cpu += c.pushed_back as u64;
@@ -144,13 +182,13 @@ impl Southbound {
 
     /// The payload length of a TX chain of `total` readable bytes, or `None` when its header is
     /// missing or claims more than the chain holds.
-    fn packet_len(&self, total: usize) -> Option<usize> {
+    fn packet_len(&self, chain: &DescChain, total: usize) -> Option<usize> {
         if total < self.hdr_len {
             return None;
         }
         let plen = total - self.hdr_len;
         let mut raw = [0u8; NET_HDR_LEN];
-        self.q.memory().gather(self.chain.readable(), &mut raw[..self.hdr_len]).ok()?;
+        self.q.memory().gather(chain.readable(), &mut raw[..self.hdr_len]).ok()?;
         let hdr = NetHdr::new_checked(&raw[..], self.hdr_len).ok()?.repr();
         // No offloads are negotiated: a GSO packet or a checksum request outside the packet is a
         // header claiming what the chain does not hold.

@@ -4,23 +4,22 @@
 //! This module owns [`DescChain`], a caller-owned, reusable output buffer that
 //! [`super::split::SplitQueue::pop`] fills. It must not read guest memory or rings itself.
 
-use smallvec::SmallVec;
-
 use crate::memory::HostSeg;
 
-/// Segments kept inline in a [`DescChain`] before it spills to the heap (once; a reused chain
+/// Segments a new [`DescChain`] has room for on each side before it grows (once: a reused chain
 /// keeps its capacity). A descriptor that spans regions takes one segment per region.
 pub const CHAIN_INLINE_SEGS: usize = 8;
 
-/// The segments of one chain side.
-pub type Segments = SmallVec<[HostSeg; CHAIN_INLINE_SEGS]>;
+/// The segments of one chain side. A `Vec`, not a `SmallVec`: chains are reused, so it allocates
+/// once, and clearing and pushing stay a compare and a store on the per-packet path.
+pub type Segments = Vec<HostSeg>;
 
 /// One walked descriptor chain: its head index (what the used entry returns) and its
 /// device-readable and device-writable parts as host segments, in chain order.
 ///
 /// Reuse one `DescChain` per in-flight packet: `pop` clears it first, so steady-state operation
 /// does not allocate.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct DescChain {
     pub(crate) head: u16,
     pub(crate) readable: Segments,
@@ -30,12 +29,26 @@ pub struct DescChain {
     pub(crate) descriptors: u32,
 }
 
+impl Default for DescChain {
+    fn default() -> Self {
+        DescChain {
+            head: 0,
+            readable: Vec::with_capacity(CHAIN_INLINE_SEGS),
+            writable: Vec::with_capacity(CHAIN_INLINE_SEGS),
+            readable_len: 0,
+            writable_len: 0,
+            descriptors: 0,
+        }
+    }
+}
+
 impl DescChain {
     /// An empty chain.
     pub fn new() -> Self {
         Self::default()
     }
 
+    #[inline]
     pub(crate) fn reset(&mut self, head: u16) {
         self.head = head;
         self.readable.clear();
@@ -43,6 +56,20 @@ impl DescChain {
         self.readable_len = 0;
         self.writable_len = 0;
         self.descriptors = 0;
+    }
+
+    /// Makes this the chain of one direct descriptor `head` whose buffer is `seg`.
+    #[inline]
+    pub(crate) fn set_single(&mut self, head: u16, seg: HostSeg, writable: bool) {
+        self.reset(head);
+        self.descriptors = 1;
+        if writable {
+            self.writable.push(seg);
+            self.writable_len = seg.len();
+        } else {
+            self.readable.push(seg);
+            self.readable_len = seg.len();
+        }
     }
 
     /// The head descriptor's index: the `id` of this chain's used entry.

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use virtio_bindings::virtio_ring::{VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY};
 
 use super::chain::DescChain;
-use super::desc::{DescContext, Descriptor, RawDescriptor, DESC_SIZE};
+use super::desc::{DescContext, DescFlags, Descriptor, RawDescriptor, DESC_SIZE};
 use super::error::{QueueConfigError, VirtqError};
 use super::{vring_need_event, RingFeatures, MAX_QUEUE_SIZE};
 use smallvec::SmallVec;
@@ -348,11 +348,13 @@ impl SplitQueue {
             let addr = self.cfg.avail_ring;
             return Err(self.fail(MemoryError::NotContiguous { addr }.into()));
         };
-        let mut hint = self.hint;
-        let r = walk_chain(&self.mem, self.desc, self.cfg.size, self.cfg.features, &mut hint, head, chain);
-        self.hint = hint;
-        if let Err(e) = r {
-            return Err(self.fail(e));
+        if !self.pop_single(head, chain) {
+            let mut hint = self.hint;
+            let r = walk_chain(&self.mem, self.desc, self.cfg.size, self.cfg.features, &mut hint, head, chain);
+            self.hint = hint;
+            if let Err(e) = r {
+                return Err(self.fail(e));
+            }
         }
         self.last_avail = self.last_avail.wrapping_add(1);
         self.in_flight += 1;
@@ -360,6 +362,60 @@ impl SplitQueue {
             self.record_written(chain);
         }
         Ok(true)
+    }
+
+    /// The fast path of [`pop`](Self::pop): a direct descriptor without `NEXT` or `INDIRECT`
+    /// whose buffer lies in one region (what DPDK's virtio driver and Linux's mergeable RX post)
+    /// becomes `chain` and `true`. Anything else, including every descriptor the checks of
+    /// [`walk_chain`] would refuse, returns `false` with nothing decided: the full walk then
+    /// gives the same chain for a valid descriptor and the typed error for a bad one.
+    #[inline]
+    fn pop_single(&mut self, head: u16, chain: &mut DescChain) -> bool {
+        if head >= self.cfg.size {
+            return false;
+        }
+        let map = self.mem.region(self.desc.region).mapping();
+        // `le64 addr; le32 len; le16 flags; le16 next;` as two words (the table is 16-aligned).
+        let Some([addr, w1]) = map.read_u64_pair(self.desc.offset + DESC_SIZE * head as usize) else {
+            return false;
+        };
+        let (len, flags) = (w1 as u32, (w1 >> 32) as u16);
+        if flags & (DescFlags::NEXT | DescFlags::INDIRECT).bits() != 0 {
+            return false;
+        }
+        // `translate_one` refuses a zero length and a range leaving its region (so no overflow).
+        let Some(seg) = self.mem.translate_one(addr, len, &mut self.hint) else {
+            return false;
+        };
+        chain.set_single(head, seg, flags & DescFlags::WRITE.bits() != 0);
+        true
+    }
+
+    /// Hints the CPU to fetch the descriptors of the next `n` available chains (at most what
+    /// the guest made available), so that the [`pop`](Self::pop)s that follow do not wait for
+    /// them one by one. Reads only the avail ring; changes nothing, checks nothing (a bad head is
+    /// simply not prefetched: `pop` reports it).
+    #[inline]
+    pub fn prefetch(&mut self, n: usize) {
+        if self.broken.is_some() {
+            return;
+        }
+        if self.avail_cache == self.last_avail && self.refresh_avail().is_err() {
+            return; // `pop` reports it
+        }
+        let ready = self.avail_cache.wrapping_sub(self.last_avail) as usize;
+        let avail = self.avail_map();
+        let table = self.mem.region(self.desc.region).mapping();
+        let mut idx = self.last_avail;
+        for _ in 0..n.min(ready) {
+            let slot = (idx & self.mask) as usize;
+            if let Some(head) = avail.load_u16(self.avail.offset + AVAIL_RING + 2 * slot) {
+                if head < self.cfg.size {
+                    table.prefetch(self.desc.offset + DESC_SIZE * head as usize);
+                }
+            }
+            idx = idx.wrapping_add(1);
+        }
     }
 
     /// The current avail position, to [`rewind`](Self::rewind) to if a packet cannot get all the
@@ -381,6 +437,18 @@ impl SplitQueue {
         self.last_avail = mark.0;
         self.in_flight -= n;
         Ok(n)
+    }
+
+    /// Gives back the last `n` chains taken (their used entries must not have been pushed): the
+    /// next [`pop`](Self::pop)s return them again. Nothing is written to guest memory.
+    pub fn give_back(&mut self, n: u16) -> Result<(), VirtqError> {
+        self.check()?;
+        if n > self.in_flight {
+            return Err(VirtqError::BadRewind);
+        }
+        self.last_avail = self.last_avail.wrapping_sub(n);
+        self.in_flight -= n;
+        Ok(())
     }
 
     /// Writes one used element (`id = head`, `len` = bytes the device wrote into the chain) at the

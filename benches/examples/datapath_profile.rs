@@ -1,0 +1,115 @@
+//! A fixed amount of datapath work for profilers (callgrind, perf): one vhost port with the
+//! in-process loop guest, one direction, one packet size, the memcpy engine, single-threaded and
+//! deterministic (the guest refills its ring completely between PMD polls, so every burst is
+//! full and the instruction count per packet is the same from run to run).
+//!
+//! `cargo run --release -p copy-engine-benches --example datapath_profile -- north 64 1000000`
+//! `valgrind --tool=callgrind target/release/examples/datapath_profile south 64 200000`
+//!
+//! Prints packets, wall time and ns per packet (including the guest's share: this is a profile
+//! target, not the benchmark; `cargo bench --bench datapath` is).
+
+use std::time::Instant;
+
+use copy_engine::{Channel, Policy};
+use copy_engine_cpu::MemcpyEngine;
+use vswitch_datapath::loopguest::{GuestMode, LoopGuest, LoopGuestConfig};
+use vswitch_datapath::{
+    Burst, Northbound, Notifier, PacketPool, Pmd, Port, PortCtx, PortStats, Southbound, TrafficConfig, TrafficPort,
+    VhostPort,
+};
+
+/// Counts and frees what it is given.
+#[derive(Debug, Default)]
+struct Sink(PortStats);
+
+impl<E: copy_engine::CopyEngine> Port<E> for Sink {
+    fn name(&self) -> &str {
+        "sink"
+    }
+    fn rx_burst(&mut self, _: &mut PortCtx<'_, E>, _: &mut Burst, _: usize) -> usize {
+        0
+    }
+    fn tx_burst(&mut self, cx: &mut PortCtx<'_, E>, pkts: &mut Burst) -> usize {
+        let n = pkts.len();
+        self.0.tx_packets += n as u64;
+        for p in pkts.drain(..) {
+            cx.pool.free(p);
+        }
+        n
+    }
+    fn stats(&self) -> PortStats {
+        self.0
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let usage = "usage: datapath_profile north|south <packet bytes> <packets>";
+    let (Some(dir), Some(size), Some(packets)) = (args.get(1), args.get(2), args.get(3)) else {
+        eprintln!("{usage}");
+        std::process::exit(2);
+    };
+    let north = match dir.as_str() {
+        "north" => true,
+        "south" => false,
+        _ => {
+            eprintln!("{usage}");
+            std::process::exit(2);
+        }
+    };
+    let (Ok(size), Ok(packets)) = (size.parse::<usize>(), packets.parse::<u64>()) else {
+        eprintln!("{usage}");
+        std::process::exit(2);
+    };
+    if !(60..=1518).contains(&size) {
+        eprintln!("packet bytes: 60..=1518");
+        std::process::exit(2);
+    }
+    let mode = if north { GuestMode::RxSink } else { GuestMode::TxSource(size as u32) };
+    let mut guest = LoopGuest::new(LoopGuestConfig { mode, ..LoopGuestConfig::default() });
+    let (rxq, txq) = guest.device_queues();
+    let vhost = VhostPort::new(
+        "vhost0",
+        Northbound::new(rxq, 12, true, Notifier::Polling),
+        Southbound::new(txq, 12, Notifier::Polling),
+    );
+    let mut pmd = Pmd::new(Channel::new(MemcpyEngine::default(), Policy::default()), PacketPool::new(1024, 2048));
+    let v = pmd.add_port(Box::new(vhost));
+    let counted = if north {
+        let cfg = TrafficConfig { verify_payload: false, ..TrafficConfig::fixed(size) };
+        let t = pmd.add_port(Box::new(TrafficPort::new("source", cfg)));
+        pmd.connect(t, v);
+        v
+    } else {
+        let s = pmd.add_port(Box::new(Sink::default()));
+        pmd.connect(v, s);
+        s
+    };
+    let done = |pmd: &Pmd<MemcpyEngine>| {
+        if north {
+            pmd.port(counted).queue_stats().expect("vhost").0.packets
+        } else {
+            pmd.port(counted).stats().tx_packets
+        }
+    };
+    let t0 = Instant::now();
+    while done(&pmd) < packets {
+        pmd.run_once();
+        guest.poll();
+    }
+    let dt = t0.elapsed();
+    let n = done(&pmd);
+    println!(
+        "{} {size} B: {n} packets in {:.3} s, {:.1} ns/packet (PMD and guest together)",
+        if north { "north" } else { "south" },
+        dt.as_secs_f64(),
+        dt.as_nanos() as f64 / n as f64
+    );
+}
