@@ -14,11 +14,14 @@
 #   offload on, as by default; "worker-noadapt" is the worker engine with --no-adaptive), with
 #   --port vhost-user:<sock> --port sink (guest->host) or --port source:<size> --port
 #   vhost-user:<sock> (host->guest).
-# Jumbo cells (size > 1518): every txonly sender (the guest, or DPDK's switch) gets
-#   --mbuf-size=10240 so that a packet is one segment (testpmd's txonly refuses a --txpkts longer
-#   than its mbufs and falls back to 64 B); DPDK's switch receiving gets the same, one buffer per
-#   packet like our switch's 9280 B buffers; the receiving guest keeps its 2 KB mbufs and gets
-#   --max-pkt-len=<size + 18> --enable-scatter: a packet spans several mergeable RX buffers.
+# Jumbo settings, for sizes > 1518 (JUMBO=auto) or every size (JUMBO=all): every txonly sender
+#   (the guest, or DPDK's switch) gets --mbuf-size=10240 so that a packet is one segment
+#   (testpmd's txonly refuses a --txpkts longer than its mbufs and falls back to 64 B); DPDK's
+#   switch receiving gets the same, one buffer per packet like our switch's 9280 B buffers; the
+#   receiving guest keeps its 2 KB mbufs and gets --max-pkt-len=9234 --enable-scatter: a packet
+#   spans several mergeable RX buffers. The mbuf size alone moves rates by 10-70 % (a guest
+#   sending from 10 KB mbufs is faster), so a sweep over sizes wants JUMBO=all: cells that
+#   differ in packet size only.
 # Rate of a run = packets per second received by the receiving side over WINDOW seconds after
 #   WARMUP seconds of traffic: guest->host, the switch (testpmd's Rx-pps / the vswitch sink's
 #   counter); host->guest, the guest (testpmd's Rx-pps), the same for both switches. The sending
@@ -32,7 +35,7 @@
 #
 # Environment: ROUNDS (5), WARMUP (2 s), WINDOW (4 s), SIZES ("64 1518"; 42..9216), DIRS
 #   ("g2h h2g"), ENGINES ("memcpy worker"), TESTPMD (dpdk-testpmd), VSWITCH_BIN (built here if
-#   unset), CSV=<path> to also write the results as CSV (one row per cell and switch),
+#   unset), JUMBO (auto; or all), CSV=<path> to also write the results as CSV (one row per cell and switch),
 #   KEEP_LOGS=1 to keep the per-run logs.
 # Exit status: 0 every run measured; 1 some run failed (its cell says FAIL and why; the tables
 #   and the CSV are still written); 2 nothing measured (setup error).
@@ -51,6 +54,8 @@ SWITCH_CPU=0
 GUEST_CPU=1
 MEM_MB=512
 JUMBO_MBUF=10240  # mbuf data room (with its 128 B headroom) that holds a 9216 B packet whole
+JUMBO_PKT_LEN=9234  # the largest size, 9216 B, + 18: the --max-pkt-len of a receiving guest
+JUMBO=${JUMBO:-auto}
 CSV=${CSV:-}
 
 die() { echo "peer-bench: $*" >&2; exit 2; }
@@ -62,6 +67,7 @@ for s in $SIZES; do
   # 42: the Ethernet/IPv4/UDP header both senders write; 9216: the vswitch source's largest.
   if [ "$s" -lt 42 ] || [ "$s" -gt 9216 ]; then die "SIZES: $s is outside 42..9216"; fi
 done
+case $JUMBO in auto | all) ;; *) die "JUMBO: expected auto or all, got $JUMBO" ;; esac
 case $ROUNDS in '' | *[!0-9]* | 0) die "ROUNDS: expected a count >= 1, got $ROUNDS" ;; esac
 if [ -n "$CSV" ]; then
   if ! mkdir -p "$(dirname "$CSV")" || ! : >"$CSV"; then die "CSV=$CSV cannot be written"; fi
@@ -179,11 +185,13 @@ rx_size() { # <log> testpmd Rx   or   <log> vswitch <port name> rx|tx
       END { if (p > 0) printf "%d\n", b / p + 0.5; else print 0 }' "$1"
   fi
 }
-# The first line of a testpmd log that says why it did not do what it was asked (or nothing).
+# The first line of a testpmd or vswitch log that says why it did not do what it was asked (or
+# nothing); died: that, else the log's last line.
 complaint() {
-  grep -a -E 'give up|[Ee]rror|[Ff]ail|[Ii]nvalid|[Cc]annot' "$1" 2>/dev/null \
-    | grep -a -v -E 'promiscuous mode|-errors:' | head -n 1 | tr -d '\r' | cut -c1-160
+  grep -a -E 'give up|[Ee]rror|[Ff]ail|[Ii]nvalid|[Cc]annot|^vswitch: ' "$1" 2>/dev/null \
+    | grep -a -v -E 'promiscuous mode|-errors:|signal received|^vswitch: stopped' | head -n 1 | tr -d '\r' | cut -c1-160
 }
+died() { local c; c=$(complaint "$1"); [ -n "$c" ] || c=$(tail -n 1 "$1" | tr -d '\r' | cut -c1-160); echo "$c"; }
 
 # run_one <label> <size> <dir>: starts the switch <label> (dpdk | memcpy | worker ...) and the
 # guest, measures, stops both; sets RESULT to "<rx pps> <sender pps>" or "FAIL <why>". (Not run
@@ -193,12 +201,12 @@ run_one() {
   rundir="$WORK/$label-$size-$dir-$RANDOM"; mkdir -p "$rundir"
   local s0="$rundir/s0.sock" sw_pid guest_pid rx_src tx_src
   local swlog="$rundir/switch.log" glog="$rundir/guest.log"
-  # Jumbo packets (see the top): whole-packet mbufs for testpmd senders and DPDK's switch,
+  # Jumbo settings (see the top): whole-packet mbufs for testpmd senders and DPDK's switch,
   # scattered mergeable RX for the guest.
   local big_mbuf=() guest_rx=()
-  if [ "$size" -gt 1518 ]; then
+  if [ "$size" -gt 1518 ] || [ "$JUMBO" = all ]; then
     big_mbuf=(--mbuf-size="$JUMBO_MBUF")
-    guest_rx=(--max-pkt-len=$((size + 18)) --enable-scatter)
+    guest_rx=(--max-pkt-len="$JUMBO_PKT_LEN" --enable-scatter)
   fi
   if [ "$label" = dpdk ]; then
     # (--mbuf-size before --txpkts: testpmd checks --txpkts against the mbuf size when it reads it.)
@@ -220,7 +228,7 @@ run_one() {
   fi
   sw_pid=$!; PIDS+=("$sw_pid")
   if ! wait_sockets "$sw_pid" "$s0"; then
-    RESULT="FAIL switch did not come up${big_mbuf:+ (jumbo settings: ${big_mbuf[*]})}: $(tail -n 1 "$swlog" | tr -d '\r' | cut -c1-160)"
+    RESULT="FAIL switch did not come up${big_mbuf:+ (jumbo settings: ${big_mbuf[*]})}: $(died "$swlog")"
     tail -n 5 "$swlog" >&2; stop "$sw_pid"; return
   fi
   local mode=("${big_mbuf[@]}" --forward-mode=txonly --txpkts="$size")
@@ -258,8 +266,8 @@ run_one() {
   if [ "${rx:-0}" = 0 ]; then
     why=$(complaint "$sender_log")
     [ -z "$why" ] && why=$(complaint "$glog")
-    [ -z "$why" ] && [ $sw_alive = 0 ] && why="the switch exited: $(tail -n 1 "$swlog" | tr -d '\r' | cut -c1-160)"
-    [ -z "$why" ] && [ $guest_alive = 0 ] && why="the guest exited: $(tail -n 1 "$glog" | tr -d '\r' | cut -c1-160)"
+    [ -z "$why" ] && [ $sw_alive = 0 ] && why="the switch exited: $(died "$swlog")"
+    [ -z "$why" ] && [ $guest_alive = 0 ] && why="the guest exited: $(died "$glog")"
     RESULT="FAIL no traffic${why:+: $why}"; tail -n 5 "$glog" >&2; tail -n 5 "$swlog" >&2; return
   fi
   # The receiver must have counted packets of the asked size: testpmd's txonly, for one, falls
@@ -290,7 +298,7 @@ csv_field() { local f=${1//\"/\'}; printf '"%s"' "$f"; }
 labels=(dpdk)
 for e in $ENGINES; do labels+=("$e"); done
 
-echo "== peer benchmark: rounds=$ROUNDS warmup=${WARMUP}s window=${WINDOW}s sizes=[$SIZES] directions=[$DIRS] switches=[${labels[*]}]"
+echo "== peer benchmark: rounds=$ROUNDS warmup=${WARMUP}s window=${WINDOW}s sizes=[$SIZES] directions=[$DIRS] switches=[${labels[*]}] jumbo=$JUMBO"
 echo "   switch forwarding thread on CPU $SWITCH_CPU, guest (testpmd, 1 virtio-user port, txonly/rxonly) on CPU $GUEST_CPU"
 T0=$SECONDS
 # Per "<switch>/<size>/<dir>": the received pps of each round, in order ("FAIL" for a failed
@@ -322,7 +330,7 @@ for size in $SIZES; do
 done
 
 echo
-echo "Mpps received (guest->host: by the switch; host->guest: by the guest): median of $ROUNDS rounds, spread"
+echo "Mpps received (guest->host: by the switch; host->guest: by the guest): median of $ROUNDS round(s), spread"
 echo "min - max (and (max - min) / median); Gbit/s = median pps x size x 8; ratio = median ours / median DPDK"
 row() { printf '%5s %-11s %-13s | %8s %8s %8s %7s | %8s | %9s | %s\n' "$@"; }
 row size direction switch median min max spread Gbit/s ours/dpdk rounds
