@@ -5,28 +5,45 @@
 #
 # Every run is exactly two processes: one switch and one guest, each with one vhost-user
 # connection (one socket, one queue pair).
-# Guest: dpdk-testpmd with one virtio-user port (DPDK's virtio driver over vhost-user), forward
-#   mode txonly --txpkts=<size> (guest->host) or rxonly (host->guest).
+# Guest: dpdk-testpmd with one virtio-user port (DPDK's virtio driver over vhost-user, mergeable
+#   RX buffers on: mrg_rxbuf=1), forward mode txonly --txpkts=<size> (guest->host) or rxonly
+#   (host->guest).
 # Switch (a) "dpdk": dpdk-testpmd with one net_vhost port, rxonly (guest->host) or txonly
 #   --txpkts=<size> (host->guest), one forwarding lcore.
 # Switch (b) "memcpy", "worker": target/release/vswitch, one PMD thread, --engine <name> (adaptive
 #   offload on, as by default; "worker-noadapt" is the worker engine with --no-adaptive), with
 #   --port vhost-user:<sock> --port sink (guest->host) or --port source:<size> --port
 #   vhost-user:<sock> (host->guest).
+# Jumbo settings, for sizes > 1518 (JUMBO=auto) or every size (JUMBO=all): every txonly sender
+#   (the guest, or DPDK's switch) gets --mbuf-size=10240 so that a packet is one segment
+#   (testpmd's txonly refuses a --txpkts longer than its mbufs and falls back to 64 B); DPDK's
+#   switch receiving gets the same, one buffer per packet like our switch's 9280 B buffers; the
+#   receiving guest keeps its 2 KB mbufs and gets --max-pkt-len=9234 --enable-scatter: a packet
+#   spans several mergeable RX buffers. The mbuf size alone moves rates by 10-70 % (a guest
+#   sending from 10 KB mbufs is faster), so a sweep over sizes wants JUMBO=all: cells that
+#   differ in packet size only.
 # Rate of a run = packets per second received by the receiving side over WINDOW seconds after
 #   WARMUP seconds of traffic: guest->host, the switch (testpmd's Rx-pps / the vswitch sink's
 #   counter); host->guest, the guest (testpmd's Rx-pps), the same for both switches. The sending
-#   side's rate is printed next to it as a cross-check.
+#   side's rate is printed next to it as a cross-check. A run whose receiver counted packets of
+#   another size than asked (bytes / packets) fails: it measured something else.
+# Rounds: for each cell (size, direction) round 1 runs every switch once, then round 2 ..., so
+#   drift over time hits every switch alike. Per cell and switch: the median of the rounds, the
+#   spread (min - max), and the ratio of medians ours / DPDK.
 # Cores (this machine has 2): the switch's forwarding thread on CPU 0, the guest's forwarding
 #   lcore on CPU 1; each testpmd's main lcore (idle: it only prints stats) on the other CPU.
 #
-# Environment: ROUNDS (2), WARMUP (2 s), WINDOW (4 s), SIZES ("64 1518"), DIRS ("g2h h2g"),
-#   ENGINES ("memcpy worker"), TESTPMD (dpdk-testpmd), VSWITCH_BIN (built here if unset),
+# Environment: ROUNDS (5), WARMUP (2 s), WINDOW (4 s), SIZES ("64 1518"; 42..9216), DIRS
+#   ("g2h h2g"), ENGINES ("memcpy worker"), TESTPMD (dpdk-testpmd), VSWITCH_BIN (built here if
+#   unset), JUMBO (auto; or all), CSV=<path> to also write the results as CSV (one row per cell and switch),
 #   KEEP_LOGS=1 to keep the per-run logs.
+# Exit status: 0 every run measured; 1 some run failed (its cell says FAIL and why; the tables
+#   and the CSV are still written); 2 nothing measured (setup error).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+export LC_ALL=C  # a decimal point in every number printed, whatever the caller's locale
+cd "$(dirname "$0")/.." || exit 2
 
-ROUNDS=${ROUNDS:-2}
+ROUNDS=${ROUNDS:-5}
 WARMUP=${WARMUP:-2}
 WINDOW=${WINDOW:-4}
 SIZES=${SIZES:-"64 1518"}
@@ -36,11 +53,25 @@ TESTPMD=${TESTPMD:-dpdk-testpmd}
 SWITCH_CPU=0
 GUEST_CPU=1
 MEM_MB=512
+JUMBO_MBUF=10240  # mbuf data room (with its 128 B headroom) that holds a 9216 B packet whole
+JUMBO_PKT_LEN=9234  # the largest size, 9216 B, + 18: the --max-pkt-len of a receiving guest
+JUMBO=${JUMBO:-auto}
+CSV=${CSV:-}
 
-die() { echo "peer-bench: $*" >&2; exit 1; }
+die() { echo "peer-bench: $*" >&2; exit 2; }
 command -v "$TESTPMD" >/dev/null 2>&1 || die "$TESTPMD not found (Debian: apt-get install dpdk-dev; scripts/test.sh installs it)"
 [ "$(nproc)" -ge 2 ] || die "needs at least 2 CPUs (switch on one, guest on the other)"
 for d in $DIRS; do case $d in g2h | h2g) ;; *) die "DIRS: expected g2h and/or h2g, got $d" ;; esac; done
+for s in $SIZES; do
+  case $s in '' | *[!0-9]*) die "SIZES: expected packet sizes in bytes, got $s" ;; esac
+  # 42: the Ethernet/IPv4/UDP header both senders write; 9216: the vswitch source's largest.
+  if [ "$s" -lt 42 ] || [ "$s" -gt 9216 ]; then die "SIZES: $s is outside 42..9216"; fi
+done
+case $JUMBO in auto | all) ;; *) die "JUMBO: expected auto or all, got $JUMBO" ;; esac
+case $ROUNDS in '' | *[!0-9]* | 0) die "ROUNDS: expected a count >= 1, got $ROUNDS" ;; esac
+if [ -n "$CSV" ]; then
+  if ! mkdir -p "$(dirname "$CSV")" || ! : >"$CSV"; then die "CSV=$CSV cannot be written"; fi
+fi
 STDBUF=""; command -v stdbuf >/dev/null 2>&1 && STDBUF="stdbuf -oL -eL"
 
 # Same machine-wide lock as the interop tests: never two runs pinning busy pollers at once.
@@ -140,6 +171,27 @@ rate() {
       else print 0
     }'
 }
+# The mean size of the packets the receiver counted, from its last cumulative counters:
+# bytes / packets (testpmd: RX-bytes / RX-packets of port 0; vswitch: "<port>: ... tx <n> pkts
+# <b> bytes"); 0 if it counted none.
+rx_size() { # <log> testpmd Rx   or   <log> vswitch <port name> rx|tx
+  if [ "$2" = testpmd ]; then
+    awk '/NIC statistics for port/ { port = $(NF-1) + 0 }
+         $1 == "RX-packets:" && $5 == "RX-bytes:" && port == 0 { p = $2; b = $6 }
+         END { if (p > 0) printf "%d\n", b / p + 0.5; else print 0 }' "$1"
+  else
+    awk -v name="$3:" -v f="$4" '
+      $1 == name { for (i = 2; i < NF - 3; i++) if ($i == f && $(i + 2) == "pkts") { p = $(i + 1); b = $(i + 3); break } }
+      END { if (p > 0) printf "%d\n", b / p + 0.5; else print 0 }' "$1"
+  fi
+}
+# The first line of a testpmd or vswitch log that says why it did not do what it was asked (or
+# nothing); died: that, else the log's last line.
+complaint() {
+  grep -a -E 'give up|[Ee]rror|[Ff]ail|[Ii]nvalid|[Cc]annot|^vswitch: ' "$1" 2>/dev/null \
+    | grep -a -v -E 'promiscuous mode|-errors:|signal received|^vswitch: stopped' | head -n 1 | tr -d '\r' | cut -c1-160
+}
+died() { local c; c=$(complaint "$1"); [ -n "$c" ] || c=$(tail -n 1 "$1" | tr -d '\r' | cut -c1-160); echo "$c"; }
 
 # run_one <label> <size> <dir>: starts the switch <label> (dpdk | memcpy | worker ...) and the
 # guest, measures, stops both; sets RESULT to "<rx pps> <sender pps>" or "FAIL <why>". (Not run
@@ -149,9 +201,17 @@ run_one() {
   rundir="$WORK/$label-$size-$dir-$RANDOM"; mkdir -p "$rundir"
   local s0="$rundir/s0.sock" sw_pid guest_pid rx_src tx_src
   local swlog="$rundir/switch.log" glog="$rundir/guest.log"
+  # Jumbo settings (see the top): whole-packet mbufs for testpmd senders and DPDK's switch,
+  # scattered mergeable RX for the guest.
+  local big_mbuf=() guest_rx=()
+  if [ "$size" -gt 1518 ] || [ "$JUMBO" = all ]; then
+    big_mbuf=(--mbuf-size="$JUMBO_MBUF")
+    guest_rx=(--max-pkt-len="$JUMBO_PKT_LEN" --enable-scatter)
+  fi
   if [ "$label" = dpdk ]; then
-    local mode=(--forward-mode=rxonly)
-    [ "$dir" = h2g ] && mode=(--forward-mode=txonly --txpkts="$size")
+    # (--mbuf-size before --txpkts: testpmd checks --txpkts against the mbuf size when it reads it.)
+    local mode=("${big_mbuf[@]}" --forward-mode=rxonly)
+    [ "$dir" = h2g ] && mode=("${big_mbuf[@]}" --forward-mode=txonly --txpkts="$size")
     eal vhost "0@$GUEST_CPU,1@$SWITCH_CPU"
     # shellcheck disable=SC2086
     $STDBUF "$TESTPMD" $EAL --vdev "net_vhost0,iface=$s0,queues=1" -- "${mode[@]}" \
@@ -168,90 +228,165 @@ run_one() {
   fi
   sw_pid=$!; PIDS+=("$sw_pid")
   if ! wait_sockets "$sw_pid" "$s0"; then
-    RESULT="FAIL switch did not come up (see below)"; tail -n 5 "$swlog" >&2; stop "$sw_pid"; return
+    RESULT="FAIL switch did not come up${big_mbuf:+ (jumbo settings: ${big_mbuf[*]})}: $(died "$swlog")"
+    tail -n 5 "$swlog" >&2; stop "$sw_pid"; return
   fi
-  local mode=(--forward-mode=txonly --txpkts="$size")
-  [ "$dir" = h2g ] && mode=(--forward-mode=rxonly)
+  local mode=("${big_mbuf[@]}" --forward-mode=txonly --txpkts="$size")
+  [ "$dir" = h2g ] && mode=(--forward-mode=rxonly "${guest_rx[@]}")
   eal guest "0@$SWITCH_CPU,1@$GUEST_CPU"
   # shellcheck disable=SC2086
-  $STDBUF "$TESTPMD" $EAL --vdev "net_virtio_user0,path=$s0,queues=1" -- "${mode[@]}" \
+  $STDBUF "$TESTPMD" $EAL --vdev "net_virtio_user0,path=$s0,queues=1,mrg_rxbuf=1" -- "${mode[@]}" \
     --port-topology=loop --auto-start --nb-cores=1 --total-num-mbufs=16384 --stats-period=1 \
     </dev/null >"$glog" 2>&1 &
   guest_pid=$!; PIDS+=("$guest_pid")
   # Where the rate is read: the receiving side; and the sending side, as a cross-check.
+  local sender_log=$glog
   case $label/$dir in
     dpdk/g2h) rx_src=("$swlog" testpmd Rx); tx_src=("$glog" testpmd Tx) ;;
     */g2h) rx_src=("$swlog" vswitch sink1 tx); tx_src=("$glog" testpmd Tx) ;;
-    dpdk/h2g) rx_src=("$glog" testpmd Rx); tx_src=("$swlog" testpmd Tx) ;;
-    */h2g) rx_src=("$glog" testpmd Rx); tx_src=("$swlog" vswitch vhost1 tx) ;;
+    dpdk/h2g) rx_src=("$glog" testpmd Rx); tx_src=("$swlog" testpmd Tx); sender_log=$swlog ;;
+    */h2g) rx_src=("$glog" testpmd Rx); tx_src=("$swlog" vswitch vhost1 tx); sender_log=$swlog ;;
   esac
   # Until the receiver has WARMUP + WINDOW samples after the first with traffic (or a deadline).
   local deadline=$((SECONDS + WARMUP + WINDOW + 20))
   while [ $SECONDS -lt $deadline ]; do
     sleep 1
-    kill -0 "$sw_pid" 2>/dev/null && kill -0 "$guest_pid" 2>/dev/null || break
+    if ! kill -0 "$sw_pid" 2>/dev/null || ! kill -0 "$guest_pid" 2>/dev/null; then break; fi
     [ "$(series "${rx_src[@]}" | samples)" -gt $((WARMUP + WINDOW)) ] && break
   done
+  local sw_alive=1 guest_alive=1
+  kill -0 "$sw_pid" 2>/dev/null || sw_alive=0
+  kill -0 "$guest_pid" 2>/dev/null || guest_alive=0
   stop "$guest_pid"
   stop "$sw_pid"
   [ "$label" != dpdk ] && cp "$swlog" "$WORK/last-switch-$label-$dir.log" 2>/dev/null
-  local rx tx
+  local rx tx got why
   rx=$(series "${rx_src[@]}" | rate)
   tx=$(series "${tx_src[@]}" | rate)
   if [ "${rx:-0}" = 0 ]; then
-    RESULT="FAIL no traffic"; tail -n 5 "$glog" >&2; tail -n 5 "$swlog" >&2; return
+    why=$(complaint "$sender_log")
+    [ -z "$why" ] && why=$(complaint "$glog")
+    [ -z "$why" ] && [ $sw_alive = 0 ] && why="the switch exited: $(died "$swlog")"
+    [ -z "$why" ] && [ $guest_alive = 0 ] && why="the guest exited: $(died "$glog")"
+    RESULT="FAIL no traffic${why:+: $why}"; tail -n 5 "$glog" >&2; tail -n 5 "$swlog" >&2; return
+  fi
+  # The receiver must have counted packets of the asked size: testpmd's txonly, for one, falls
+  # back to 64 B packets when --txpkts does not fit its mbufs, and would be measured as a success.
+  got=$(rx_size "${rx_src[@]}")
+  if [ "$got" != "$size" ]; then
+    why=$(complaint "$sender_log")
+    RESULT="FAIL received ${got}-byte packets, not $size${why:+ (sender: $why)}"; return
   fi
   RESULT="$rx ${tx:-0}"
 }
 
 mpps() { awk -v p="$1" 'BEGIN { printf "%.3f", p / 1e6 }'; }
+gbps() { awk -v p="$1" -v s="$2" 'BEGIN { printf "%.2f", p * s * 8 / 1e9 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else printf "n/a" }'; }
 dirname_() { [ "$1" = g2h ] && echo "guest->host" || echo "host->guest"; }
+# summary <pps>...: "<count> <median> <min> <max>" of the numbers among the arguments ("FAIL"
+# entries are skipped); the median of an even count is the mean of the middle two.
+summary() {
+  printf '%s\n' "$@" | awk '$1 ~ /^[0-9]+$/' | sort -n | awk '
+    { v[NR] = $1 }
+    END { if (!NR) { print "0 0 0 0"; exit }
+          m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+          printf "%d %d %d %d\n", NR, m, v[1], v[NR] }'
+}
+csv_field() { local f=${1//\"/\'}; printf '"%s"' "$f"; }
 
 labels=(dpdk)
 for e in $ENGINES; do labels+=("$e"); done
 
-echo "== peer benchmark: rounds=$ROUNDS warmup=${WARMUP}s window=${WINDOW}s sizes=[$SIZES] directions=[$DIRS] switches=[${labels[*]}]"
+echo "== peer benchmark: rounds=$ROUNDS warmup=${WARMUP}s window=${WINDOW}s sizes=[$SIZES] directions=[$DIRS] switches=[${labels[*]}] jumbo=$JUMBO"
 echo "   switch forwarding thread on CPU $SWITCH_CPU, guest (testpmd, 1 virtio-user port, txonly/rxonly) on CPU $GUEST_CPU"
 T0=$SECONDS
-declare -A BEST SUM CNT
+# Per "<switch>/<size>/<dir>": the received pps of each round, in order ("FAIL" for a failed
+# round), the sender's pps of the rounds that worked, and why rounds failed.
+declare -A VALS SENT WHY
 for size in $SIZES; do
   for dir in $DIRS; do
+    # Rounds alternate the switches: A B C, A B C, ...
     for round in $(seq "$ROUNDS"); do
       for label in "${labels[@]}"; do
         run_one "$label" "$size" "$dir"; out=$RESULT
-        case $out in
-          FAIL*) printf '   %5s B %-11s round %s %-7s %s\n' "$size" "$(dirname_ "$dir")" "$round" "$label" "$out"; continue ;;
-        esac
-        set -- $out
-        printf '   %5s B %-11s round %s %-7s received %7s Mpps (sender %7s Mpps)\n' "$size" "$(dirname_ "$dir")" \
-          "$round" "$label" "$(mpps "$1")" "$(mpps "$2")"
         k="$label/$size/$dir"
-        [ "$1" -gt "${BEST[$k]:-0}" ] && BEST[$k]=$1
-        SUM[$k]=$(( ${SUM[$k]:-0} + $1 ))
-        CNT[$k]=$(( ${CNT[$k]:-0} + 1 ))
+        case $out in
+          FAIL*)
+            printf '   %5s B %-11s round %s %-7s %s\n' "$size" "$(dirname_ "$dir")" "$round" "$label" "$out"
+            VALS[$k]="${VALS[$k]:-}${VALS[$k]:+ }FAIL"
+            r=${out#FAIL }
+            case "${WHY[$k]:-}" in *"$r"*) ;; *) WHY[$k]="${WHY[$k]:-}${WHY[$k]:+; }$r" ;; esac
+            continue ;;
+        esac
+        read -r rx tx <<<"$out"
+        printf '   %5s B %-11s round %s %-7s received %7s Mpps (sender %7s Mpps)\n' "$size" "$(dirname_ "$dir")" \
+          "$round" "$label" "$(mpps "$rx")" "$(mpps "$tx")"
+        VALS[$k]="${VALS[$k]:-}${VALS[$k]:+ }$rx"
+        SENT[$k]="${SENT[$k]:-}${SENT[$k]:+ }$tx"
       done
     done
   done
 done
-mean() { local c=${CNT[$1]:-0}; [ "$c" -gt 0 ] && echo $(( ${SUM[$1]} / c )) || echo 0; }
 
 echo
-echo "Mpps received (guest->host: by the switch; host->guest: by the guest), best of $ROUNDS rounds and mean of the rounds"
-fmt='%-5s %-11s %-7s | %9s %9s %6s | %9s %9s %6s\n'
-printf "$fmt" size direction engine "ours best" "dpdk best" ratio "ours mean" "dpdk mean" ratio
+echo "Mpps received (guest->host: by the switch; host->guest: by the guest): median of $ROUNDS round(s), spread"
+echo "min - max (and (max - min) / median); Gbit/s = median pps x size x 8; ratio = median ours / median DPDK"
+row() { printf '%5s %-11s %-13s | %8s %8s %8s %7s | %8s | %9s | %s\n' "$@"; }
+row size direction switch median min max spread Gbit/s ours/dpdk rounds
+if [ -n "$CSV" ]; then
+  {
+    printf 'size,direction,switch,status,median_mpps,min_mpps,max_mpps,spread_pct,median_gbps,ratio_vs_dpdk,rounds,ok_rounds,sender_median_mpps,reason'
+    for r in $(seq "$ROUNDS"); do printf ',round_%s_mpps' "$r"; done
+    echo
+  } >>"$CSV"
+fi
+FAILED=0
 for size in $SIZES; do
   for dir in $DIRS; do
-    db=${BEST[dpdk/$size/$dir]:-0}; dm=$(mean "dpdk/$size/$dir")
-    for e in $ENGINES; do
-      ob=${BEST[$e/$size/$dir]:-0}; om=$(mean "$e/$size/$dir")
-      printf "$fmt" "$size" "$(dirname_ "$dir")" "$e" "$(mpps "$ob")" "$(mpps "$db")" "$(ratio "$ob" "$db")" \
-        "$(mpps "$om")" "$(mpps "$dm")" "$(ratio "$om" "$dm")"
+    # shellcheck disable=SC2086
+    read -r _ dmed _ _ <<<"$(summary ${VALS[dpdk/$size/$dir]:-})"
+    for label in "${labels[@]}"; do
+      k="$label/$size/$dir"
+      # shellcheck disable=SC2086
+      read -r n med lo hi <<<"$(summary ${VALS[$k]:-})"
+      # shellcheck disable=SC2086
+      read -r _ smed _ _ <<<"$(summary ${SENT[$k]:-})"
+      why=${WHY[$k]:-}
+      if [ "$label" = dpdk ]; then rat="-"; else rat=$(ratio "$med" "$dmed"); fi
+      spread=$(awk -v a="$lo" -v b="$hi" -v m="$med" 'BEGIN { if (m > 0) printf "%.1f%%", (b - a) * 100 / m; else printf "-" }')
+      if [ "$n" = 0 ]; then
+        status=FAIL; FAILED=1
+        printf '%5s %-11s %-13s | FAIL %s\n' "$size" "$(dirname_ "$dir")" "$label" "$why"
+      else
+        status=ok
+        [ "$n" -lt "$ROUNDS" ] && { status=partial; FAILED=1; }
+        row "$size" "$(dirname_ "$dir")" "$label" "$(mpps "$med")" "$(mpps "$lo")" "$(mpps "$hi")" \
+          "$spread" "$(gbps "$med" "$size")" "$rat" "$n/$ROUNDS${why:+ (failed: $why)}"
+      fi
+      if [ -n "$CSV" ]; then
+        {
+          if [ "$n" = 0 ]; then
+            printf '%s,%s,%s,%s,,,,,,,%s,%s,,%s' "$size" "$dir" "$label" "$status" "$ROUNDS" "$n" "$(csv_field "$why")"
+          else
+            printf '%s,%s,%s,%s,%.6f,%.6f,%.6f,%s,%s,%s,%s,%s,%.6f,%s' "$size" "$dir" "$label" "$status" \
+              "$(awk -v p="$med" 'BEGIN { print p / 1e6 }')" "$(awk -v p="$lo" 'BEGIN { print p / 1e6 }')" \
+              "$(awk -v p="$hi" 'BEGIN { print p / 1e6 }')" "${spread%\%}" "$(gbps "$med" "$size")" \
+              "$(case $rat in -) echo 1.00 ;; n/a) ;; *) echo "$rat" ;; esac)" "$ROUNDS" "$n" \
+              "$(awk -v p="$smed" 'BEGIN { print p / 1e6 }')" "$(csv_field "$why")"
+          fi
+          for v in ${VALS[$k]:-}; do
+            if [ "$v" = FAIL ]; then printf ',FAIL'; else printf ',%.6f' "$(awk -v p="$v" 'BEGIN { print p / 1e6 }')"; fi
+          done
+          echo
+        } >>"$CSV"
+      fi
     done
   done
 done
-echo "ratio = ours / dpdk. Both switches get one forwarding core (CPU $SWITCH_CPU), the guest one (CPU $GUEST_CPU); a"
-echo "ratio near 1 may mean the guest, not the switch, is the bottleneck (compare the sender column above)."
+echo "Both switches get one forwarding core (CPU $SWITCH_CPU), the guest one (CPU $GUEST_CPU); a ratio near 1"
+echo "may mean the guest, not the switch, is the bottleneck (compare the sender column of the rounds above)."
+[ -n "$CSV" ] && echo "CSV: $CSV"
 echo "total time $((SECONDS - T0)) s"
 for e in $ENGINES; do
   for dir in $DIRS; do
@@ -261,3 +396,4 @@ for e in $ENGINES; do
     fi
   done
 done
+[ $FAILED = 0 ] || { echo "peer-bench: some runs failed (FAIL above)" >&2; exit 1; }
