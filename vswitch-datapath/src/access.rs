@@ -324,6 +324,26 @@ impl Mapping {
         }
     }
 
+    /// Writes two little-endian `u32` words at `off` (a split-ring used element) with two
+    /// volatile stores; `false` (nothing written) when outside the mapping or not 4-aligned.
+    #[inline(always)]
+    pub fn write_u32_pair(&self, off: usize, v: [u32; 2]) -> bool {
+        let Some(p) = self.range(off, 8) else {
+            return false;
+        };
+        if p as usize % 4 != 0 {
+            return false;
+        }
+        // SAFETY: `p .. p + 8` is inside the writable mapping (checked by `range`) and 4-aligned,
+        // so both `u32` stores are in bounds and aligned.
+        unsafe {
+            let q = p.cast::<u32>();
+            q.write_volatile(v[0].to_le());
+            q.add(1).write_volatile(v[1].to_le());
+        }
+        true
+    }
+
     /// Writes `N` bytes at `off` with volatile accesses, as wide as in
     /// [`read_array`](Self::read_array) (a used element at its 4-aligned slot is two stores).
     #[inline(always)]

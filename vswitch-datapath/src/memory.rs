@@ -500,7 +500,11 @@ impl GuestMemory {
     /// [`MemoryError::ForeignSegment`] for a segment not in this memory.
     #[inline]
     pub fn gather(&self, segs: &[HostSeg], dst: &mut [u8]) -> Result<(), MemoryError> {
-        // The common case, a header in the first segment: one check, one copy.
+        // The common case, a header in the first segment: one check, one copy. (Nothing to
+        // copy needs no segment, not even a valid one.)
+        if dst.is_empty() {
+            return Ok(());
+        }
         if let Some(&s) = segs.first() {
             if s.len as usize >= dst.len() {
                 let (idx, off) = self.locate(s)?;
@@ -532,6 +536,9 @@ impl GuestMemory {
     /// every segment is in this memory and they hold at least `src.len()` bytes.
     #[inline]
     pub fn scatter(&self, src: &[u8], segs: &[HostSeg]) -> Result<(), MemoryError> {
+        if src.is_empty() {
+            return Ok(());
+        }
         if let Some(&s) = segs.first() {
             if s.len as usize >= src.len() {
                 let (idx, off) = self.locate(s)?;

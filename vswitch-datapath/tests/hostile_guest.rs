@@ -149,6 +149,38 @@ fn buffer_running_past_the_last_region_breaks_only_its_queue() {
     s.assert_breaks_only_its_queue(MemoryError::Unmapped { addr: end }.into());
 }
 
+/// The same with a chain of one descriptor (the pop fast path), readable and writable.
+#[test]
+fn single_buffer_running_past_the_last_region_breaks_only_its_queue() {
+    for flags in [0, WRITE] {
+        let mut s = Scene::new(RingFeatures::empty());
+        let end = {
+            let r = s.g.memory().regions().last().unwrap();
+            r.guest_addr() + r.len() as u64
+        };
+        s.desc(0, end - 10, 100, flags, 0);
+        s.victim.make_available(&s.g, 0);
+        s.assert_breaks_only_its_queue(MemoryError::Unmapped { addr: end }.into());
+    }
+}
+
+/// A single descriptor across the boundary of two adjacent regions is valid: one segment per
+/// region, in order (the fast path hands it to the full walk).
+#[test]
+fn single_buffer_across_two_regions_becomes_two_segments() {
+    let s = Scene::new(RingFeatures::empty());
+    let b = s.g.boundary();
+    s.desc(0, b - 10, 100, WRITE, 0);
+    let Scene { g, mut victim, .. } = s;
+    victim.make_available(&g, 0);
+    let mut vq = victim.device(&g);
+    let mut c = DescChain::new();
+    assert_eq!(vq.pop(&mut c), Ok(true));
+    assert_eq!(c.writable().iter().map(|s| s.len()).collect::<Vec<_>>(), vec![10, 90]);
+    assert_eq!(c.writable_len(), 100);
+    assert!(c.readable().is_empty());
+}
+
 #[test]
 fn address_plus_length_overflow_breaks_only_its_queue() {
     let mut s = Scene::new(RingFeatures::empty());
@@ -181,6 +213,33 @@ fn head_index_beyond_the_table_breaks_only_its_queue() {
     let mut s = Scene::new(RingFeatures::empty());
     s.victim.make_available(&s.g, 0xffff);
     s.assert_breaks_only_its_queue(VirtqError::DescIndexOutOfRange { index: 0xffff, size: SIZE as u32 });
+}
+
+/// A head just past the table, where the memory holds what looks like a valid descriptor: still
+/// refused (the pop fast path must check the head as the full walk does).
+#[test]
+fn head_index_past_a_table_followed_by_a_valid_descriptor_is_refused() {
+    let g = TestGuest::split();
+    let desc = g.alloc(16 * 2 * SIZE as usize, 16); // room for twice the table the device is told
+    let avail = g.alloc(6 + 2 * SIZE as usize, 2);
+    let used = g.alloc(6 + 8 * SIZE as usize, 4);
+    let buf = g.alloc(64, 8);
+    let fake = RawDescriptor { addr: buf, len: 64, flags: 0, next: 0 };
+    g.write(desc + 16 * SIZE as u64, &fake.to_le_bytes());
+    g.write(avail + 4, &SIZE.to_le_bytes()); // ring[0] = SIZE
+    g.write(avail + 2, &1u16.to_le_bytes()); // idx = 1
+    let cfg = QueueConfig {
+        size: SIZE,
+        desc_table: desc,
+        avail_ring: avail,
+        used_ring: used,
+        features: RingFeatures::empty(),
+        avail_base: 0,
+    };
+    let mut q = SplitQueue::new(g.memory().clone(), cfg).unwrap();
+    let mut c = DescChain::new();
+    assert_eq!(q.pop(&mut c), Err(VirtqError::DescIndexOutOfRange { index: SIZE, size: SIZE as u32 }));
+    assert!(q.is_broken());
 }
 
 #[test]

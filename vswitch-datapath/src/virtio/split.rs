@@ -460,11 +460,9 @@ impl SplitQueue {
             return Err(VirtqError::TooManyUsed);
         }
         let slot = (self.used_next & self.mask) as usize;
-        let mut elem = [0u8; USED_ELEM];
-        elem[..4].copy_from_slice(&(head as u32).to_le_bytes());
-        elem[4..].copy_from_slice(&len.to_le_bytes());
         let off = self.used.offset + USED_RING + USED_ELEM * slot;
-        if !self.used_map().write_array(off, elem) {
+        // `le32 id; le32 len;` at a 4-aligned slot (the used ring is 4-aligned).
+        if !self.used_map().write_u32_pair(off, [head as u32, len]) {
             let addr = self.cfg.used_ring;
             return Err(self.fail(MemoryError::NotContiguous { addr }.into()));
         }
