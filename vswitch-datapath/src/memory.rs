@@ -532,6 +532,25 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// The first `N` bytes of `segs` (a net header): one fixed-size read when the first segment
+    /// holds them, else [`gather`](Self::gather). Errors as `gather`.
+    #[inline]
+    pub fn gather_array<const N: usize>(&self, segs: &[HostSeg]) -> Result<[u8; N], MemoryError> {
+        if let Some(&s) = segs.first() {
+            if s.len as usize >= N {
+                let (idx, off) = self.locate(s)?;
+                let mut v = [0u8; N];
+                // A constant-length copy: a couple of moves, no call.
+                if self.regions[idx].map.read_bytes(off, &mut v) {
+                    return Ok(v);
+                }
+            }
+        }
+        let mut v = [0u8; N];
+        self.gather_slow(segs, &mut v)?;
+        Ok(v)
+    }
+
     /// Scatters `src` into `segs`, in order (an RX packet, a header). Nothing is written unless
     /// every segment is in this memory and they hold at least `src.len()` bytes.
     #[inline]

@@ -188,7 +188,11 @@ impl Southbound {
         }
         let plen = total - self.hdr_len;
         let mut raw = [0u8; NET_HDR_LEN];
-        self.q.memory().gather(chain.readable(), &mut raw[..self.hdr_len]).ok()?;
+        if self.hdr_len == NET_HDR_LEN {
+            raw = self.q.memory().gather_array::<NET_HDR_LEN>(chain.readable()).ok()?;
+        } else {
+            self.q.memory().gather(chain.readable(), &mut raw[..self.hdr_len]).ok()?;
+        }
         let hdr = NetHdr::new_checked(&raw[..], self.hdr_len).ok()?.repr();
         // No offloads are negotiated: a GSO packet or a checksum request outside the packet is a
         // header claiming what the chain does not hold.
