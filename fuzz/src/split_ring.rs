@@ -800,7 +800,7 @@ pub fn run(data: &[u8]) {
         let log = (fb & 4 != 0).then(|| Arc::new(DirtyLog::anonymous(LOG_PAGES).expect("dirty log")));
         if let Some(l) = &log {
             assert_eq!(l.pages(), LOG_PAGES);
-            q.set_dirty_log(Some(l.clone()));
+            q.set_dirty_log(Some(l.clone())).expect("logging starts on a queue with nothing in flight");
             m.log = Some(vec![false; LOG_PAGES as usize]);
         }
         let mut h = Harness {

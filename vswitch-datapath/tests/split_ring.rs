@@ -281,3 +281,45 @@ fn avail_and_used_indices_wrap_at_16_bits() {
     }
     assert_eq!(q.last_avail_idx(), 65533u16.wrapping_add(10));
 }
+
+#[test]
+fn dirty_logging_starts_only_on_a_queue_with_nothing_in_flight_and_marks_what_pop_recorded() {
+    use std::sync::Arc;
+    use vswitch_datapath::DirtyLog;
+    let g = TestGuest::split();
+    let mut dq = g.add_queue(64, RingFeatures::empty());
+    let mut q = dq.device(&g);
+    let log = Arc::new(DirtyLog::anonymous((g.boundary() + (2 << 20)) / 4096).unwrap());
+    // A chain taken before logging started: its buffers were not recorded, so its writes could
+    // not be marked. Starting then is refused and leaves the queue as it was.
+    dq.post_rx(&g, 256, 1);
+    let mut c = DescChain::new();
+    assert_eq!(q.pop(&mut c), Ok(true));
+    assert_eq!(q.set_dirty_log(Some(log.clone())), Err(VirtqError::LogWithChainsInFlight { in_flight: 1 }));
+    assert!(!q.is_logging() && !q.is_broken());
+    q.push_used(c.head(), 0).unwrap();
+    q.publish_used().unwrap();
+    assert!(!log.is_marked(dq.config().used_ring), "nothing is marked while not logging");
+    // Drained: logging starts. A buffer across the region boundary (two host segments, one
+    // guest-physical range) is marked as far as the used length says, on both sides.
+    q.set_dirty_log(Some(log.clone())).unwrap();
+    let start = g.boundary() - 100;
+    assert!(g.alloc(0, 1) < start, "nothing allocated there yet");
+    let head = dq.add_chain(&g, &[vswitch_datapath::testguest::Buf { gpa: start, len: 8192, writable: true }]);
+    assert_eq!(q.pop(&mut c), Ok(true));
+    assert_eq!(c.writable().len(), 2, "two host segments");
+    // Replacing the log with chains in flight is fine: they were recorded.
+    let log2 = Arc::new(DirtyLog::anonymous((g.boundary() + (2 << 20)) / 4096).unwrap());
+    q.set_dirty_log(Some(log2.clone())).unwrap();
+    q.push_used(head, 5000).unwrap();
+    q.publish_used().unwrap();
+    assert!(log2.is_marked(start) && log2.is_marked(g.boundary()) && log2.is_marked(start + 4999));
+    assert!(!log2.is_marked(start + 5000 + 4096), "beyond the used length: not written, not marked");
+    assert!(log2.is_marked(dq.config().used_ring), "used ring store marked");
+    assert!(!log.is_marked(start), "the replaced log is not written any more");
+    // Stopping is always possible, chains in flight or not.
+    dq.post_rx(&g, 256, 1);
+    assert_eq!(q.pop(&mut c), Ok(true));
+    q.set_dirty_log(None).unwrap();
+    assert!(!q.is_logging());
+}

@@ -423,8 +423,8 @@ fn every_written_page_is_logged<E: CopyEngine>(chan: Channel<E>) {
     }
     let log = Arc::new(DirtyLog::anonymous(((GUEST_BASE + (4 << 20)) / 4096) + 1).unwrap());
     let (mut rxq, mut txq) = (rx.device(&g), tx.device(&g));
-    rxq.set_dirty_log(Some(log.clone()));
-    txq.set_dirty_log(Some(log.clone()));
+    rxq.set_dirty_log(Some(log.clone())).unwrap();
+    txq.set_dirty_log(Some(log.clone())).unwrap();
     let port = VhostPort::new(
         "logged",
         Northbound::new(rxq, HDR, true, Notifier::Polling),

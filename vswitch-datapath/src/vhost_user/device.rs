@@ -230,7 +230,7 @@ impl VhostUserDevice {
         };
         let mut q = SplitQueue::new(mem.memory().clone(), cfg)?;
         if features::logging(self.acked) {
-            q.set_dirty_log(self.log.clone());
+            q.set_dirty_log(self.log.clone()).expect("a queue just set up has no chain in flight");
         }
         Ok(q)
     }

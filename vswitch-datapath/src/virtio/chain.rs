@@ -14,6 +14,11 @@ pub const CHAIN_INLINE_SEGS: usize = 8;
 /// once, and clearing and pushing stay a compare and a store on the per-packet path.
 pub type Segments = Vec<HostSeg>;
 
+/// The guest-physical writable buffers `(gpa, len)` of a chain, as its descriptors give them
+/// (dirty logging: what the device may write, in chain order). Empty, and never allocated, unless
+/// the queue logs.
+pub(crate) type GuestBufs = Vec<(u64, u32)>;
+
 /// One walked descriptor chain: its head index (what the used entry returns) and its
 /// device-readable and device-writable parts as host segments, in chain order.
 ///
@@ -24,6 +29,9 @@ pub struct DescChain {
     pub(crate) head: u16,
     pub(crate) readable: Segments,
     pub(crate) writable: Segments,
+    /// The writable descriptors' guest-physical buffers, recorded only by a queue that logs dirty
+    /// pages (empty otherwise).
+    pub(crate) writable_gpa: GuestBufs,
     pub(crate) readable_len: u32,
     pub(crate) writable_len: u32,
     pub(crate) descriptors: u32,
@@ -35,6 +43,7 @@ impl Default for DescChain {
             head: 0,
             readable: Vec::with_capacity(CHAIN_INLINE_SEGS),
             writable: Vec::with_capacity(CHAIN_INLINE_SEGS),
+            writable_gpa: Vec::new(),
             readable_len: 0,
             writable_len: 0,
             descriptors: 0,
@@ -53,6 +62,7 @@ impl DescChain {
         self.head = head;
         self.readable.clear();
         self.writable.clear();
+        self.writable_gpa.clear();
         self.readable_len = 0;
         self.writable_len = 0;
         self.descriptors = 0;

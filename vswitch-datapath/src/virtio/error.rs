@@ -6,9 +6,10 @@
 
 use crate::memory::MemoryError;
 
-/// A virtqueue operation failed. Every variant except [`TooManyUsed`](Self::TooManyUsed) and
-/// [`BadRewind`](Self::BadRewind) (caller mistakes) is the guest's fault and leaves the queue
-/// broken: it is not processed any more, and nothing more is written to its rings.
+/// A virtqueue operation failed. Every variant except [`TooManyUsed`](Self::TooManyUsed),
+/// [`BadRewind`](Self::BadRewind) and [`LogWithChainsInFlight`](Self::LogWithChainsInFlight)
+/// (caller mistakes) is the guest's fault and leaves the queue broken: it is not processed any
+/// more, and nothing more is written to its rings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum VirtqError {
     /// The queue was broken by an earlier error (see [`super::split::SplitQueue::broken`]).
@@ -95,13 +96,27 @@ pub enum VirtqError {
     /// flight (caller mistake; the queue is not broken).
     #[error("rewind to a mark that cannot be restored")]
     BadRewind,
+    /// Dirty logging asked to start on a queue with chains taken before it started: their
+    /// writable buffers were not recorded, so their writes could not be logged (caller mistake;
+    /// the queue is not broken, and does not log). Start logging on a drained queue.
+    #[error("dirty logging started with {in_flight} chains in flight")]
+    LogWithChainsInFlight {
+        /// Chains taken and not yet returned.
+        in_flight: u16,
+    },
 }
 
 impl VirtqError {
     /// Whether this error breaks the queue (the guest's fault) rather than report a caller mistake.
     #[inline]
     pub fn breaks_queue(self) -> bool {
-        !matches!(self, VirtqError::Broken | VirtqError::TooManyUsed | VirtqError::BadRewind)
+        !matches!(
+            self,
+            VirtqError::Broken
+                | VirtqError::TooManyUsed
+                | VirtqError::BadRewind
+                | VirtqError::LogWithChainsInFlight { .. }
+        )
     }
 }
 

@@ -120,7 +120,8 @@ pub struct SplitQueue {
     written: Box<[Written]>,
 }
 
-/// The guest-physical writable buffers `(gpa, len)` of one taken chain (dirty logging).
+/// The guest-physical writable buffers `(gpa, len)` of one taken chain (dirty logging; inline:
+/// an RX chain has one or two).
 type Written = SmallVec<[(u64, u32); 2]>;
 
 impl SplitQueue {
@@ -165,17 +166,28 @@ impl SplitQueue {
         })
     }
 
-    /// Starts (`Some`) or stops dirty logging (live migration). While logging, every device
-    /// write the ring learns of is marked, by construction: `push_used(head, len)` marks the
-    /// first `len` bytes of the writable buffers of the chain that `pop` took under `head`
-    /// (whatever wrote them: an engine, a CPU fallback, a retry), and every store into the used
-    /// ring (elements, used idx, flags, avail_event) marks its page. Mark only after the bytes
-    /// landed: call `push_used` only once the copies into the chain have retired.
-    pub fn set_dirty_log(&mut self, log: Option<Arc<DirtyLog>>) {
+    /// Starts (`Some`), replaces or stops (`None`) dirty logging (live migration). While logging,
+    /// every device write the ring learns of is marked, by construction: `pop` records the
+    /// guest-physical buffers of each writable descriptor of the chain it takes (as the
+    /// descriptors give them, not translated back from host addresses), `push_used(head, len)`
+    /// marks the first `len` bytes of those buffers (whatever wrote them: an engine, a CPU
+    /// fallback, a retry) before the entry can be published, and every store into the used ring
+    /// (elements, used idx, flags, avail_event) marks its page after the store. Mark only after
+    /// the bytes landed: call `push_used` only once the copies into the chain have retired.
+    ///
+    /// Logging can only start on a queue with no chain in flight (a drained or new queue): the
+    /// buffers of chains taken before it started were not recorded, and their writes would go
+    /// unlogged. Such a request fails with [`VirtqError::LogWithChainsInFlight`] and changes
+    /// nothing. Replacing one log by another, or stopping, is always possible.
+    pub fn set_dirty_log(&mut self, log: Option<Arc<DirtyLog>>) -> Result<(), VirtqError> {
+        if log.is_some() && self.log.is_none() && self.in_flight != 0 {
+            return Err(VirtqError::LogWithChainsInFlight { in_flight: self.in_flight });
+        }
         if log.is_some() && self.written.is_empty() {
             self.written = vec![SmallVec::new(); self.cfg.size as usize].into_boxed_slice();
         }
         self.log = log;
+        Ok(())
     }
 
     /// Whether dirty logging is on.
@@ -191,15 +203,13 @@ impl SplitQueue {
         }
     }
 
-    /// Records the writable buffers of `chain` (logging only).
+    /// Records the guest-physical writable buffers of `chain` under its head (logging only;
+    /// `pop_single` or `walk_chain` collected them from the descriptors).
     #[cold]
     fn record_written(&mut self, chain: &DescChain) {
-        let Some(w) = self.written.get_mut(chain.head() as usize) else { return };
-        w.clear();
-        for s in chain.writable() {
-            if let Some(gpa) = self.mem.host_to_gpa(s.host_addr()) {
-                w.push((gpa, s.len()));
-            }
+        if let Some(w) = self.written.get_mut(chain.head() as usize) {
+            w.clear();
+            w.extend_from_slice(&chain.writable_gpa);
         }
     }
 
@@ -348,9 +358,10 @@ impl SplitQueue {
             let addr = self.cfg.avail_ring;
             return Err(self.fail(MemoryError::NotContiguous { addr }.into()));
         };
-        if !self.pop_single(head, chain) {
+        let log = self.log.is_some();
+        if !self.pop_single(head, log, chain) {
             let mut hint = self.hint;
-            let r = walk_chain(&self.mem, self.desc, self.cfg.size, self.cfg.features, &mut hint, head, chain);
+            let r = walk_chain(&self.mem, self.desc, self.cfg.size, self.cfg.features, &mut hint, head, log, chain);
             self.hint = hint;
             if let Err(e) = r {
                 return Err(self.fail(e));
@@ -358,7 +369,7 @@ impl SplitQueue {
         }
         self.last_avail = self.last_avail.wrapping_add(1);
         self.in_flight += 1;
-        if self.log.is_some() {
+        if log {
             self.record_written(chain);
         }
         Ok(true)
@@ -369,8 +380,10 @@ impl SplitQueue {
     /// becomes `chain` and `true`. Anything else, including every descriptor the checks of
     /// [`walk_chain`] would refuse, returns `false` with nothing decided: the full walk then
     /// gives the same chain for a valid descriptor and the typed error for a bad one.
+    ///
+    /// With `log_gpa`, a writable buffer's guest-physical range is recorded too (dirty logging).
     #[inline]
-    fn pop_single(&mut self, head: u16, chain: &mut DescChain) -> bool {
+    fn pop_single(&mut self, head: u16, log_gpa: bool, chain: &mut DescChain) -> bool {
         if head >= self.cfg.size {
             return false;
         }
@@ -387,7 +400,11 @@ impl SplitQueue {
         let Some(seg) = self.mem.translate_one(addr, len, &mut self.hint) else {
             return false;
         };
-        chain.set_single(head, seg, flags & DescFlags::WRITE.bits() != 0);
+        let writable = flags & DescFlags::WRITE.bits() != 0;
+        chain.set_single(head, seg, writable);
+        if log_gpa && writable {
+            chain.writable_gpa.push((addr, len));
+        }
         true
     }
 
@@ -572,7 +589,9 @@ enum Table {
 
 /// Walks the chain starting at `head` of the descriptor table at `desc` into `chain` (sections
 /// 2.7.5.2, 2.7.5.3). Reads each descriptor once into a local copy, checks it, then translates
-/// its buffer. Writes nothing to guest memory.
+/// its buffer; with `log_gpas`, also records each writable buffer's guest-physical range (dirty
+/// logging). Writes nothing to guest memory.
+#[allow(clippy::too_many_arguments)] // the queue's fields, borrowed apart from the chain it fills
 fn walk_chain(
     mem: &GuestMemory,
     desc: Place,
@@ -580,6 +599,7 @@ fn walk_chain(
     features: RingFeatures,
     hint: &mut RegionHint,
     head: u16,
+    log_gpas: bool,
     chain: &mut DescChain,
 ) -> Result<(), VirtqError> {
     chain.reset(head);
@@ -621,6 +641,9 @@ fn walk_chain(
             seen_writable = true;
             chain.writable_len = chain.writable_len.checked_add(d.len()).ok_or(VirtqError::ChainLenOverflow)?;
             mem.translate(d.addr(), d.len(), hint, &mut chain.writable)?;
+            if log_gpas {
+                chain.writable_gpa.push((d.addr(), d.len()));
+            }
         } else {
             if seen_writable {
                 return Err(VirtqError::ReadableAfterWritable { index: idx });
