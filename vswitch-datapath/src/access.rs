@@ -395,6 +395,16 @@ impl Mapping {
         true
     }
 
+    /// Swaps the byte at `off` for `v` atomically and returns the old value (the frontend's side
+    /// of the dirty log: a sync takes the marks and clears them in one step). `None` if `off` is
+    /// outside the mapping.
+    #[inline]
+    pub fn swap_u8(&self, off: usize, v: u8) -> Option<u8> {
+        let p = self.range(off, 1)?;
+        // SAFETY: as in `fetch_or_u8`.
+        Some(unsafe { std::sync::atomic::AtomicU8::from_ptr(p) }.swap(v, Ordering::AcqRel))
+    }
+
     /// Loads the byte at `off` (tests of the dirty log).
     #[inline]
     pub fn load_u8(&self, off: usize) -> Option<u8> {

@@ -8,8 +8,10 @@
 //! its bit cleared) before the data lands. The split ring marks by construction
 //! ([`SplitQueue::set_dirty_log`](crate::SplitQueue::set_dirty_log)): `push_used(head, len)` marks
 //! the first `len` bytes of the writable buffers of chain `head` (virtio's own definition of what
-//! the device wrote), and every used-ring store marks its page, whatever engine, fallback or retry
-//! wrote the bytes. This module owns the bitmap only.
+//! the device wrote, recorded from the chain's descriptors when `pop` took it), and every
+//! used-ring store marks its page, whatever engine, fallback or retry wrote the bytes. Logging
+//! starts only on a queue with nothing in flight, so no chain's buffers go unrecorded. This module
+//! owns the bitmap only.
 
 use std::io;
 use std::os::fd::BorrowedFd;
@@ -63,6 +65,19 @@ impl DirtyLog {
         self.map.load_u8((page / 8) as usize).is_some_and(|b| b & (1 << (page % 8)) != 0)
     }
 
+    /// Takes every mark: clears the log and returns the pages that were marked, ascending, each
+    /// byte swapped atomically, as a frontend's log sync does (QEMU's `vhost_dev_sync_region`): a
+    /// page marked while it runs is either returned or stays marked for the next take. Tests use
+    /// it to play the frontend of a live migration.
+    pub fn take_marked(&self) -> Vec<u64> {
+        let mut pages = Vec::new();
+        for i in 0..self.map.len() {
+            let b = self.map.swap_u8(i, 0).unwrap_or(0);
+            pages.extend((0..8).filter(|bit| b & (1 << bit) != 0).map(|bit| i as u64 * 8 + bit));
+        }
+        pages
+    }
+
     /// Clears the log (tests; the frontend clears it itself).
     pub fn clear(&self) {
         for i in 0..self.map.len() {
@@ -86,7 +101,10 @@ mod tests {
         log.mark(u64::MAX - 5, 100); // beyond the log: ignored, no overflow
         log.mark(20 * 4096, 0);
         assert!(!log.is_marked(20 * 4096));
+        assert_eq!(log.take_marked(), vec![0, 1, 10]);
+        assert!(log.take_marked().is_empty() && !log.is_marked(0), "taking the marks clears them");
+        log.mark(63 * 4096, 1);
         log.clear();
-        assert!(!log.is_marked(0));
+        assert!(!log.is_marked(63 * 4096));
     }
 }

@@ -133,6 +133,20 @@ impl TestGuest {
         let desc = self.alloc(desc_table_len(size), 16);
         let avail = self.alloc(avail_ring_len(size), 2);
         let used = self.alloc(used_ring_len(size), 4);
+        self.queue_at(size, features, desc, avail, used)
+    }
+
+    /// Lays out a queue of `size` entries whose used idx is the last field of a page and whose
+    /// used elements start on the next one: a device write to either is on its own page (tests of
+    /// the dirty log).
+    pub fn add_queue_used_idx_apart(&self, size: u16, features: RingFeatures) -> DriverQueue {
+        let desc = self.alloc(desc_table_len(size), 16);
+        let avail = self.alloc(avail_ring_len(size), 2);
+        let page = self.alloc(4096 + used_ring_len(size), 4096);
+        self.queue_at(size, features, desc, avail, page + 4096 - 4)
+    }
+
+    fn queue_at(&self, size: u16, features: RingFeatures, desc: u64, avail: u64, used: u64) -> DriverQueue {
         self.write(desc, &vec![0; desc_table_len(size)]);
         self.write(avail, &vec![0; avail_ring_len(size)]);
         self.write(used, &vec![0; used_ring_len(size)]);
@@ -152,8 +166,9 @@ impl Default for TestGuest {
     }
 }
 
-/// The driver side of one split queue in a [`TestGuest`].
-#[derive(Debug)]
+/// The driver side of one split queue in a [`TestGuest`]. A clone is the same driver state, for
+/// a guest whose memory was copied (a live migration's destination).
+#[derive(Clone, Debug)]
 pub struct DriverQueue {
     cfg: QueueConfig,
     /// Free descriptor indices (pop from the end).

@@ -188,6 +188,17 @@ pub fn vring_addr(index: u32, desc: u64, used: u64, avail: u64) -> Vec<u8> {
     v
 }
 
+/// A `SET_VRING_ADDR` payload with `VHOST_VRING_F_LOG` (live migration): the used ring is logged
+/// at guest-physical `log_gpa`, as QEMU sends it when dirty logging starts.
+pub fn vring_addr_logged(index: u32, desc: u64, used: u64, avail: u64, log_gpa: u64) -> Vec<u8> {
+    let mut v = index.to_ne_bytes().to_vec();
+    v.extend_from_slice(&1u32.to_ne_bytes());
+    for a in [desc, used, avail, log_gpa] {
+        v.extend_from_slice(&a.to_ne_bytes());
+    }
+    v
+}
+
 /// A memory table payload: `(gpa, size, user_addr, mmap_offset)` per region.
 pub fn mem_table(regions: &[(u64, u64, u64, u64)]) -> Vec<u8> {
     let mut v = (regions.len() as u32).to_ne_bytes().to_vec();
