@@ -220,7 +220,10 @@ impl<'a> Session<'a> {
         let own_reply = req.is_some_and(has_own_reply);
         match result {
             Ok(Some(reply)) => {
-                self.trace_out(&format!("-> reply {} bytes", reply.len()));
+                if self.trace {
+                    let shown: Vec<String> = reply.iter().take(48).map(|b| format!("{b:02x}")).collect();
+                    self.trace_out(&format!("-> reply {} bytes [{}]", reply.len(), shown.join("")));
+                }
                 self.conn.reply(hdr.request, &reply, &[]).map_err(|e| format!("sending a reply: {e}"))
             }
             Ok(None) => {
