@@ -1133,7 +1133,9 @@ fn a_migration_destination_is_served_while_the_source_runs_and_keeps_the_port_wh
         let (offered, fds) = qemu72_connect(&mut f, &src_plan);
         (f, offered, fds)
     });
-    run_until(&mut pmd, "traffic into the source", |_| src.rx.used_idx(&src.g) >= 20);
+    // Attached too: the buffers were posted before the connection, so they may fill while the
+    // rings are still being set up, with the last re-attach not yet applied.
+    run_until(&mut pmd, "traffic into the source", |p| attached(p) && src.rx.used_idx(&src.g) >= 20);
     // The destination connects and negotiates while the source is attached and running.
     let mut b = RawFrontend::connect(&sock);
     assert_eq!(b.call(req::GET_FEATURES, 0, &[], &[]).u64(), offered);
