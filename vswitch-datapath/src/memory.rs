@@ -287,7 +287,7 @@ impl GuestMemory {
     }
 
     /// The guest-physical address of host address `host`, if a region maps it (the reverse of
-    /// translation; the dirty log needs it for segments already translated).
+    /// translation).
     pub fn host_to_gpa(&self, host: usize) -> Option<u64> {
         self.regions.iter().find_map(|r| {
             let off = host.checked_sub(r.host_addr())?;
