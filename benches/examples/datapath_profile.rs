@@ -15,39 +15,8 @@ use copy_engine::{Channel, Policy};
 use copy_engine_cpu::MemcpyEngine;
 use vswitch_datapath::loopguest::{GuestMode, LoopGuest, LoopGuestConfig};
 use vswitch_datapath::{
-    Burst, Northbound, Notifier, PacketPool, Pmd, Port, PortCtx, PortStats, Southbound, TrafficConfig, TrafficPort,
-    VhostPort,
+    Northbound, Notifier, PacketPool, Pmd, SinkPort, Southbound, TrafficConfig, TrafficPort, VhostPort,
 };
-
-/// Counts and frees what it is given.
-#[derive(Debug, Default)]
-struct Sink(PortStats);
-
-impl<E: copy_engine::CopyEngine> Port<E> for Sink {
-    fn name(&self) -> &str {
-        "sink"
-    }
-    fn rx_burst(&mut self, _: &mut PortCtx<'_, E>, _: &mut Burst, _: usize) -> usize {
-        0
-    }
-    fn tx_burst(&mut self, cx: &mut PortCtx<'_, E>, pkts: &mut Burst) -> usize {
-        let n = pkts.len();
-        self.0.tx_packets += n as u64;
-        for p in pkts.drain(..) {
-            cx.pool.free(p);
-        }
-        n
-    }
-    fn stats(&self) -> PortStats {
-        self.0
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
-    }
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -88,7 +57,7 @@ fn main() {
         pmd.connect(t, v);
         v
     } else {
-        let s = pmd.add_port(Box::new(Sink::default()));
+        let s = pmd.add_port(Box::new(SinkPort::new("sink")));
         pmd.connect(v, s);
         s
     };
