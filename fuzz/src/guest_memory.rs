@@ -26,7 +26,6 @@
 
 use std::sync::Arc;
 
-use smallvec::SmallVec;
 use vswitch_datapath::{GuestMemory, GuestRegion, HostSeg, MemoryConfigError, MemoryError, RegionHint};
 
 use crate::guest::FuzzGuest;
@@ -100,7 +99,7 @@ fn with_foreign<R>(f: impl FnOnce(&FuzzGuest) -> R) -> R {
 struct Harness {
     g: FuzzGuest,
     hint: RegionHint,
-    out: SmallVec<[HostSeg; 4]>,
+    out: Vec<HostSeg>,
     /// Segments from earlier translations (and `true` for one of the other memory).
     segs: Vec<(HostSeg, bool)>,
     step: usize,
@@ -170,7 +169,7 @@ impl Harness {
         if foreign {
             let off = i.u16() as u64 % 0x800;
             let len = 1 + i.u16() as u32 % 0x800;
-            let mut out = SmallVec::<[HostSeg; 2]>::new();
+            let mut out = Vec::<HostSeg>::new();
             with_foreign(|o| o.memory().translate(0x1000 + off, len, &mut RegionHint::default(), &mut out))
                 .expect("a range inside the other memory");
             let at = i.below(v.len() + 1);
@@ -376,7 +375,7 @@ pub fn run(data: &[u8]) {
     let mut h = Harness {
         g: FuzzGuest::from_memory(Arc::new(mem)),
         hint: RegionHint::default(),
-        out: SmallVec::new(),
+        out: Vec::new(),
         segs: Vec::new(),
         step: 0,
     };

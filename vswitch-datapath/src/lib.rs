@@ -49,7 +49,7 @@ pub mod vhost_user;
 pub mod virtio;
 
 pub use dirty::DirtyLog;
-pub use memory::{GuestMemory, GuestRegion, HostSeg, MemoryConfigError, MemoryError, RegionHint, SegmentSink};
+pub use memory::{GuestMemory, GuestRegion, HostSeg, MemoryConfigError, MemoryError, RegionHint};
 pub use net::{net_hdr_len, NetHdr, NetHdrRepr};
 pub use virtio::chain::DescChain;
 pub use virtio::error::{QueueConfigError, VirtqError};

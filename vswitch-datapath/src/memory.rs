@@ -16,7 +16,6 @@
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
-use smallvec::SmallVec;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::access::Mapping;
@@ -194,46 +193,6 @@ impl HostSeg {
     }
 }
 
-/// Where [`GuestMemory::translate`] appends segments: a `Vec` or a `SmallVec` of [`HostSeg`].
-pub trait SegmentSink {
-    /// Segments held.
-    fn seg_count(&self) -> usize;
-    /// Appends one.
-    fn push_seg(&mut self, s: HostSeg);
-    /// Keeps the first `n`.
-    fn truncate_segs(&mut self, n: usize);
-}
-
-impl SegmentSink for Vec<HostSeg> {
-    #[inline]
-    fn seg_count(&self) -> usize {
-        self.len()
-    }
-    #[inline]
-    fn push_seg(&mut self, s: HostSeg) {
-        self.push(s)
-    }
-    #[inline]
-    fn truncate_segs(&mut self, n: usize) {
-        self.truncate(n)
-    }
-}
-
-impl<const N: usize> SegmentSink for SmallVec<[HostSeg; N]> {
-    #[inline]
-    fn seg_count(&self) -> usize {
-        self.len()
-    }
-    #[inline]
-    fn push_seg(&mut self, s: HostSeg) {
-        self.push(s)
-    }
-    #[inline]
-    fn truncate_segs(&mut self, n: usize) {
-        self.truncate(n)
-    }
-}
-
 /// A caller-held cache of the region that the last lookup hit, so that consecutive lookups in the
 /// same region skip the search. Any value is valid (a stale hint only costs a search).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -286,15 +245,6 @@ impl GuestMemory {
         &self.regions
     }
 
-    /// The guest-physical address of host address `host`, if a region maps it (the reverse of
-    /// translation).
-    pub fn host_to_gpa(&self, host: usize) -> Option<u64> {
-        self.regions.iter().find_map(|r| {
-            let off = host.checked_sub(r.host_addr())?;
-            (off < r.len()).then(|| r.guest_addr() + off as u64)
-        })
-    }
-
     /// Whether a region's file shrank under the switch (see [`crate::sigbus`]): what the memory
     /// holds is no longer the guest's, and the queues on it must stop. One atomic load per region.
     #[inline]
@@ -326,27 +276,27 @@ impl GuestMemory {
     /// Translates the guest range `gpa .. gpa + len` and appends its host segments to `out`, one
     /// per region it touches. On error `out` is left as it was. A zero `len` appends nothing.
     #[inline]
-    pub fn translate<S: SegmentSink>(
+    pub fn translate(
         &self,
         gpa: u64,
         len: u32,
         hint: &mut RegionHint,
-        out: &mut S,
+        out: &mut Vec<HostSeg>,
     ) -> Result<(), MemoryError> {
-        let start = out.seg_count();
+        let start = out.len();
         let r = self.translate_inner(gpa, len, hint, out);
         if r.is_err() {
-            out.truncate_segs(start);
+            out.truncate(start);
         }
         r
     }
 
-    fn translate_inner<S: SegmentSink>(
+    fn translate_inner(
         &self,
         gpa: u64,
         len: u32,
         hint: &mut RegionHint,
-        out: &mut S,
+        out: &mut Vec<HostSeg>,
     ) -> Result<(), MemoryError> {
         if gpa.checked_add(len as u64).is_none() {
             return Err(MemoryError::Overflow { addr: gpa, len: len as u64 });
@@ -357,7 +307,7 @@ impl GuestMemory {
             let r = &self.regions[idx];
             let off = (cur - r.gpa) as usize;
             let take = left.min((r.len() - off) as u64);
-            out.push_seg(HostSeg { host: r.host_addr() + off, len: take as u32, region: idx as u32 });
+            out.push(HostSeg { host: r.host_addr() + off, len: take as u32, region: idx as u32 });
             cur += take;
             left -= take;
         }
@@ -530,25 +480,6 @@ impl GuestMemory {
             return Err(MemoryError::Short { have: at, need: dst.len() });
         }
         Ok(())
-    }
-
-    /// The first `N` bytes of `segs` (a net header): one fixed-size read when the first segment
-    /// holds them, else [`gather`](Self::gather). Errors as `gather`.
-    #[inline]
-    pub fn gather_array<const N: usize>(&self, segs: &[HostSeg]) -> Result<[u8; N], MemoryError> {
-        if let Some(&s) = segs.first() {
-            if s.len as usize >= N {
-                let (idx, off) = self.locate(s)?;
-                let mut v = [0u8; N];
-                // A constant-length copy: a couple of moves, no call.
-                if self.regions[idx].map.read_bytes(off, &mut v) {
-                    return Ok(v);
-                }
-            }
-        }
-        let mut v = [0u8; N];
-        self.gather_slow(segs, &mut v)?;
-        Ok(v)
     }
 
     /// Scatters `src` into `segs`, in order (an RX packet, a header). Nothing is written unless

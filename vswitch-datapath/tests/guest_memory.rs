@@ -4,12 +4,11 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
 
-use smallvec::SmallVec;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vswitch_datapath::testguest::TestGuest;
 use vswitch_datapath::{GuestMemory, GuestRegion, HostSeg, MemoryConfigError, MemoryError, RegionHint};
 
-type Segs = SmallVec<[HostSeg; 4]>;
+type Segs = Vec<HostSeg>;
 
 #[test]
 fn translation_checks_overflow_and_unmapped_ranges() {

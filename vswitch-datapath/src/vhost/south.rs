@@ -84,7 +84,7 @@ impl Southbound {
         let mut taken = 0;
         let mut result = Ok(());
         let mut chains = std::mem::take(&mut self.chains);
-        'groups: while taken < max {
+        while taken < max {
             let want = (max - taken).min(chains.len());
             if pool.available() == 0 {
                 self.stats.no_buffers += 1;
@@ -126,8 +126,8 @@ impl Southbound {
                     break;
                 }
             }
-            if stop || result.is_err() {
-                break 'groups;
+            if stop {
+                break;
             }
         }
         self.chains = chains;
@@ -188,10 +188,12 @@ impl Southbound {
         }
         let plen = total - self.hdr_len;
         let mut raw = [0u8; NET_HDR_LEN];
+        // The 12-byte header as the whole array: a constant-length copy once inlined.
+        let mem = self.q.memory();
         if self.hdr_len == NET_HDR_LEN {
-            raw = self.q.memory().gather_array::<NET_HDR_LEN>(chain.readable()).ok()?;
+            mem.gather(chain.readable(), &mut raw).ok()?;
         } else {
-            self.q.memory().gather(chain.readable(), &mut raw[..self.hdr_len]).ok()?;
+            mem.gather(chain.readable(), &mut raw[..self.hdr_len]).ok()?;
         }
         let hdr = NetHdr::new_checked(&raw[..], self.hdr_len).ok()?.repr();
         // No offloads are negotiated: a GSO packet or a checksum request outside the packet is a

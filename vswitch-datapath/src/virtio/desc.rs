@@ -54,6 +54,13 @@ impl RawDescriptor {
         }
     }
 
+    /// Decodes the wire format read as two little-endian 64-bit words (already converted to
+    /// native order): `addr`, then `len | flags << 32 | next << 48`.
+    #[inline]
+    pub fn from_le_words(w: [u64; 2]) -> Self {
+        RawDescriptor { addr: w[0], len: w[1] as u32, flags: (w[1] >> 32) as u16, next: (w[1] >> 48) as u16 }
+    }
+
     /// Encodes the little-endian wire format.
     #[inline]
     pub fn to_le_bytes(self) -> [u8; DESC_SIZE] {
@@ -179,6 +186,8 @@ mod tests {
         assert_eq!(b[0], 0x88);
         assert_eq!(b[14], 0x02);
         assert_eq!(RawDescriptor::from_le_bytes(b), raw);
+        let words = [u64::from_le_bytes(b[..8].try_into().unwrap()), u64::from_le_bytes(b[8..].try_into().unwrap())];
+        assert_eq!(RawDescriptor::from_le_words(words), raw);
     }
 
     #[test]

@@ -388,22 +388,22 @@ impl SplitQueue {
             return false;
         }
         let map = self.mem.region(self.desc.region).mapping();
-        // `le64 addr; le32 len; le16 flags; le16 next;` as two words (the table is 16-aligned).
-        let Some([addr, w1]) = map.read_u64_pair(self.desc.offset + DESC_SIZE * head as usize) else {
+        // Two aligned loads (the table is 16-aligned).
+        let Some(words) = map.read_u64_pair(self.desc.offset + DESC_SIZE * head as usize) else {
             return false;
         };
-        let (len, flags) = (w1 as u32, (w1 >> 32) as u16);
-        if flags & (DescFlags::NEXT | DescFlags::INDIRECT).bits() != 0 {
+        let d = RawDescriptor::from_le_words(words);
+        if d.flags & (DescFlags::NEXT | DescFlags::INDIRECT).bits() != 0 {
             return false;
         }
         // `translate_one` refuses a zero length and a range leaving its region (so no overflow).
-        let Some(seg) = self.mem.translate_one(addr, len, &mut self.hint) else {
+        let Some(seg) = self.mem.translate_one(d.addr, d.len, &mut self.hint) else {
             return false;
         };
-        let writable = flags & DescFlags::WRITE.bits() != 0;
+        let writable = d.flags & DescFlags::WRITE.bits() != 0;
         chain.set_single(head, seg, writable);
         if log_gpa && writable {
-            chain.writable_gpa.push((addr, len));
+            chain.writable_gpa.push((d.addr, d.len));
         }
         true
     }
@@ -448,12 +448,7 @@ impl SplitQueue {
     pub fn rewind(&mut self, mark: AvailMark) -> Result<u16, VirtqError> {
         self.check()?;
         let n = self.last_avail.wrapping_sub(mark.0);
-        if n > self.in_flight {
-            return Err(VirtqError::BadRewind);
-        }
-        self.last_avail = mark.0;
-        self.in_flight -= n;
-        Ok(n)
+        self.give_back(n).map(|()| n)
     }
 
     /// Gives back the last `n` chains taken (their used entries must not have been pushed): the
@@ -619,13 +614,17 @@ fn walk_chain(
             return Err(VirtqError::ChainTooLong { limit: ctx.table_len });
         }
         let raw = match table {
+            // The table is 16-aligned (checked at setup): two aligned loads.
             Table::Direct => table_map
-                .read_array::<DESC_SIZE>(desc.offset + DESC_SIZE * idx as usize)
+                .read_u64_pair(desc.offset + DESC_SIZE * idx as usize)
+                .map(RawDescriptor::from_le_words)
                 .ok_or(MemoryError::NotContiguous { addr: 0 })?,
             // `base + 16 * idx < base + len`, which did not overflow (checked descriptor).
-            Table::Indirect(base) => mem.read_array::<DESC_SIZE>(base + (DESC_SIZE * idx as usize) as u64, hint)?,
+            Table::Indirect(base) => RawDescriptor::from_le_bytes(
+                mem.read_array::<DESC_SIZE>(base + (DESC_SIZE * idx as usize) as u64, hint)?,
+            ),
         };
-        let d = Descriptor::new_checked(RawDescriptor::from_le_bytes(raw), idx, ctx)?;
+        let d = Descriptor::new_checked(raw, idx, ctx)?;
         if let Some(count) = d.indirect_count() {
             if visits != 1 {
                 return Err(VirtqError::IndirectNotHead { index: idx });
