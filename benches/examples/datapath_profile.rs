@@ -5,14 +5,17 @@
 //!
 //! `cargo run --release -p copy-engine-benches --example datapath_profile -- north 64 1000000`
 //! `valgrind --tool=callgrind target/release/examples/datapath_profile south 64 200000`
+//! `target/release/examples/datapath_profile north 1518 1000000 worker` (the worker engine; its
+//! thread runs beside this one, so the run is no longer deterministic)
 //!
 //! Prints packets, wall time and ns per packet (including the guest's share: this is a profile
-//! target, not the benchmark; `cargo bench --bench datapath` is).
+//! target, not the benchmark; `cargo bench --bench datapath` is), then the channel's and the
+//! vhost queues' counters.
 
 use std::time::Instant;
 
-use copy_engine::{Channel, Policy};
-use copy_engine_cpu::MemcpyEngine;
+use copy_engine::{Channel, CopyEngine, Policy};
+use copy_engine_cpu::{MemcpyEngine, WorkerConfig, WorkerEngine};
 use vswitch_datapath::loopguest::{GuestMode, LoopGuest, LoopGuestConfig};
 use vswitch_datapath::{
     Northbound, Notifier, PacketPool, Pmd, SinkPort, Southbound, TrafficConfig, TrafficPort, VhostPort,
@@ -20,7 +23,7 @@ use vswitch_datapath::{
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: datapath_profile north|south <packet bytes> <packets>";
+    let usage = "usage: datapath_profile north|south <packet bytes> <packets> [memcpy|worker]";
     let (Some(dir), Some(size), Some(packets)) = (args.get(1), args.get(2), args.get(3)) else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -41,6 +44,20 @@ fn main() {
         eprintln!("packet bytes: 60..=1518");
         std::process::exit(2);
     }
+    match args.get(4).map(String::as_str) {
+        None | Some("memcpy") => profile(MemcpyEngine::default(), north, size, packets),
+        Some("worker") => {
+            profile(WorkerEngine::new(WorkerConfig::default()).expect("worker engine"), north, size, packets)
+        }
+        Some(_) => {
+            eprintln!("{usage}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Moves `packets` packets of `size` bytes one way through a vhost port on `engine`.
+fn profile<E: CopyEngine>(engine: E, north: bool, size: usize, packets: u64) {
     let mode = if north { GuestMode::RxSink } else { GuestMode::TxSource(size as u32) };
     let mut guest = LoopGuest::new(LoopGuestConfig { mode, ..LoopGuestConfig::default() });
     let (rxq, txq) = guest.device_queues();
@@ -49,7 +66,7 @@ fn main() {
         Northbound::new(rxq, 12, true, Notifier::Polling),
         Southbound::new(txq, 12, Notifier::Polling),
     );
-    let mut pmd = Pmd::new(Channel::new(MemcpyEngine::default(), Policy::default()), PacketPool::new(1024, 2048));
+    let mut pmd = Pmd::new(Channel::new(engine, Policy::default()), PacketPool::new(1024, 2048));
     let v = pmd.add_port(Box::new(vhost));
     let counted = if north {
         let cfg = TrafficConfig { verify_payload: false, ..TrafficConfig::fixed(size) };
@@ -61,7 +78,7 @@ fn main() {
         pmd.connect(v, s);
         s
     };
-    let done = |pmd: &Pmd<MemcpyEngine>| {
+    let done = |pmd: &Pmd<E>| {
         if north {
             pmd.port(counted).queue_stats().expect("vhost").0.packets
         } else {
@@ -81,4 +98,7 @@ fn main() {
         dt.as_secs_f64(),
         dt.as_nanos() as f64 / n as f64
     );
+    println!("channel: {:?}", pmd.channel().stats());
+    let (rx, tx) = pmd.port(v).queue_stats().expect("vhost");
+    println!("north (guest rx): {rx:?}\nsouth (guest tx): {tx:?}");
 }

@@ -99,16 +99,53 @@ impl<E: CopyEngine> fmt::Debug for Channel<E> {
     }
 }
 
-/// Copies `len` bytes on the CPU.
+/// Copies `len` bytes on the CPU. Up to 64 bytes (the copies the CPU threshold sends here) it
+/// moves a fixed-size head and tail that overlap in the middle, inline: for such sizes the C
+/// library's `memcpy` costs more in its call and size dispatch than in the copy itself.
 ///
 /// # Safety
 /// Same contract as [`CopyEngine::enqueue`]: both ranges valid and disjoint (checked by the caller
 /// with [`check_copy`]).
-#[inline]
+#[inline(always)]
 unsafe fn cpu_copy(src: usize, dst: usize, len: usize) {
-    if len != 0 {
-        // SAFETY: the caller guarantees valid, disjoint ranges of `len` bytes.
-        unsafe { core::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len) };
+    let (s, d) = (src as *const u8, dst as *mut u8);
+    // SAFETY: (every arm) the caller guarantees `s .. s + len` readable, `d .. d + len` writable
+    // and the two disjoint; each arm's moves stay inside those ranges (`head_tail::<N>` needs
+    // `N <= len <= 2 * N`, which its arm's bounds give).
+    unsafe {
+        if len > 64 {
+            core::ptr::copy_nonoverlapping(s, d, len);
+        } else if len >= 32 {
+            head_tail::<32>(s, d, len);
+        } else if len >= 16 {
+            head_tail::<16>(s, d, len);
+        } else if len >= 8 {
+            head_tail::<8>(s, d, len);
+        } else if len >= 4 {
+            head_tail::<4>(s, d, len);
+        } else {
+            for i in 0..len {
+                d.add(i).write(s.add(i).read());
+            }
+        }
+    }
+}
+
+/// Copies `len` bytes, `N <= len <= 2 * N`, as the first `N` and the last `N` (overlapping when
+/// `len < 2 * N`): both loads before both stores, each an unaligned fixed-size move.
+///
+/// # Safety
+/// `s .. s + len` readable, `d .. d + len` writable, the two disjoint, `N <= len <= 2 * N`.
+#[inline(always)]
+unsafe fn head_tail<const N: usize>(s: *const u8, d: *mut u8, len: usize) {
+    debug_assert!(N <= len && len <= 2 * N);
+    // SAFETY: `0 <= len - N` and `len - N + N = len`, so all four moves are inside the ranges the
+    // caller vouches for; `read_unaligned`/`write_unaligned` need no alignment.
+    unsafe {
+        let head = s.cast::<[u8; N]>().read_unaligned();
+        let tail = s.add(len - N).cast::<[u8; N]>().read_unaligned();
+        d.cast::<[u8; N]>().write_unaligned(head);
+        d.add(len - N).cast::<[u8; N]>().write_unaligned(tail);
     }
 }
 
@@ -153,6 +190,7 @@ impl<E: CopyEngine> Channel<E> {
     /// The contract of [`CopyEngine::enqueue`]: both buffers stay valid, and nothing else touches
     /// them, until the returned ticket is retired ([`retired`](Self::retired) passes it), or the
     /// channel is drained ([`drain`](Self::drain)) or dropped.
+    #[inline]
     pub unsafe fn enqueue(
         &self,
         src: *const u8,
@@ -162,15 +200,13 @@ impl<E: CopyEngine> Channel<E> {
     ) -> Result<Ticket, EnqueueError> {
         let mut guard = self.inner.borrow_mut();
         let inner = &mut *guard;
-        let len64 = len as u64;
         if len < inner.policy.cpu_below {
             inner.stats.cpu_small += 1;
         } else if inner.lagging && !inner.probe_now() {
             inner.stats.cpu_adaptive += 1;
         } else {
             let in_flight = inner.engine.next_ticket().since(inner.eng_done);
-            let full = in_flight > inner.mask;
-            let res = if full {
+            let res = if in_flight > inner.mask {
                 Err(EnqueueError::RingFull)
             } else {
                 // SAFETY: forwarded from this function's contract.
@@ -187,43 +223,36 @@ impl<E: CopyEngine> Channel<E> {
                     }
                     inner.next = chan.next();
                     inner.stats.offloaded += 1;
-                    inner.stats.offloaded_bytes += len64;
+                    inner.stats.offloaded_bytes += len as u64;
                     return Ok(chan);
                 }
-                Err(EnqueueError::RingFull) => match inner.policy.on_ring_full {
-                    OnRingFull::CpuCopy => inner.stats.cpu_ring_full += 1,
-                    OnRingFull::PushBack => {
-                        inner.stats.pushed_back += 1;
-                        return Err(EnqueueError::RingFull);
-                    }
-                },
-                Err(EnqueueError::TooLong { .. } | EnqueueError::Unsupported) => inner.stats.cpu_refused += 1,
-                Err(e) => return Err(e),
+                // The CPU copies what the engine refused, or the error goes back.
+                Err(e) => inner.refused(e)?,
             }
         }
         // The CPU path (the engine path leaves the checks to the engine). A fenced op must not
         // start before earlier engine ops finish.
         check_copy(src, dst, len, usize::MAX)?;
         if flags.contains(OpFlags::FENCE) && inner.engine_busy() {
-            inner.stats.fence_drains += 1;
             drop(guard);
-            self.drain();
-            guard = self.inner.borrow_mut();
+            // SAFETY: forwarded from this function's contract; `check_copy` proved the ranges disjoint.
+            return Ok(unsafe { self.cpu_copy_after_drain(src as usize, dst as usize, len) });
         }
-        let inner = &mut *guard;
         // SAFETY: forwarded from this function's contract; `check_copy` proved the ranges disjoint.
-        unsafe { cpu_copy(src as usize, dst as usize, len) };
-        let chan = inner.next;
-        inner.next = chan.next();
-        inner.stats.cpu_bytes += len64;
-        if inner.engine_busy() {
-            let newest = inner.engine.next_ticket().get() - 1;
-            inner.shadow[Ticket::new(newest).ring_index(inner.mask)].cpu_after += 1;
-        } else {
-            inner.stats.completed += 1;
-            self.retired.set(inner.next);
-        }
-        Ok(chan)
+        Ok(unsafe { inner.cpu_path(&self.retired, src as usize, dst as usize, len) })
+    }
+
+    /// A fenced CPU copy while engine ops are in flight: drains them first.
+    ///
+    /// # Safety
+    /// As [`Inner::cpu_path`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn cpu_copy_after_drain(&self, src: usize, dst: usize, len: usize) -> Ticket {
+        self.inner.borrow_mut().stats.fence_drains += 1;
+        self.drain();
+        // SAFETY: forwarded from this function's contract.
+        unsafe { self.inner.borrow_mut().cpu_path(&self.retired, src, dst, len) }
     }
 
     /// Rings the engine's doorbell.
@@ -421,6 +450,47 @@ impl<E: CopyEngine> Inner<E> {
     #[inline]
     fn engine_busy(&self) -> bool {
         self.engine.next_ticket() > self.eng_done
+    }
+
+    /// What the policy does with an op the engine refused (or that found the ring full):
+    /// `Ok` sends it to the CPU (counted by cause), `Err` hands the error back.
+    #[cold]
+    #[inline(never)]
+    fn refused(&mut self, e: EnqueueError) -> Result<(), EnqueueError> {
+        match e {
+            EnqueueError::RingFull => match self.policy.on_ring_full {
+                OnRingFull::CpuCopy => self.stats.cpu_ring_full += 1,
+                OnRingFull::PushBack => {
+                    self.stats.pushed_back += 1;
+                    return Err(EnqueueError::RingFull);
+                }
+            },
+            EnqueueError::TooLong { .. } | EnqueueError::Unsupported => self.stats.cpu_refused += 1,
+            e => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// Copies on the CPU and gives the op its channel ticket: retired at once when no engine op
+    /// is in flight, else with the newest engine op (which counts it).
+    ///
+    /// # Safety
+    /// The contract of [`CopyEngine::enqueue`] for the buffers, and [`check_copy`] passed on them.
+    #[inline(always)]
+    unsafe fn cpu_path(&mut self, retired: &Cell<Ticket>, src: usize, dst: usize, len: usize) -> Ticket {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { cpu_copy(src, dst, len) };
+        let chan = self.next;
+        self.next = chan.next();
+        self.stats.cpu_bytes += len as u64;
+        if self.engine_busy() {
+            let newest = self.engine.next_ticket().get() - 1;
+            self.shadow[Ticket::new(newest).ring_index(self.mask)].cpu_after += 1;
+        } else {
+            self.stats.completed += 1;
+            retired.set(self.next);
+        }
+        chan
     }
 
     /// While lagging: whether this copy goes to the engine as a probe (one in `probe_every`,
