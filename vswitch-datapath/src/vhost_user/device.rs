@@ -33,7 +33,8 @@ use crate::dirty::DirtyLog;
 use crate::net::net_hdr_len;
 use crate::vhost::{Northbound, Notifier, Southbound};
 use crate::vhost_port::{DetachMode, PortCommand};
-use crate::virtio::split::{QueueConfig, SplitQueue};
+use crate::virtio::queue::Virtqueue;
+use crate::virtio::split::QueueConfig;
 use crate::virtio::{RingFeatures, MAX_QUEUE_SIZE};
 
 /// How many queue pairs a device offers unless told otherwise.
@@ -216,7 +217,7 @@ impl VhostUserDevice {
         Ok(r)
     }
 
-    fn queue(&self, index: usize, mem: &MemTable) -> Result<SplitQueue, VhostUserError> {
+    fn queue(&self, index: usize, mem: &MemTable) -> Result<Virtqueue, VhostUserError> {
         let v = &self.vrings[index];
         let a = v.addrs.expect("ready ring has addresses");
         let map = mem.addresses();
@@ -228,7 +229,7 @@ impl VhostUserDevice {
             features: RingFeatures::from_negotiated(self.acked),
             avail_base: v.base,
         };
-        let mut q = SplitQueue::new(mem.memory().clone(), cfg)?;
+        let mut q = Virtqueue::new(mem.memory().clone(), cfg)?;
         if features::logging(self.acked) {
             q.set_dirty_log(self.log.clone()).expect("a queue just set up has no chain in flight");
         }
