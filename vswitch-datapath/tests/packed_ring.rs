@@ -310,3 +310,44 @@ fn dirty_logging_marks_written_buffers_and_used_descriptors() {
     assert!(!log.is_marked(start + 5000 + 4096), "beyond the used length: not written, not marked");
     assert!(log.is_marked(dq.config().desc_table + 16), "used descriptor store marked");
 }
+
+/// DPDK's virtio-user leaves `WRITE` on the net-header entry of its packed indirect TX tables: a
+/// queue the device only reads (a TX queue) takes every buffer as readable, in order; any other
+/// queue refuses the readable entries after the writable one.
+#[test]
+fn a_read_only_queue_ignores_write_flags_as_dpdk_leaves_them_on_tx_tables() {
+    use vswitch_datapath::virtio::packed::RawPackedDesc;
+    let g = TestGuest::new();
+    let hdr = payload(12);
+    let data = payload(900);
+    let (h, d) = (g.alloc(12, 8), g.alloc(900, 8));
+    g.write(h, &hdr);
+    g.write(d, &data);
+    let write = vswitch_datapath::virtio::desc::DescFlags::WRITE.bits();
+    let post = |dq: &vswitch_datapath::testguest::DriverQueue| {
+        let table = g.alloc(32, 16);
+        // DPDK's preset: every entry WRITE; the data entries' flags rewritten per packet (NEXT and
+        // the avail bits, which mean nothing in a table), the header's left as preset.
+        g.write(table, &RawPackedDesc { addr: h, len: 12, id: 0, flags: write }.to_le_bytes());
+        g.write(table + 16, &RawPackedDesc { addr: d, len: 900, id: 1, flags: DESC_F_AVAIL }.to_le_bytes());
+        let (slot, avail) = dq.packed_next();
+        let flags = vswitch_datapath::virtio::desc::DescFlags::INDIRECT.bits() | avail;
+        dq.write_packed_desc(&g, slot, RawPackedDesc { addr: table, len: 32, id: 5, flags });
+    };
+    let feats = PACKED | RingFeatures::INDIRECT_DESC;
+    let tx = g.add_queue(8, feats);
+    let mut q = tx.packed_device(&g);
+    q.set_read_only(true);
+    post(&tx);
+    let mut c = DescChain::new();
+    assert_eq!(q.pop(&mut c), Ok(true));
+    assert_eq!((c.head(), c.readable_len(), c.writable_len()), (5, 912, 0));
+    let mut want = hdr.clone();
+    want.extend(&data);
+    assert_eq!(gather(&g, c.readable(), 912), want);
+
+    let rx = g.add_queue(8, feats);
+    let mut q = rx.packed_device(&g);
+    post(&rx);
+    assert_eq!(q.pop(&mut c), Err(VirtqError::ReadableAfterWritable { index: 1 }));
+}

@@ -57,7 +57,9 @@ impl Southbound {
 
     /// Serves `q` (a guest TX queue) whose chains start with a `hdr_len`-byte net header.
     pub fn new(q: impl Into<Virtqueue>, hdr_len: usize, notifier: Notifier) -> Self {
-        let q = q.into();
+        let mut q = q.into();
+        // The device only reads TX buffers (whatever WRITE flags a driver leaves on them).
+        q.set_read_only(true);
         let size = q.size() as usize;
         Southbound {
             q,

@@ -134,12 +134,22 @@ impl RawPackedDesc {
 
     /// The buffer-describing part, checked like a split descriptor at `index` of a table
     /// described by `ctx`. `NEXT` is kept only where it means something (`keep_next`: the ring; in
-    /// an indirect table entries are consecutive and `NEXT` is ignored).
+    /// an indirect table entries are consecutive and `NEXT` is ignored); `WRITE` only when
+    /// `keep_write` (see [`PackedQueue::set_read_only`]).
     #[inline]
-    fn checked(self, index: u16, ctx: DescContext, keep_next: bool) -> Result<Descriptor, VirtqError> {
-        let mut mask = DescFlags::WRITE | DescFlags::INDIRECT;
+    fn checked(
+        self,
+        index: u16,
+        ctx: DescContext,
+        keep_next: bool,
+        keep_write: bool,
+    ) -> Result<Descriptor, VirtqError> {
+        let mut mask = DescFlags::INDIRECT;
         if keep_next {
             mask |= DescFlags::NEXT;
+        }
+        if keep_write {
+            mask |= DescFlags::WRITE;
         }
         let raw = RawDescriptor { addr: self.addr, len: self.len, flags: self.flags & mask.bits(), next: 0 };
         Descriptor::new_checked(raw, index, ctx)
@@ -200,6 +210,8 @@ pub struct PackedQueue {
     hint: RegionHint,
     broken: Option<VirtqError>,
     log: Option<Arc<DirtyLog>>,
+    /// The device only reads this queue's buffers (a TX queue): `WRITE` flags are ignored.
+    read_only: bool,
 }
 
 impl PackedQueue {
@@ -250,7 +262,17 @@ impl PackedQueue {
             hint: RegionHint::default(),
             broken: None,
             log: None,
+            read_only: false,
         })
+    }
+
+    /// Declares that the device only reads this queue's buffers (a virtio-net TX queue), or not:
+    /// then every buffer of a chain is taken as device-readable, whatever its `WRITE` flag says.
+    /// Reading a buffer the driver allowed the device to write is harmless, and real drivers need
+    /// it: DPDK's virtio-user presets every entry of its packed indirect TX tables with `WRITE`
+    /// and leaves it on the entry of the net header (DPDK's vhost ignores the flag on TX too).
+    pub fn set_read_only(&mut self, read_only: bool) {
+        self.read_only = read_only;
     }
 
     /// Starts, replaces or stops dirty logging, as [`SplitQueue::set_dirty_log`]
@@ -434,7 +456,7 @@ impl PackedQueue {
                 .map(RawPackedDesc::from_le_words)
                 .ok_or(MemoryError::NotContiguous { addr: self.cfg.desc_table })?;
             slots += 1;
-            let d = raw.checked(slot, ctx, true)?;
+            let d = raw.checked(slot, ctx, true, !self.read_only)?;
             if let Some(count) = d.indirect_count() {
                 if slots != 1 {
                     return Err(VirtqError::IndirectNotHead { index: slot });
@@ -469,7 +491,7 @@ impl PackedQueue {
             let raw = RawPackedDesc::from_le_bytes(
                 self.mem.read_array::<DESC_SIZE>(base + (DESC_SIZE as u64) * i as u64, hint)?,
             );
-            let d = raw.checked(i as u16, ctx, false)?;
+            let d = raw.checked(i as u16, ctx, false, !self.read_only)?;
             chain.add_buffer(&self.mem, &d, i as u16, hint, log)?;
         }
         Ok(())

@@ -194,6 +194,15 @@ impl Virtqueue {
         each!(self, q => q.needs_notify())
     }
 
+    /// Declares that the device only reads this queue's buffers (a TX queue): a packed ring then
+    /// ignores `WRITE` flags (see [`PackedQueue::set_read_only`]); a split ring checks them as
+    /// before.
+    pub fn set_read_only(&mut self, read_only: bool) {
+        if let Virtqueue::Packed(q) = self {
+            q.set_read_only(read_only);
+        }
+    }
+
     /// Asks the guest to kick the device when it adds buffers, or not.
     pub fn set_kicks(&mut self, enabled: bool) -> Result<(), VirtqError> {
         each!(self, q => q.set_kicks(enabled))
