@@ -795,7 +795,8 @@ pub fn good_frontend(s: UnixStream, fds: &mut Fds) -> File {
         u64_at(&r.payload)
     };
     assert_eq!(ask(&mut f, req::GET_FEATURES, &[]), offered_features());
-    ack(&mut f, req::SET_FEATURES, &offered_features().to_le_bytes(), &[]);
+    // The template's rings are split: everything offered but packed rings.
+    ack(&mut f, req::SET_FEATURES, &(offered_features() & !(1 << 34)).to_le_bytes(), &[]);
     let pf = ask(&mut f, req::GET_PROTOCOL_FEATURES, &[]);
     ack(&mut f, req::SET_PROTOCOL_FEATURES, &pf.to_le_bytes(), &[]);
     let mem = fds.new_memfd(TEMPLATE_LEN as u64, template(0));

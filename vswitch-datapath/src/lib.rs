@@ -6,8 +6,9 @@
 //! and returns the buffers on the used ring once the copies are done, in order.
 //!
 //! - [`memory`]: guest memory regions and checked translation of guest addresses to host segments.
-//! - [`virtio`]: the VIRTIO 1.x split virtqueue, device side: descriptors, chains (direct and
-//!   indirect), avail/used rings, event idx, the broken-queue state for hostile guests.
+//! - [`virtio`]: the VIRTIO 1.x virtqueues, device side, split and packed: descriptors, chains
+//!   (direct and indirect), avail/used rings or the packed descriptor ring with its wrap counters,
+//!   event idx / event suppression, the broken-queue state for hostile guests.
 //! - [`net`]: the virtio-net header.
 //! - [`vhost`]: asynchronous northbound (host -> guest) and southbound (guest -> host) paths.
 //! - [`pool`], [`port`], [`pmd`]: packet buffers, the port trait, the PMD loop; [`vhost_port`] and
@@ -53,6 +54,8 @@ pub use memory::{GuestMemory, GuestRegion, HostSeg, MemoryConfigError, MemoryErr
 pub use net::{net_hdr_len, NetHdr, NetHdrRepr};
 pub use virtio::chain::DescChain;
 pub use virtio::error::{QueueConfigError, VirtqError};
+pub use virtio::packed::PackedQueue;
+pub use virtio::queue::Virtqueue;
 pub use virtio::split::{AvailMark, QueueConfig, SplitQueue};
 pub use virtio::RingFeatures;
 

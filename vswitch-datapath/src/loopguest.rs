@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::memory::GuestMemory;
 use crate::net::NetHdr;
 use crate::testguest::{Buf, DriverQueue, TestGuest};
-use crate::virtio::split::SplitQueue;
+use crate::virtio::queue::Virtqueue;
 use crate::virtio::RingFeatures;
 
 /// What the guest does with traffic.
@@ -117,8 +117,8 @@ impl LoopGuest {
     }
 
     /// Device sides of the (RX, TX) queues, for the switch's vhost port.
-    pub fn device_queues(&self) -> (SplitQueue, SplitQueue) {
-        (self.rx.device(&self.g), self.tx.device(&self.g))
+    pub fn device_queues(&self) -> (Virtqueue, Virtqueue) {
+        (self.rx.virtqueue(&self.g), self.tx.virtqueue(&self.g))
     }
 
     /// Packets looped back so far.

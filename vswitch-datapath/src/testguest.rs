@@ -1,10 +1,12 @@
-//! An in-process test guest: the driver side of split virtqueues (virtio 1.2 spec, section 2.7.13
-//! "Supplying Buffers to The Device", 2.7.14 "Receiving Used Buffers From The Device").
+//! An in-process test guest: the driver side of split and packed virtqueues (virtio 1.2 spec,
+//! sections 2.7.13 "Supplying Buffers to The Device", 2.7.14 "Receiving Used Buffers From The
+//! Device", 2.8.21 and 2.8.22, their packed counterparts).
 //!
 //! This module owns [`TestGuest`] (guest memory made of guarded anonymous regions, a bump
-//! allocator over it) and [`DriverQueue`] (one queue's rings as the driver sees them: post TX
-//! chains and RX buffers, direct or indirect, take used entries, set event-idx fields, and write
-//! hostile descriptors and indices on purpose). It uses the same [`GuestMemory`] as the device
+//! allocator over it) and [`DriverQueue`] (one queue's rings as the driver sees them, in either
+//! format (a queue laid out with [`RingFeatures::PACKED`] is a packed ring): post TX chains and RX
+//! buffers, direct or indirect, take used entries, set event-idx / event suppression fields, and
+//! write hostile descriptors and indices on purpose). It uses the same [`GuestMemory`] as the device
 //! side, so the device translates what the driver wrote. It must not be used by the datapath
 //! itself: it is for tests and benches (feature `test-utils`), and it panics freely on misuse.
 
@@ -17,6 +19,11 @@ use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 
 use crate::memory::{GuestMemory, GuestRegion, RegionHint};
 use crate::virtio::desc::{DescFlags, RawDescriptor, DESC_SIZE};
+use crate::virtio::packed::{
+    desc_ring_len, encode_position, PackedQueue, RawPackedDesc, DESC_F_AVAIL, DESC_F_USED, EVENT_AREA_LEN,
+    EVENT_FLAG_DISABLE, EVENT_FLAG_ENABLE, WRAP_BIT,
+};
+use crate::virtio::queue::Virtqueue;
 use crate::virtio::split::{avail_ring_len, desc_table_len, used_ring_len, QueueConfig, SplitQueue};
 use crate::virtio::RingFeatures;
 
@@ -128,8 +135,33 @@ impl TestGuest {
         self.mem.regions().iter().map(|r| self.read(r.guest_addr(), r.len())).collect()
     }
 
-    /// Lays out a queue of `size` entries (rings zeroed) and returns its driver side.
+    /// Lays out a queue of `size` entries (rings zeroed) and returns its driver side: a packed ring
+    /// (descriptor ring, driver and device event areas) when `features` has
+    /// [`RingFeatures::PACKED`], else a split one.
     pub fn add_queue(&self, size: u16, features: RingFeatures) -> DriverQueue {
+        if features.contains(RingFeatures::PACKED) {
+            let desc = self.alloc(desc_ring_len(size), 16);
+            let driver = self.alloc(EVENT_AREA_LEN, 4);
+            let device = self.alloc(EVENT_AREA_LEN, 4);
+            self.write(desc, &vec![0; desc_ring_len(size)]);
+            self.write(driver, &[0; EVENT_AREA_LEN]);
+            self.write(device, &[0; EVENT_AREA_LEN]);
+            return DriverQueue {
+                cfg: QueueConfig {
+                    size,
+                    desc_table: desc,
+                    avail_ring: driver,
+                    used_ring: device,
+                    features,
+                    avail_base: WRAP_BIT,
+                },
+                free: (0..size).rev().collect(),
+                posted: HashMap::new(),
+                avail_idx: 0,
+                last_used: 0,
+                packed: Some(PackedDriver { next: 0, wrap: true, used: 0, used_wrap: true, free_slots: size }),
+            };
+        }
         let desc = self.alloc(desc_table_len(size), 16);
         let avail = self.alloc(avail_ring_len(size), 2);
         let used = self.alloc(used_ring_len(size), 4);
@@ -156,6 +188,7 @@ impl TestGuest {
             posted: HashMap::new(),
             avail_idx: 0,
             last_used: 0,
+            packed: None,
         }
     }
 }
@@ -177,6 +210,30 @@ pub struct DriverQueue {
     posted: HashMap<u16, (Vec<u16>, Vec<Buf>)>,
     avail_idx: u16,
     last_used: u16,
+    /// A packed ring's driver positions (`None`: a split ring). For a packed ring `free` holds
+    /// free buffer ids and `posted` maps an id to its ring slots and buffers.
+    packed: Option<PackedDriver>,
+}
+
+/// The driver's side of a packed ring (section 2.8.21): where it makes the next descriptor
+/// available (index, wrap counter), where it expects the next used descriptor, and how many
+/// slots it owns.
+#[derive(Clone, Copy, Debug)]
+struct PackedDriver {
+    next: u16,
+    wrap: bool,
+    used: u16,
+    used_wrap: bool,
+    free_slots: u16,
+}
+
+/// The `AVAIL`/`USED` bits a driver with wrap counter `wrap` writes to make a descriptor available.
+fn avail_bits(wrap: bool) -> u16 {
+    if wrap {
+        DESC_F_AVAIL
+    } else {
+        DESC_F_USED
+    }
 }
 
 impl DriverQueue {
@@ -185,9 +242,65 @@ impl DriverQueue {
         self.cfg
     }
 
-    /// Sets up the device side of this queue on the guest's memory.
+    /// Sets up the device side of this (split) queue on the guest's memory.
     pub fn device(&self, g: &TestGuest) -> SplitQueue {
+        assert!(self.packed.is_none(), "a packed queue: use packed_device or virtqueue");
         SplitQueue::new(g.memory().clone(), self.cfg).expect("queue setup")
+    }
+
+    /// Sets up the device side of this (packed) queue on the guest's memory.
+    pub fn packed_device(&self, g: &TestGuest) -> PackedQueue {
+        assert!(self.packed.is_some(), "a split queue: use device or virtqueue");
+        PackedQueue::new(g.memory().clone(), self.cfg).expect("queue setup")
+    }
+
+    /// Sets up the device side of this queue, whichever its format.
+    pub fn virtqueue(&self, g: &TestGuest) -> Virtqueue {
+        Virtqueue::new(g.memory().clone(), self.cfg).expect("queue setup")
+    }
+
+    /// Whether this is a packed ring.
+    pub fn is_packed(&self) -> bool {
+        self.packed.is_some()
+    }
+
+    /// Writes slot `slot` of a packed ring, raw (any values): the other fields first, then the
+    /// flags with a release store, as a driver makes a descriptor available.
+    pub fn write_packed_desc(&self, g: &TestGuest, slot: u16, d: RawPackedDesc) {
+        let at = self.cfg.desc_table + (DESC_SIZE * slot as usize) as u64;
+        g.write(at, &d.to_le_bytes()[..14]);
+        g.memory().store_u16_release(at + 14, d.flags).expect("descriptor flags");
+    }
+
+    /// Reads slot `slot` of a packed ring (a used descriptor, say).
+    pub fn read_packed_desc(&self, g: &TestGuest, slot: u16) -> RawPackedDesc {
+        let at = self.cfg.desc_table + (DESC_SIZE * slot as usize) as u64;
+        let flags = g.memory().load_u16_acquire(at + 14).expect("descriptor flags");
+        let b: [u8; DESC_SIZE] = g.read(at, DESC_SIZE).try_into().expect("16 bytes");
+        RawPackedDesc { flags, ..RawPackedDesc::from_le_bytes(b) }
+    }
+
+    /// The `AVAIL`/`USED` bits that make a descriptor available at the driver's next slot, and
+    /// that slot (packed rings; for hand-written hostile descriptors).
+    pub fn packed_next(&self) -> (u16, u16) {
+        let p = self.packed.expect("a packed queue");
+        (p.next, avail_bits(p.wrap))
+    }
+
+    /// Sets the driver event suppression area (packed rings): `flags` ENABLE, DISABLE or DESC,
+    /// and the position `(idx, wrap)` for DESC. Then a full fence, as a driver does before
+    /// re-checking the ring.
+    pub fn set_driver_event(&self, g: &TestGuest, flags: u16, idx: u16, wrap: bool) {
+        assert!(self.packed.is_some());
+        g.write(self.cfg.avail_ring, &encode_position(idx, wrap).to_le_bytes());
+        g.write(self.cfg.avail_ring + 2, &flags.to_le_bytes());
+        fence(Ordering::SeqCst);
+    }
+
+    /// The device event suppression area's flags (packed rings: ENABLE or DISABLE kicks).
+    pub fn device_event_flags(&self, g: &TestGuest) -> u16 {
+        let v = g.read(self.cfg.used_ring + 2, 2);
+        u16::from_le_bytes([v[0], v[1]])
     }
 
     fn avail(&self, off: u64) -> u64 {
@@ -216,9 +329,12 @@ impl DriverQueue {
         g.memory().store_u16_release(self.avail(2), self.avail_idx).expect("avail idx");
     }
 
-    /// Descriptors not in any posted chain.
+    /// Descriptors not in any posted chain (packed: ring slots the driver owns).
     pub fn free_descriptors(&self) -> usize {
-        self.free.len()
+        match self.packed {
+            Some(p) => (p.free_slots as usize).min(self.free.len()),
+            None => self.free.len(),
+        }
     }
 
     /// Stores any avail idx (hostile guests), release.
@@ -227,8 +343,15 @@ impl DriverQueue {
         g.memory().store_u16_release(self.avail(2), idx).expect("avail idx");
     }
 
-    /// Starts the queue at avail/used index `base` instead of 0 (to cross the 16-bit wrap).
+    /// Starts the queue at avail/used index `base` instead of 0 (to cross the 16-bit wrap). For a
+    /// packed ring `base` is a position (index, wrap counter in bit 15) the device is told too.
     pub fn start_at(&mut self, g: &TestGuest, base: u16) {
+        if let Some(p) = &mut self.packed {
+            let (idx, wrap) = (base & !WRAP_BIT, base & WRAP_BIT != 0);
+            (p.next, p.wrap, p.used, p.used_wrap) = (idx, wrap, idx, wrap);
+            self.cfg.avail_base = base;
+            return;
+        }
         self.avail_idx = base;
         self.last_used = base;
         self.cfg.avail_base = base;
@@ -241,8 +364,60 @@ impl DriverQueue {
         (0..n).map(|_| self.free.pop().unwrap()).collect()
     }
 
-    /// Posts `bufs` as one direct chain and makes it available. Returns its head.
+    /// Posts `bufs` as descriptors of a packed ring under a fresh buffer id (`indirect`: one
+    /// descriptor pointing to a table at that address). Returns the id.
+    fn add_packed(&mut self, g: &TestGuest, bufs: &[Buf], indirect: Option<u64>) -> u16 {
+        let p = self.packed.expect("a packed queue");
+        let n = if indirect.is_some() { 1 } else { bufs.len() as u16 };
+        assert!(p.free_slots >= n && !self.free.is_empty(), "driver queue out of descriptors");
+        let id = self.free.pop().unwrap();
+        let size = self.cfg.size;
+        let (mut slot, mut wrap) = (p.next, p.wrap);
+        let mut first = None;
+        for i in 0..n as usize {
+            let d = match indirect {
+                Some(table) => RawPackedDesc {
+                    addr: table,
+                    len: (DESC_SIZE * bufs.len()) as u32,
+                    id,
+                    flags: DescFlags::INDIRECT.bits(),
+                },
+                None => {
+                    let b = bufs[i];
+                    let mut flags = if b.writable { DescFlags::WRITE.bits() } else { 0 };
+                    if i + 1 < n as usize {
+                        flags |= DescFlags::NEXT.bits();
+                    }
+                    RawPackedDesc { addr: b.gpa, len: b.len, id, flags }
+                }
+            };
+            let d = RawPackedDesc { flags: d.flags | avail_bits(wrap), ..d };
+            if i == 0 {
+                first = Some((slot, d)); // its flags go last
+            } else {
+                self.write_packed_desc(g, slot, d);
+            }
+            slot += 1;
+            if slot == size {
+                slot = 0;
+                wrap = !wrap;
+            }
+        }
+        let (s0, d0) = first.expect("at least one descriptor");
+        self.write_packed_desc(g, s0, d0);
+        let p = self.packed.as_mut().unwrap();
+        (p.next, p.wrap) = (slot, wrap);
+        p.free_slots -= n;
+        self.posted.insert(id, ((0..n).collect(), bufs.to_vec()));
+        id
+    }
+
+    /// Posts `bufs` as one direct chain and makes it available. Returns its head (packed: its
+    /// buffer id).
     pub fn add_chain(&mut self, g: &TestGuest, bufs: &[Buf]) -> u16 {
+        if self.packed.is_some() {
+            return self.add_packed(g, bufs, None);
+        }
         let ids = self.take_descs(bufs.len());
         for (i, b) in bufs.iter().enumerate() {
             let mut flags = DescFlags::empty();
@@ -269,6 +444,14 @@ impl DriverQueue {
     /// Returns the head and the table's guest address.
     pub fn add_indirect(&mut self, g: &TestGuest, bufs: &[Buf]) -> (u16, u64) {
         let table = g.alloc(DESC_SIZE * bufs.len(), 16);
+        if self.packed.is_some() {
+            for (i, b) in bufs.iter().enumerate() {
+                let flags = if b.writable { DescFlags::WRITE.bits() } else { 0 };
+                let d = RawPackedDesc { addr: b.gpa, len: b.len, id: 0, flags };
+                g.write(table + (DESC_SIZE * i) as u64, &d.to_le_bytes());
+            }
+            return (self.add_packed(g, bufs, Some(table)), table);
+        }
         for (i, b) in bufs.iter().enumerate() {
             let mut flags = DescFlags::empty();
             if b.writable {
@@ -365,13 +548,35 @@ impl DriverQueue {
         out
     }
 
-    /// The used idx as the device published it (acquire).
+    /// The used idx as the device published it (acquire; split rings).
     pub fn used_idx(&self, g: &TestGuest) -> u16 {
+        assert!(self.packed.is_none(), "a packed ring has no used idx");
         g.memory().load_u16_acquire(self.used(2)).unwrap()
     }
 
-    /// Takes the next used element, if the device published one, and frees its descriptors.
+    /// Takes the next used element, if the device published one, and frees its descriptors (packed:
+    /// the used descriptor at the driver's used position, section 2.8.22; the position then skips
+    /// the slots of the chain posted under its id).
     pub fn pop_used(&mut self, g: &TestGuest) -> Option<UsedElem> {
+        if let Some(p) = self.packed {
+            let d = self.read_packed_desc(g, p.used);
+            let bit = |f: u16| d.flags & f != 0;
+            if bit(DESC_F_AVAIL) != p.used_wrap || bit(DESC_F_USED) != p.used_wrap {
+                return None;
+            }
+            let n = self.posted.get(&d.id).map(|(slots, _)| slots.len() as u16).expect("used id was posted");
+            self.free.push(d.id);
+            let p = self.packed.as_mut().unwrap();
+            let to = p.used as u32 + n as u32;
+            if to >= self.cfg.size as u32 {
+                p.used = (to - self.cfg.size as u32) as u16;
+                p.used_wrap = !p.used_wrap;
+            } else {
+                p.used = to as u16;
+            }
+            p.free_slots += n;
+            return Some(UsedElem { id: d.id as u32, len: d.len });
+        }
         if self.used_idx(g) == self.last_used {
             return None;
         }
@@ -394,8 +599,13 @@ impl DriverQueue {
         fence(Ordering::SeqCst);
     }
 
-    /// Sets or clears `VIRTQ_AVAIL_F_NO_INTERRUPT`.
+    /// Sets or clears `VIRTQ_AVAIL_F_NO_INTERRUPT` (packed: the driver event flags DISABLE or
+    /// ENABLE).
     pub fn set_no_interrupt(&self, g: &TestGuest, on: bool) {
+        if self.packed.is_some() {
+            let flags = if on { EVENT_FLAG_DISABLE } else { EVENT_FLAG_ENABLE };
+            return self.set_driver_event(g, flags, 0, false);
+        }
         let v = if on { VRING_AVAIL_F_NO_INTERRUPT as u16 } else { 0 };
         g.write(self.avail(0), &v.to_le_bytes());
         fence(Ordering::SeqCst);

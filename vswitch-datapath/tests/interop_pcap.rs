@@ -92,6 +92,8 @@ struct PcapCase {
     b_scatter: bool,
     /// `--max-pkt-len` on both guests.
     max_pkt_len: Option<u32>,
+    /// Packed virtqueues (`packed_vq=1`) on both virtio-user ports.
+    packed: bool,
 }
 
 impl PcapCase {
@@ -110,6 +112,7 @@ const SMALL_AND_LARGE: PcapCase = PcapCase {
     b_mbuf_size: None,
     b_scatter: false,
     max_pkt_len: None,
+    packed: false,
 };
 
 /// 9000 B jumbo frames with mergeable RX buffers: B's 2 KB buffers take 5 per frame (the switch
@@ -124,6 +127,7 @@ const MERGEABLE_JUMBO: PcapCase = PcapCase {
     b_mbuf_size: None,
     b_scatter: true,
     max_pkt_len: Some(9018),
+    packed: false,
 };
 
 /// Small mbufs on both guests: every frame above ~900 B is a multi-segment chain on both TX
@@ -138,7 +142,21 @@ const MULTI_SEGMENT: PcapCase = PcapCase {
     b_mbuf_size: Some(1024),
     b_scatter: true,
     max_pkt_len: Some(9018),
+    packed: false,
 };
+
+/// The cases again with packed virtqueues on both guests (VIRTIO 1.1, `packed_vq=1`).
+const PACKED_SMALL_AND_LARGE: PcapCase = PcapCase { packed: true, ..SMALL_AND_LARGE };
+const PACKED_MERGEABLE_JUMBO: PcapCase = PcapCase { packed: true, ..MERGEABLE_JUMBO };
+const PACKED_MULTI_SEGMENT: PcapCase = PcapCase { packed: true, ..MULTI_SEGMENT };
+
+/// Both guests of a traced switch acked VIRTIO_F_RING_PACKED: the frames really went over packed
+/// rings.
+fn assert_packed_negotiated(sw: &Switch) {
+    let acked = sw.acked_features();
+    assert!(acked.len() >= 2, "both guests negotiated: {acked:x?}");
+    assert!(acked.iter().all(|f| f & (1 << 34) != 0), "every guest acked VIRTIO_F_RING_PACKED: {acked:x?}");
+}
 
 /// Sends `case`'s frames A -> switch -> B -> switch -> A and compares in.pcap with out.pcap.
 fn pcap_round_trip(kind: SwitchKind, case: &PcapCase) {
@@ -156,11 +174,13 @@ fn pcap_loop(kind: SwitchKind, case: &PcapCase, b_mode: ForwardMode) -> Result<(
     let (in_pcap, out_pcap) = (scratch.path("in.pcap"), scratch.path("out.pcap"));
     write_pcap(&in_pcap, &frames).expect("write in.pcap");
 
-    let mut sw = start_switch(kind, &scratch);
+    let traced = case.packed && matches!(kind, SwitchKind::Vswitch(_));
+    let mut sw = Switch::start_traced(kind.clone(), &scratch, traced)
+        .unwrap_or_else(|e| panic!("cannot start the switch under test {kind:?}: {e}"));
 
     // Guest B: io, each packet back out of the port it came in on.
     let mut b_cfg = TestpmdConfig::guest("guest-b")
-        .vdev(Vdev::virtio_user(sw.socket(1), case.mergeable))
+        .vdev(Vdev::virtio_user(sw.socket(1), case.mergeable).packed_if(case.packed))
         .topology(Topology::Loop)
         .mode(b_mode)
         .interactive();
@@ -174,7 +194,7 @@ fn pcap_loop(kind: SwitchKind, case: &PcapCase, b_mode: ForwardMode) -> Result<(
 
     // Guest A: port 0 virtio-user, port 1 pcap, io paired.
     let mut a_cfg = TestpmdConfig::guest("guest-a")
-        .vdev(Vdev::virtio_user(sw.socket(0), case.mergeable))
+        .vdev(Vdev::virtio_user(sw.socket(0), case.mergeable).packed_if(case.packed))
         .vdev(Vdev::pcap(&in_pcap, &out_pcap))
         .interactive();
     a_cfg.mbuf_size = case.a_mbuf_size;
@@ -211,6 +231,9 @@ fn pcap_loop(kind: SwitchKind, case: &PcapCase, b_mode: ForwardMode) -> Result<(
 
     let received = read_pcap(&out_pcap).unwrap_or_else(|e| panic!("out.pcap: {e}"));
     b.quit(Duration::from_secs(10));
+    if traced {
+        assert_packed_negotiated(&sw);
+    }
     compare_frames(&frames, &received)
 }
 
@@ -267,16 +290,21 @@ fn txonly_multi_segment_both_directions(kind: SwitchKind) {
 }
 
 /// A sender and then a receiver guest are SIGKILLed mid-traffic and restarted on the same
-/// sockets; the switch keeps running and carries traffic again each time.
-fn killed_guest_is_served_again(kind: SwitchKind) {
+/// sockets; the switch keeps running and carries traffic again each time. `packed`: both guests
+/// use packed virtqueues.
+fn killed_guest_is_served_again(kind: SwitchKind, packed: bool) {
     let _serial = serial();
     let scratch = Scratch::new("interop");
-    let mut sw = start_switch(kind, &scratch);
+    let traced = packed && matches!(kind, SwitchKind::Vswitch(_));
+    let mut sw = Switch::start_traced(kind.clone(), &scratch, traced)
+        .unwrap_or_else(|e| panic!("cannot start the switch under test {kind:?}: {e}"));
 
-    let rx_cfg =
-        TestpmdConfig::guest("rx").vdev(Vdev::virtio_user(sw.socket(1), true)).mode(ForwardMode::RxOnly).interactive();
+    let rx_cfg = TestpmdConfig::guest("rx")
+        .vdev(Vdev::virtio_user(sw.socket(1), true).packed_if(packed))
+        .mode(ForwardMode::RxOnly)
+        .interactive();
     let tx_cfg = TestpmdConfig::guest("tx")
-        .vdev(Vdev::virtio_user(sw.socket(0), true))
+        .vdev(Vdev::virtio_user(sw.socket(0), true).packed_if(packed))
         .mode(ForwardMode::TxOnly)
         .txpkts(&[64])
         .interactive();
@@ -319,6 +347,9 @@ fn killed_guest_is_served_again(kind: SwitchKind) {
     tx.quit(Duration::from_secs(5));
     rx.quit(Duration::from_secs(5));
     sw.assert_running();
+    if traced {
+        assert_packed_negotiated(&sw);
+    }
 }
 
 // ---- against DPDK's vhost back-end (the reference; proves the harness) ----
@@ -353,7 +384,7 @@ fn interop_txonly_multi_segment_packets_arrive_whole_dpdk_vhost() {
 
 #[test]
 fn interop_testpmd_killed_mid_traffic_is_served_again_dpdk_vhost() {
-    killed_guest_is_served_again(SwitchKind::DpdkVhost);
+    killed_guest_is_served_again(SwitchKind::DpdkVhost, false);
 }
 
 // ---- against the vswitch binary ----
@@ -395,10 +426,42 @@ fn interop_txonly_multi_segment_packets_arrive_whole() {
 
 #[test]
 fn interop_testpmd_killed_mid_traffic_is_served_again() {
-    killed_guest_is_served_again(vswitch("memcpy"));
+    killed_guest_is_served_again(vswitch("memcpy"), false);
 }
 
 #[test]
 fn interop_testpmd_killed_mid_traffic_is_served_again_worker() {
-    killed_guest_is_served_again(vswitch("worker"));
+    killed_guest_is_served_again(vswitch("worker"), false);
+}
+
+// ---- packed virtqueues (VIRTIO 1.1): `packed_vq=1` on both guests ----
+
+#[test]
+fn interop_pcap_packed_small_and_large_frames_are_byte_identical_dpdk_vhost() {
+    pcap_round_trip(SwitchKind::DpdkVhost, &PACKED_SMALL_AND_LARGE);
+}
+
+#[test]
+fn interop_pcap_packed_small_and_large_frames_are_byte_identical() {
+    pcap_round_trip(vswitch("memcpy"), &PACKED_SMALL_AND_LARGE);
+}
+
+#[test]
+fn interop_pcap_packed_mergeable_jumbo_frames_are_byte_identical_worker() {
+    pcap_round_trip(vswitch("worker"), &PACKED_MERGEABLE_JUMBO);
+}
+
+#[test]
+fn interop_pcap_packed_multi_segment_frames_are_byte_identical_worker() {
+    pcap_round_trip(vswitch("worker"), &PACKED_MULTI_SEGMENT);
+}
+
+#[test]
+fn interop_testpmd_packed_killed_mid_traffic_is_served_again_worker() {
+    killed_guest_is_served_again(vswitch("worker"), true);
+}
+
+#[test]
+fn interop_pcap_packed_mergeable_jumbo_frames_are_byte_identical_dpdk_vhost() {
+    pcap_round_trip(SwitchKind::DpdkVhost, &PACKED_MERGEABLE_JUMBO);
 }

@@ -68,11 +68,19 @@ struct Case {
     queues: u16,
     /// eth0's MTU in both guests; above 1500 the device also gets `host_mtu` and `mrg_rxbuf=on`.
     mtu: u32,
+    /// Packed virtqueues on both guests' devices (`packed=on`).
+    packed: bool,
 }
 
 impl Case {
     fn name(&self, scenario: &str) -> String {
-        format!("qemu_{scenario}_{}_{}q{}", self.engine, self.queues, if self.mtu > 1500 { "_mtu9000" } else { "" })
+        format!(
+            "qemu_{scenario}_{}_{}q{}{}",
+            self.engine,
+            self.queues,
+            if self.mtu > 1500 { "_mtu9000" } else { "" },
+            if self.packed { "_packed" } else { "" }
+        )
     }
 
     fn apply(&self, c: &mut GuestConfig) {
@@ -81,6 +89,7 @@ impl Case {
             c.channels = Some(self.queues);
         }
         c.mtu = self.mtu;
+        c.packed = self.packed;
         if self.mtu > 1500 {
             c.host_mtu = Some(self.mtu);
             c.mrg_rxbuf = Some(true);
@@ -286,7 +295,7 @@ fn pings_and_bulk(case: Case) {
     }
     let _one_at_a_time = serial();
     let name = case.name("pings_bulk");
-    let mut bed = Bed::new(&name, case.engine);
+    let mut bed = Bed::new_traced(&name, case.engine, case.packed);
     start_server(&mut bed, &case);
     let mut steps = vec!["wait".to_owned()];
     let alias = (case.queues > 1).then(|| alias_on_the_other_pair(case.queues));
@@ -337,6 +346,7 @@ fn pings_and_bulk(case: Case) {
         );
     }
     bed.assert_switch_running();
+    check_packed(&bed, &case);
     eprintln!(
         "QEMU-RESULT {name}: boot (to first VSTEST line) server {:.1} s, client {:.1} s; {pings} pings, worst loss \
          {loss}%; bulk client->server {} MiB/s, server->client {} MiB/s; client done after {:.1} s{queues_note}",
@@ -347,6 +357,18 @@ fn pings_and_bulk(case: Case) {
         bed.elapsed(),
     );
     print_switch_events(&bed);
+}
+
+/// With packed rings, every feature negotiation the switch saw (each boot, each driver reload)
+/// acked VIRTIO_F_RING_PACKED: the traffic really went over packed rings.
+fn check_packed(bed: &Bed, case: &Case) {
+    if !case.packed {
+        return;
+    }
+    let acked = bed.switch.acked_features();
+    bed.check(acked.len() >= 2 && acked.iter().all(|f| f & (1 << 34) != 0), || {
+        format!("every guest must ack VIRTIO_F_RING_PACKED: {acked:x?}")
+    });
 }
 
 /// The ping steps of one lifecycle boot: fewer and smaller counts than [`ping_steps`].
@@ -369,7 +391,7 @@ fn lifecycle(case: Case) {
     }
     let _one_at_a_time = serial();
     let name = case.name("lifecycle");
-    let mut bed = Bed::new(&name, case.engine);
+    let mut bed = Bed::new_traced(&name, case.engine, case.packed);
     start_server(&mut bed, &case);
     let steps = ["wait".to_owned(), "ping:56:5".into(), "stream:4096".into()];
     let first = bed.start(&case.client(&bed, "client-1", &steps));
@@ -416,6 +438,7 @@ fn lifecycle(case: Case) {
     }
     bed.kill(second);
     bed.assert_switch_running();
+    check_packed(&bed, &case);
     eprintln!(
         "QEMU-RESULT {name}: client-1 SIGKILLed at {killed_at:.1} s while the switch saw {:.0} pps from it; \
          client-2 booted in {:.1} s; {}; every ping answered, every bulk checksum equal; {:.1} s in all",
@@ -439,7 +462,7 @@ fn two_pairs_one_enabled(engine: &'static str) {
         return;
     }
     let _one_at_a_time = serial();
-    let case = Case { engine, queues: 2, mtu: 1500 };
+    let case = Case { engine, queues: 2, mtu: 1500, packed: false };
     let name = case.name("one_of_two_pairs_enabled");
     let mut bed = Bed::new(&name, engine);
     let mut srv = case.server(&bed);
@@ -472,7 +495,7 @@ macro_rules! matrix {
         $(
             #[test]
             fn $test() {
-                $scenario(Case { engine: $engine, queues: $queues, mtu: $mtu });
+                $scenario(Case { engine: $engine, queues: $queues, mtu: $mtu, packed: false });
             }
         )*
     };
@@ -492,6 +515,24 @@ matrix! { lifecycle:
     qemu_lifecycle_worker_1q => "worker", 1, 1500;
     qemu_lifecycle_memcpy_2q => "memcpy", 2, 1500;
     qemu_lifecycle_worker_2q => "worker", 2, 1500;
+}
+
+// Packed virtqueues (VIRTIO 1.1, `packed=on`): the Linux driver's packed ring against ours.
+
+#[test]
+fn qemu_pings_bulk_worker_1q_packed() {
+    pings_and_bulk(Case { engine: "worker", queues: 1, mtu: 1500, packed: true });
+}
+
+#[test]
+fn qemu_pings_bulk_memcpy_2q_mtu9000_packed() {
+    pings_and_bulk(Case { engine: "memcpy", queues: 2, mtu: 9000, packed: true });
+}
+
+/// Kill/restart, driver reloads (GET_VRING_BASE with the wrap counters, new rings) and reboots.
+#[test]
+fn qemu_lifecycle_worker_1q_packed() {
+    lifecycle(Case { engine: "worker", queues: 1, mtu: 1500, packed: true });
 }
 
 #[test]

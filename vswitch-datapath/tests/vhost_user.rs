@@ -119,7 +119,9 @@ impl Guest {
         let mut f = Frontend::connect(sock, rings.len() as u64).expect("connect to the backend");
         f.set_owner().unwrap();
         let offered = f.get_features().unwrap();
-        f.set_features(offered).unwrap();
+        // Everything offered, packed rings only if this guest's rings are packed.
+        let packed = self.rx.is_packed();
+        f.set_features(if packed { offered } else { offered & !(1 << 34) }).unwrap();
         let pf = f.get_protocol_features().unwrap();
         assert!(pf.contains(VhostUserProtocolFeatures::MQ));
         assert!(pf.contains(VhostUserProtocolFeatures::REPLY_ACK));
@@ -148,7 +150,8 @@ impl Guest {
                 log_addr: None,
             };
             f.set_vring_addr(i, &addrs).unwrap();
-            f.set_vring_base(i, 0).unwrap();
+            // A packed ring starts at index 0 with wrap counter 1 (bit 15), as virtio-user sends it.
+            f.set_vring_base(i, if packed { 0x8000 } else { 0 }).unwrap();
             let (call, kick) = (EventFd::new(0).unwrap(), EventFd::new(0).unwrap());
             f.set_vring_call(i, &call).unwrap();
             f.set_vring_kick(i, &kick).unwrap();
@@ -520,7 +523,8 @@ fn qemu_dev_start(f: &mut RawFrontend, plan: &Plan, features: u64, base: &[u32])
 /// features first, `SET_VRING_ENABLE 1` for both rings at virtio-net reset, which comes *before*
 /// `SET_FEATURES`, and no enable after the device start. Returns the offered features.
 fn qemu72_connect(f: &mut RawFrontend, plan: &Plan) -> (u64, Vec<EventFd>) {
-    let offered = f.call(req::GET_FEATURES, 0, &[], &[]).u64();
+    // Split rings: everything offered but packed rings (QEMU without `packed=on`).
+    let offered = f.call(req::GET_FEATURES, 0, &[], &[]).u64() & !rawfront::RING_PACKED;
     assert_ne!(offered & rawfront::PROTOCOL_FEATURES, 0);
     let pf = f.call(req::GET_PROTOCOL_FEATURES, 0, &[], &[]).u64();
     assert_eq!(pf & rawfront::PF_MQ_REPLY_ACK, rawfront::PF_MQ_REPLY_ACK);
@@ -828,7 +832,8 @@ fn dirty_logging_marks_the_pages_the_switch_writes_and_stops_when_log_all_is_cle
     let log = tempfile_like(log_len);
     let (mut f, offered, _fds) = with_pmd(&mut pmd, || {
         let mut f = RawFrontend::connect(&sock);
-        let offered = f.call(req::GET_FEATURES, 0, &[], &[]).u64();
+        // Split rings: everything offered but packed rings (QEMU without `packed=on`).
+        let offered = f.call(req::GET_FEATURES, 0, &[], &[]).u64() & !rawfront::RING_PACKED;
         assert_ne!(offered & LOG_ALL, 0, "VHOST_F_LOG_ALL offered");
         let pf = f.call(req::GET_PROTOCOL_FEATURES, 0, &[], &[]).u64();
         assert_ne!(pf & LOG_SHMFD, 0, "LOG_SHMFD offered");
@@ -918,7 +923,8 @@ fn live_migration<E: CopyEngine>(chan: Channel<E>) {
     // The source connects as QEMU 7.2 does (LOG_SHMFD offered and acked) and runs.
     let (mut a, offered, _fds_a) = with_pmd(&mut pmd, || {
         let mut f = RawFrontend::connect(&sock);
-        let offered = f.call(req::GET_FEATURES, 0, &[], &[]).u64();
+        // Split rings: everything offered but packed rings (QEMU without `packed=on`).
+        let offered = f.call(req::GET_FEATURES, 0, &[], &[]).u64() & !rawfront::RING_PACKED;
         assert_ne!(offered & LOG_ALL, 0);
         let pf = f.call(req::GET_PROTOCOL_FEATURES, 0, &[], &[]).u64();
         assert_ne!(pf & LOG_SHMFD, 0);
@@ -938,7 +944,7 @@ fn live_migration<E: CopyEngine>(chan: Channel<E>) {
     run_until(&mut pmd, "traffic into the source", |_| src.rx.used_idx(&src.g) == 16);
     // The destination's QEMU connects while the source runs (it starts with -incoming).
     let mut b = RawFrontend::connect(&sock);
-    assert_eq!(b.call(req::GET_FEATURES, 0, &[], &[]).u64() & !LOG_ALL, offered);
+    assert_eq!(b.call(req::GET_FEATURES, 0, &[], &[]).u64() & !LOG_ALL & !rawfront::RING_PACKED, offered);
     b.send(req::SET_PROTOCOL_FEATURES, 0, &rawfront::u64_body(rawfront::PF_MQ_REPLY_ACK), &[]).unwrap();
     assert!(b.acked(req::SET_OWNER, &[], &[]));
     for i in 0..2 {
@@ -1138,7 +1144,7 @@ fn a_migration_destination_is_served_while_the_source_runs_and_keeps_the_port_wh
     run_until(&mut pmd, "traffic into the source", |p| attached(p) && src.rx.used_idx(&src.g) >= 20);
     // The destination connects and negotiates while the source is attached and running.
     let mut b = RawFrontend::connect(&sock);
-    assert_eq!(b.call(req::GET_FEATURES, 0, &[], &[]).u64(), offered);
+    assert_eq!(b.call(req::GET_FEATURES, 0, &[], &[]).u64() & !rawfront::RING_PACKED, offered);
     b.send(req::SET_PROTOCOL_FEATURES, 0, &rawfront::u64_body(rawfront::PF_MQ_REPLY_ACK), &[]).unwrap();
     assert!(b.acked(req::SET_OWNER, &[], &[]));
     assert!(attached(&pmd), "the source still runs");
@@ -1187,6 +1193,102 @@ fn a_migration_destination_is_served_while_the_source_runs_and_keeps_the_port_wh
     }
     run_until(&mut pmd, "traffic goes on", |_| dst.rx.used_idx(&dst.g) == (bases[0] as u16).wrapping_add(48));
     drop(b);
+    run_until(&mut pmd, "detach", |p| !attached(p));
+    pmd.stop();
+    drop(pmd);
+    server.stop();
+}
+
+impl Guest {
+    /// A guest with one queue pair of packed rings (it acks VIRTIO_F_RING_PACKED).
+    fn packed() -> Guest {
+        let mut guest = Guest::with_pairs(1);
+        let feats = RingFeatures::PACKED | RingFeatures::EVENT_IDX | RingFeatures::INDIRECT_DESC;
+        guest.rx = guest.g.add_queue(QSIZE, feats);
+        guest.tx = guest.g.add_queue(QSIZE, feats);
+        guest
+    }
+}
+
+/// Takes every used RX entry of `rx`, checks its length, and posts a fresh buffer for each.
+/// Returns how many it took.
+fn recycle_rx(guest: &mut Guest) -> u32 {
+    let mut n = 0;
+    while let Some(u) = guest.rx.pop_used(&guest.g) {
+        assert_eq!(u.len, 12 + 1000, "net header + packet");
+        guest.rx.post_rx(&guest.g, 2048, 1);
+        n += 1;
+    }
+    n
+}
+
+/// A packed ring's position (index, wrap counter in bit 15) after `n` single-slot chains on a
+/// ring of `QSIZE` that started at index 0, wrap counter 1.
+fn packed_position(n: u32) -> u32 {
+    let wrap = (n / QSIZE as u32) % 2 == 0;
+    (n % QSIZE as u32) | if wrap { 0x8000 } else { 0 }
+}
+
+/// VIRTIO_F_RING_PACKED over vhost-user: packed rings carry traffic both ways across the end of the
+/// ring; GET_VRING_BASE drains them and answers the avail position with its wrap counter in bit 15
+/// and the used position (the same, drained) in bits 16..32; a restart with those bases resumes
+/// exactly there, with the wrap counter the ring stopped at.
+#[test]
+fn packed_rings_carry_traffic_and_vring_bases_carry_the_wrap_counter() {
+    let _serial = serial();
+    let (mut pmd, server, sock) = switch(100);
+    let mut guest = Guest::packed();
+    for _ in 0..64 {
+        guest.rx.post_rx(&guest.g, 2048, 1);
+    }
+    for i in 0..16u8 {
+        guest.tx.post_tx(&guest.g, &tx_frame(i), 1, false);
+    }
+    let (frontend, fds) = guest.connect(&sock);
+    run_until(&mut pmd, "packed pair attached", |p| attached(p));
+    let port = vhost_port(&pmd);
+    assert!(port.north().queue().is_packed() && port.south().queue().is_packed(), "packed rings negotiated");
+    // More than a whole ring's worth of RX chains: both wrap counters flip.
+    let mut received = 0;
+    run_until(&mut pmd, "traffic across the end of the ring", |p| {
+        received += recycle_rx(&mut guest);
+        received > 300 && received_on(p, 0) == 16
+    });
+    let tx_used: Vec<_> = std::iter::from_fn(|| guest.tx.pop_used(&guest.g)).collect();
+    assert_eq!(tx_used.len(), 16, "every TX chain returned");
+    run_until(&mut pmd, "copies in flight", |p| p.channel().in_flight() > 0);
+
+    let asker = std::thread::spawn(move || {
+        let rx = frontend.get_vring_base(0).unwrap();
+        let tx = frontend.get_vring_base(1).unwrap();
+        (frontend, rx, tx)
+    });
+    run_until(&mut pmd, "the GET_VRING_BASE answers", |_| asker.is_finished());
+    let (frontend, rx_base, tx_base) = asker.join().unwrap();
+    assert!(!attached(&pmd));
+    assert_eq!(pmd.channel().in_flight(), 0);
+    // Every chain taken is used: the driver's count says where the ring stopped. (The buffers
+    // are posted again, ahead of that position, for the restart.)
+    received += recycle_rx(&mut guest);
+    let at = packed_position(received);
+    assert_eq!(rx_base, at | at << 16, "avail and used positions with their wrap counters ({received} chains)");
+    assert_eq!(tx_base, 0x8010 | 0x8010 << 16, "16 TX chains, first pass");
+
+    // Restart where the rings stopped (the avail half, as DPDK's virtio-user sends it; this
+    // frontend sends 16 bits), then more traffic.
+    frontend.set_vring_base(0, rx_base as u16).unwrap();
+    frontend.set_vring_base(1, tx_base as u16).unwrap();
+    frontend.set_vring_kick(0, &fds[1]).unwrap();
+    frontend.set_vring_kick(1, &fds[3]).unwrap();
+    run_until(&mut pmd, "reattached", |p| attached(p));
+    guest.tx.post_tx(&guest.g, &tx_frame(99), 1, false);
+    let mut more = 0;
+    run_until(&mut pmd, "traffic after the restart", |p| {
+        more += recycle_rx(&mut guest);
+        more >= 64 && received_on(p, 0) == 1
+    });
+    assert!(!vhost_port(&pmd).north().queue().is_broken());
+    drop(frontend);
     run_until(&mut pmd, "detach", |p| !attached(p));
     pmd.stop();
     drop(pmd);

@@ -10,8 +10,9 @@
 //! channel must use the CPU-retry error policy (the default): the vhost paths have no way to
 //! redo a copy the engine reported failed.
 //!
-//! This module owns the in-flight state; rings are reached only through [`SplitQueue`](crate::SplitQueue)
-//! and memory only through [`GuestMemory`](crate::GuestMemory) and the one copy helper.
+//! This module owns the in-flight state; rings are reached only through
+//! [`Virtqueue`](crate::Virtqueue) (a split or a packed ring: one datapath, two ring formats) and
+//! memory only through [`GuestMemory`](crate::GuestMemory) and the one copy helper.
 
 #[allow(unsafe_code)]
 mod copy;
@@ -59,7 +60,7 @@ pub enum VhostError {
 /// Breaks `q` if its guest memory was lost under the switch (counted once in `stats`), and fails
 /// if it is broken. Shared by both directions, once per burst.
 #[inline]
-fn check_memory(q: &mut crate::virtio::split::SplitQueue, stats: &mut QueueStats) -> Result<(), VhostError> {
+fn check_memory(q: &mut crate::virtio::queue::Virtqueue, stats: &mut QueueStats) -> Result<(), VhostError> {
     match q.check_memory() {
         Ok(()) => Ok(()),
         Err(crate::virtio::error::VirtqError::Broken) => Err(VhostError::Broken),
@@ -74,7 +75,7 @@ fn check_memory(q: &mut crate::virtio::split::SplitQueue, stats: &mut QueueStats
 /// it asked (event idx / NO_INTERRUPT), counting both outcomes. A ring error breaks the queue and
 /// is counted. Shared by both directions.
 fn publish(
-    q: &mut crate::virtio::split::SplitQueue,
+    q: &mut crate::virtio::queue::Virtqueue,
     notifier: &mut Notifier,
     stats: &mut QueueStats,
 ) -> Result<(), VhostError> {

@@ -8,7 +8,8 @@
 //! freed and the guest is notified if it asked. A packet that cannot get enough buffers is handed
 //! back to the caller (the chains it took are rewound), never dropped.
 //!
-//! This module must not touch the rings except through [`SplitQueue`].
+//! This module must not touch the rings except through [`Virtqueue`] (split or packed: the same
+//! path serves both formats).
 
 use std::collections::VecDeque;
 
@@ -21,7 +22,7 @@ use crate::pool::{Packet, PacketPool};
 use crate::vhost::copy::{copy_segments, Dir};
 use crate::vhost::{Burst, Notifier, QueueStats, VhostError};
 use crate::virtio::chain::DescChain;
-use crate::virtio::split::SplitQueue;
+use crate::virtio::queue::Virtqueue;
 
 /// One accepted packet: its used entries (the first here, any more in `used`) wait until `end`
 /// retires.
@@ -42,7 +43,7 @@ struct InFlight {
 /// The northbound path of one guest RX virtqueue.
 #[derive(Debug)]
 pub struct Northbound {
-    q: SplitQueue,
+    q: Virtqueue,
     hdr_len: usize,
     mergeable: bool,
     inflight: VecDeque<InFlight>,
@@ -65,7 +66,8 @@ impl Northbound {
     /// Serves `q` (a guest RX queue) with a `hdr_len`-byte net header (see
     /// [`net_hdr_len`](crate::net_hdr_len)); `mergeable` when VIRTIO_NET_F_MRG_RXBUF was
     /// negotiated.
-    pub fn new(q: SplitQueue, hdr_len: usize, mergeable: bool, notifier: Notifier) -> Self {
+    pub fn new(q: impl Into<Virtqueue>, hdr_len: usize, mergeable: bool, notifier: Notifier) -> Self {
+        let q = q.into();
         let size = q.size() as usize;
         Northbound {
             q,
@@ -302,12 +304,12 @@ impl Northbound {
     }
 
     /// The ring.
-    pub fn queue(&self) -> &SplitQueue {
+    pub fn queue(&self) -> &Virtqueue {
         &self.q
     }
 
     /// The ring, mutable (control plane: kicks, state).
-    pub fn queue_mut(&mut self) -> &mut SplitQueue {
+    pub fn queue_mut(&mut self) -> &mut Virtqueue {
         &mut self.q
     }
 }

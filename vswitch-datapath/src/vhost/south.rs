@@ -7,7 +7,8 @@
 //! ring, published with one release store per poll. Without a free packet buffer the queue simply
 //! takes no more chains (they wait in the ring: push back, never drop).
 //!
-//! This module must not touch the rings except through [`SplitQueue`].
+//! This module must not touch the rings except through [`Virtqueue`] (split or packed: the same
+//! path serves both formats).
 
 use std::collections::VecDeque;
 
@@ -19,7 +20,7 @@ use crate::pool::{Packet, PacketPool};
 use crate::vhost::copy::{copy_segments, Dir};
 use crate::vhost::{Burst, Notifier, QueueStats, VhostError};
 use crate::virtio::chain::DescChain;
-use crate::virtio::split::SplitQueue;
+use crate::virtio::queue::Virtqueue;
 
 /// One taken chain: its packet (none for a malformed chain) waits until `end` retires.
 #[derive(Debug)]
@@ -37,7 +38,7 @@ struct InFlight {
 /// The southbound path of one guest TX virtqueue.
 #[derive(Debug)]
 pub struct Southbound {
-    q: SplitQueue,
+    q: Virtqueue,
     hdr_len: usize,
     inflight: VecDeque<InFlight>,
     /// Chains of the group being taken (`BURST` of them, reused).
@@ -55,7 +56,10 @@ impl Southbound {
     }
 
     /// Serves `q` (a guest TX queue) whose chains start with a `hdr_len`-byte net header.
-    pub fn new(q: SplitQueue, hdr_len: usize, notifier: Notifier) -> Self {
+    pub fn new(q: impl Into<Virtqueue>, hdr_len: usize, notifier: Notifier) -> Self {
+        let mut q = q.into();
+        // The device only reads TX buffers (whatever WRITE flags a driver leaves on them).
+        q.set_read_only(true);
         let size = q.size() as usize;
         Southbound {
             q,
@@ -289,12 +293,12 @@ impl Southbound {
     }
 
     /// The ring.
-    pub fn queue(&self) -> &SplitQueue {
+    pub fn queue(&self) -> &Virtqueue {
         &self.q
     }
 
     /// The ring, mutable (control plane).
-    pub fn queue_mut(&mut self) -> &mut SplitQueue {
+    pub fn queue_mut(&mut self) -> &mut Virtqueue {
         &mut self.q
     }
 }

@@ -33,7 +33,8 @@ use crate::dirty::DirtyLog;
 use crate::net::net_hdr_len;
 use crate::vhost::{Northbound, Notifier, Southbound};
 use crate::vhost_port::{DetachMode, PortCommand};
-use crate::virtio::split::{QueueConfig, SplitQueue};
+use crate::virtio::queue::Virtqueue;
+use crate::virtio::split::QueueConfig;
 use crate::virtio::{RingFeatures, MAX_QUEUE_SIZE};
 
 /// How many queue pairs a device offers unless told otherwise.
@@ -216,7 +217,7 @@ impl VhostUserDevice {
         Ok(r)
     }
 
-    fn queue(&self, index: usize, mem: &MemTable) -> Result<SplitQueue, VhostUserError> {
+    fn queue(&self, index: usize, mem: &MemTable) -> Result<Virtqueue, VhostUserError> {
         let v = &self.vrings[index];
         let a = v.addrs.expect("ready ring has addresses");
         let map = mem.addresses();
@@ -228,7 +229,7 @@ impl VhostUserDevice {
             features: RingFeatures::from_negotiated(self.acked),
             avail_base: v.base,
         };
-        let mut q = SplitQueue::new(mem.memory().clone(), cfg)?;
+        let mut q = Virtqueue::new(mem.memory().clone(), cfg)?;
         if features::logging(self.acked) {
             q.set_dirty_log(self.log.clone()).expect("a queue just set up has no chain in flight");
         }
@@ -365,9 +366,10 @@ impl VhostUserDevice {
         features::logging(self.acked) && self.log.is_some()
     }
 
-    /// `SET_VRING_NUM`: a power of two in `1..=MAX_QUEUE_SIZE`.
+    /// `SET_VRING_NUM`: in `1..=MAX_QUEUE_SIZE`, and a power of two unless packed rings were
+    /// negotiated (section 2.8: a packed ring may have any size).
     pub fn set_vring_num(&mut self, index: u32, num: u32) -> Result<(), VhostUserError> {
-        if num == 0 || num > MAX_QUEUE_SIZE as u32 || !num.is_power_of_two() {
+        if num == 0 || num > MAX_QUEUE_SIZE as u32 || !(num.is_power_of_two() || features::packed(self.acked)) {
             return Err(VhostUserError::BadRingSize(num));
         }
         self.vring(index)?;
@@ -386,10 +388,19 @@ impl VhostUserDevice {
         })
     }
 
-    /// `SET_VRING_BASE`: the next avail index to serve.
+    /// `SET_VRING_BASE`: the next avail index to serve. For a packed ring (vhost-user spec,
+    /// "Vring descriptor indices for packed virtqueues") bits 0..15 are the avail index, bit 15
+    /// its wrap counter, and bits 16..32 the used index and wrap counter: the ring restarts with
+    /// no chain in flight, so the used position is the avail one (as DPDK's vhost has it; QEMU
+    /// sends both equal after a stop, and DPDK's virtio-user sends only the avail half). An index
+    /// outside the ring is refused when the queue is built.
     pub fn set_vring_base(&mut self, index: u32, base: u32) -> Result<(), VhostUserError> {
         self.vring(index)?;
-        let base = u16::try_from(base).map_err(|_| VhostUserError::BadRingBase(base))?;
+        let base = if features::packed(self.acked) {
+            base as u16
+        } else {
+            u16::try_from(base).map_err(|_| VhostUserError::BadRingBase(base))?
+        };
         self.reconfigure(Some(index as usize / 2), |d| {
             d.vrings[index as usize].base = base;
             Ok(())
@@ -398,14 +409,17 @@ impl VhostUserDevice {
 
     /// `GET_VRING_BASE`: the frontend stops this ring. Its pair stops serving, with every copy
     /// drained and every in-flight chain back on the used ring (the other pairs keep running);
-    /// the answer is the next avail index.
+    /// the answer is the next avail index. For a packed ring: the avail index and wrap counter in
+    /// bits 0..16, and the used ones, which match them once drained, in bits 16..32.
     pub fn get_vring_base(&mut self, index: u32) -> Result<u32, VhostUserError> {
         self.vring(index)?;
         self.detach(Some(index as usize / 2), DetachMode::Drain)?;
+        let packed = features::packed(self.acked);
         let v = &mut self.vrings[index as usize];
         v.started = false;
         v.kick = None;
-        Ok(u32::from(v.base))
+        let base = u32::from(v.base);
+        Ok(if packed { base | base << 16 } else { base })
     }
 
     /// `SET_VRING_KICK`: starts the ring (`None`: no fd, the ring is polled, which the PMD does

@@ -3,7 +3,7 @@
 //! vhost-user spec, "Feature negotiation").
 
 use vhost::vhost_user::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_config::{VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
@@ -13,8 +13,8 @@ use super::VhostUserError;
 pub const VHOST_F_LOG_ALL: u64 = 1 << 26;
 
 /// The virtio feature bits offered by `GET_FEATURES`: VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF,
-/// VIRTIO_NET_F_MQ, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
-/// VHOST_USER_F_PROTOCOL_FEATURES and VHOST_F_LOG_ALL (dirty logging with asynchronous copies:
+/// VIRTIO_NET_F_MQ, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED
+/// (the rings are then packed, section 2.8), VHOST_USER_F_PROTOCOL_FEATURES and VHOST_F_LOG_ALL (dirty logging with asynchronous copies:
 /// see [`crate::dirty`]). No offloads (checksum, GSO): a TX header asking for one is a
 /// malformed chain.
 ///
@@ -27,6 +27,7 @@ pub fn offered_features() -> u64 {
         | (1 << VIRTIO_NET_F_MQ)
         | (1 << VIRTIO_RING_F_EVENT_IDX)
         | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+        | (1 << VIRTIO_F_RING_PACKED)
         | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
         | VHOST_F_LOG_ALL
 }
@@ -71,6 +72,11 @@ pub fn has_protocol_features(acked: u64) -> bool {
     acked & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0
 }
 
+/// Whether packed rings (VIRTIO_F_RING_PACKED) were negotiated.
+pub fn packed(acked: u64) -> bool {
+    acked & (1 << VIRTIO_F_RING_PACKED) != 0
+}
+
 /// Whether mergeable RX buffers were negotiated.
 pub fn mergeable(acked: u64) -> bool {
     acked & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0
@@ -85,7 +91,7 @@ mod tests {
     #[test]
     fn offered_features_cover_what_dpdk_virtio_user_needs() {
         let f = offered_features();
-        for bit in [32, 15, 22, 29, 28, 30] {
+        for bit in [32, 15, 22, 29, 28, 30, 34] {
             assert_ne!(f & (1 << bit), 0, "bit {bit} offered");
         }
         // No offloads: CSUM (0), GUEST_CSUM (1), HOST_TSO4 (11); no control queue (17).
@@ -98,7 +104,11 @@ mod tests {
         assert_eq!(net_hdr_len(all), 12);
         assert!(mergeable(all));
         assert!(has_protocol_features(all));
-        assert_eq!(RingFeatures::from_negotiated(all), RingFeatures::EVENT_IDX | RingFeatures::INDIRECT_DESC);
+        assert_eq!(
+            RingFeatures::from_negotiated(all),
+            RingFeatures::EVENT_IDX | RingFeatures::INDIRECT_DESC | RingFeatures::PACKED
+        );
+        assert!(packed(all) && !packed(all & !(1 << 34)));
         // A legacy frontend without VERSION_1 and MRG_RXBUF gets the 10-byte header.
         let legacy = check_acked(1 << VIRTIO_RING_F_EVENT_IDX).unwrap();
         assert_eq!(net_hdr_len(legacy), 10);

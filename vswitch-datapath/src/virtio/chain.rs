@@ -2,9 +2,12 @@
 //! 2.7.5.2 "Message Framing" and 2.7.4.2: readable buffers first, then writable ones).
 //!
 //! This module owns [`DescChain`], a caller-owned, reusable output buffer that
-//! [`super::split::SplitQueue::pop`] fills. It must not read guest memory or rings itself.
+//! [`super::split::SplitQueue::pop`] and [`super::packed::PackedQueue::pop`] fill. It must not
+//! read rings itself; it only translates the buffers of descriptors its callers checked.
 
-use crate::memory::HostSeg;
+use super::desc::Descriptor;
+use super::error::VirtqError;
+use crate::memory::{GuestMemory, HostSeg, RegionHint};
 
 /// Segments a new [`DescChain`] has room for on each side before it grows (once: a reused chain
 /// keeps its capacity). A descriptor that spans regions takes one segment per region.
@@ -82,7 +85,42 @@ impl DescChain {
         }
     }
 
-    /// The head descriptor's index: the `id` of this chain's used entry.
+    /// Appends the buffer of checked descriptor `d` (found at `index` of its table): translates
+    /// it into host segments on its side, refuses a readable buffer after a writable one (section
+    /// 2.7.4.2, 2.8.4) and totals that overflow 32 bits, and with `log_gpa` records a writable
+    /// buffer's guest-physical range. Used by the packed ring's walk (the split ring walks inline).
+    #[inline]
+    pub(crate) fn add_buffer(
+        &mut self,
+        mem: &GuestMemory,
+        d: &Descriptor,
+        index: u16,
+        hint: &mut RegionHint,
+        log_gpa: bool,
+    ) -> Result<(), VirtqError> {
+        self.descriptors += 1;
+        if d.is_write_only() {
+            self.writable_len = self.writable_len.checked_add(d.len()).ok_or(VirtqError::ChainLenOverflow)?;
+            mem.translate(d.addr(), d.len(), hint, &mut self.writable)?;
+            if log_gpa {
+                self.writable_gpa.push((d.addr(), d.len()));
+            }
+        } else {
+            // Zero-length descriptors are refused, so a non-zero writable length means one was seen.
+            if self.writable_len != 0 {
+                return Err(VirtqError::ReadableAfterWritable { index });
+            }
+            self.readable_len = self.readable_len.checked_add(d.len()).ok_or(VirtqError::ChainLenOverflow)?;
+            mem.translate(d.addr(), d.len(), hint, &mut self.readable)?;
+        }
+        if self.readable_len.checked_add(self.writable_len).is_none() {
+            return Err(VirtqError::ChainLenOverflow);
+        }
+        Ok(())
+    }
+
+    /// The `id` of this chain's used entry: the head descriptor's index (split ring), or the
+    /// buffer id of the chain's last descriptor (packed ring, section 2.8.6).
     #[inline]
     pub fn head(&self) -> u16 {
         self.head

@@ -12,7 +12,8 @@ use crate::memory::MemoryError;
 /// more, and nothing more is written to its rings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum VirtqError {
-    /// The queue was broken by an earlier error (see [`super::split::SplitQueue::broken`]).
+    /// The queue was broken by an earlier error (see [`super::split::SplitQueue::broken`],
+    /// [`super::packed::PackedQueue::broken`]).
     #[error("queue is broken")]
     Broken,
     /// The guest's memory file shrank under the switch: its pages were replaced by zero pages
@@ -52,7 +53,9 @@ pub enum VirtqError {
         index: u16,
     },
     /// A chain visits more descriptors than its table holds: a loop (section 2.7.5.2: a chain is
-    /// at most the queue size long; an indirect one at most its table).
+    /// at most the queue size long; an indirect one at most its table). In a packed ring: a chain
+    /// longer than the slots the device does not hold (it runs into chains in flight, or around
+    /// the whole ring).
     #[error("descriptor chain longer than {limit} (a loop)")]
     ChainTooLong {
         /// Most descriptors the chain may visit.
@@ -135,4 +138,8 @@ pub enum QueueConfigError {
     /// The used ring is not 4-aligned, or not inside one guest region.
     #[error("used ring at {0:#x} misaligned or outside guest memory")]
     UsedRing(u64),
+    /// A packed ring's start position (index in bits 0..15, wrap counter in bit 15) has an index
+    /// not below the queue size.
+    #[error("packed ring base {0:#x} outside the ring")]
+    BadBase(u16),
 }

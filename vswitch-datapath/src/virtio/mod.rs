@@ -1,27 +1,33 @@
-//! VIRTIO 1.x virtqueues, device side (virtio 1.2 spec, section 2.6 "Virtqueues" and 2.7 "Split
-//! Virtqueues").
+//! VIRTIO 1.x virtqueues, device side (virtio 1.2 spec, section 2.6 "Virtqueues", 2.7 "Split
+//! Virtqueues" and 2.8 "Packed Virtqueues").
 //!
 //! This module owns the ring formats and their validation: [`desc`] (the 16-byte descriptor seen
 //! through a checked view), [`chain`] (a walked descriptor chain as host segments), [`split`] (the
-//! device side of a split virtqueue: avail ring, used ring, event idx) and [`error`]. It must not
+//! device side of a split virtqueue: avail ring, used ring, event idx), [`packed`] (the device
+//! side of a packed virtqueue: one descriptor ring with wrap counters, event suppression),
+//! [`queue`] (either format behind one type, what the datapath serves) and [`error`]. It must not
 //! know packets, copy engines or vhost-user: rings go in, segments and used entries come out.
-//! Packed virtqueues come later, next to `split`.
 
 pub mod chain;
 pub mod desc;
 pub mod error;
+pub mod packed;
+pub mod queue;
 pub mod split;
 
+use virtio_bindings::virtio_config::VIRTIO_F_RING_PACKED;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
 bitflags::bitflags! {
-    /// The negotiated features that change how a split ring is processed.
+    /// The negotiated features that change how a ring is processed.
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
     pub struct RingFeatures: u8 {
         /// `VIRTIO_RING_F_INDIRECT_DESC` (section 2.7.5.3): descriptors may point to a table.
         const INDIRECT_DESC = 1 << 0;
         /// `VIRTIO_RING_F_EVENT_IDX` (section 2.7.7, 2.7.10): `used_event` / `avail_event`.
         const EVENT_IDX = 1 << 1;
+        /// `VIRTIO_F_RING_PACKED` (section 2.8): the queue is a packed ring, not a split one.
+        const PACKED = 1 << 2;
     }
 }
 
@@ -35,11 +41,14 @@ impl RingFeatures {
         if features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0 {
             f |= RingFeatures::EVENT_IDX;
         }
+        if features & (1 << VIRTIO_F_RING_PACKED) != 0 {
+            f |= RingFeatures::PACKED;
+        }
         f
     }
 }
 
-/// The largest split queue size (section 2.7: "Queue Size ... maximum 32768").
+/// The largest queue size (sections 2.7 and 2.8: "Queue Size ... maximum 32768").
 pub const MAX_QUEUE_SIZE: u16 = 32768;
 
 /// `vring_need_event` (section 2.7.10): whether moving an index from `old` to `new` crossed the

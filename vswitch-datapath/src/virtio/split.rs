@@ -89,7 +89,7 @@ const USED_ELEM: usize = 8;
 
 /// A position in the avail ring, to [`rewind`](SplitQueue::rewind) to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AvailMark(u16);
+pub struct AvailMark(pub(super) u16);
 
 /// The device side of one split virtqueue. Owned by one PMD thread; holds its guest memory.
 #[derive(Debug)]

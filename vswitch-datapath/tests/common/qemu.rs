@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::testpmd::{tail, HarnessError, Process, Scratch, Switch};
+use crate::testpmd::{tail, HarnessError, Process, Scratch, Switch, SwitchKind};
 
 /// The guests' memory (MiB), shared with the switch through a memfd.
 pub const GUEST_MEM_MB: u32 = 256;
@@ -240,6 +240,8 @@ pub struct GuestConfig {
     pub host_mtu: Option<u32>,
     /// The device's `mrg_rxbuf`; `None` keeps QEMU's default (on).
     pub mrg_rxbuf: Option<bool>,
+    /// Packed virtqueues (`packed=on` on the device, VIRTIO 1.1); off: split rings.
+    pub packed: bool,
     /// Queue pairs of the netdev; more than 1 also sets `mq=on` on the device.
     pub queues: u16,
     /// Combined channels the guest enables (`vsq eth0 channels N`); `None` keeps the driver's
@@ -270,6 +272,7 @@ impl GuestConfig {
             mtu: 1500,
             host_mtu: None,
             mrg_rxbuf: None,
+            packed: false,
             queues: 1,
             channels: None,
             role: Role::Server,
@@ -336,6 +339,9 @@ impl GuestConfig {
         }
         if let Some(m) = self.host_mtu {
             let _ = write!(device, ",host_mtu={m}");
+        }
+        if self.packed {
+            device += ",packed=on";
         }
         let mut args: Vec<String> = [
             "-machine",
@@ -605,8 +611,14 @@ pub struct Bed {
 impl Bed {
     /// Starts the `vswitch` binary with `engine` on two vhost-user ports (0 <-> 1).
     pub fn new(name: &str, engine: &str) -> Self {
+        Self::new_traced(name, engine, false)
+    }
+
+    /// [`new`](Self::new), the switch tracing vhost-user requests when `trace` (so that
+    /// `switch.acked_features()` tells what the guests negotiated).
+    pub fn new_traced(name: &str, engine: &str, trace: bool) -> Self {
         let scratch = Scratch::new("qemu");
-        let switch = Switch::vswitch(&scratch, engine)
+        let switch = Switch::start_traced(SwitchKind::Vswitch(engine.to_owned()), &scratch, trace)
             .unwrap_or_else(|e| panic!("{name}: cannot start the switch under test: {e}"));
         Bed { name: name.to_owned(), switch, guests: Vec::new(), retired: Vec::new(), scratch, started: Instant::now() }
     }

@@ -40,6 +40,8 @@ pub const REPLY: u32 = 4;
 pub const NEED_REPLY: u32 = 8;
 /// VHOST_USER_F_PROTOCOL_FEATURES.
 pub const PROTOCOL_FEATURES: u64 = 1 << 30;
+/// VIRTIO_F_RING_PACKED: acked only by frontends whose rings are packed.
+pub const RING_PACKED: u64 = 1 << 34;
 /// VHOST_USER_PROTOCOL_F_MQ | VHOST_USER_PROTOCOL_F_REPLY_ACK.
 pub const PF_MQ_REPLY_ACK: u64 = (1 << 0) | (1 << 3);
 

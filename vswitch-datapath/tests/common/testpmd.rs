@@ -230,6 +230,17 @@ impl Vdev {
         }
     }
 
+    /// The same port with packed virtqueues (`packed_vq=1`) when `packed`; unchanged otherwise (and
+    /// for other drivers).
+    pub fn packed_if(mut self, packed: bool) -> Self {
+        if let Vdev::VirtioUser { packed_vq, .. } = &mut self {
+            if packed {
+                *packed_vq = Some(true);
+            }
+        }
+        self
+    }
+
     /// A virtio-user port with `queues` queue pairs and the driver's defaults otherwise. More
     /// than one pair needs the control queue (`cq=1`, which virtio-user serves itself, turning
     /// `VQ_PAIRS_SET` into `SET_VRING_ENABLE`), so it is enabled then.
@@ -1187,6 +1198,22 @@ pub struct Switch {
 }
 
 impl Switch {
+    /// The feature words the frontends acked with `SET_FEATURES`, in order, from the trace of a
+    /// switch started with [`start_traced`](Self::start_traced) (empty otherwise).
+    pub fn acked_features(&self) -> Vec<u64> {
+        self.output()
+            .lines()
+            .filter(|l| l.contains("<- SET_FEATURES "))
+            .filter_map(|l| {
+                let hex = l.rsplit('[').next()?.strip_suffix(']')?;
+                let bytes: Vec<u8> = (0..hex.len() / 2)
+                    .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+                    .collect();
+                Some(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?))
+            })
+            .collect()
+    }
+
     /// DPDK's vhost back-end on `<scratch>/sw0.sock` and `sw1.sock`.
     pub fn dpdk_vhost(scratch: &Scratch) -> Result<Self, HarnessError> {
         Self::start(SwitchKind::DpdkVhost, scratch)
@@ -1199,6 +1226,13 @@ impl Switch {
 
     /// Starts `kind` and waits until both sockets exist.
     pub fn start(kind: SwitchKind, scratch: &Scratch) -> Result<Self, HarnessError> {
+        Self::start_traced(kind, scratch, false)
+    }
+
+    /// [`start`](Self::start), with our switch logging every vhost-user request when `trace`
+    /// (`VSWITCH_VHOST_TRACE`), so that [`acked_features`](Self::acked_features) can tell what
+    /// the frontends negotiated.
+    pub fn start_traced(kind: SwitchKind, scratch: &Scratch, trace: bool) -> Result<Self, HarnessError> {
         let sockets = [scratch.path("sw0.sock"), scratch.path("sw1.sock")];
         let mut sw = Switch { kind: kind.clone(), sockets, testpmd: None, vswitch: None };
         match &kind {
@@ -1223,6 +1257,9 @@ impl Switch {
                 cmd.arg("--engine").arg(engine);
                 cmd.arg("--pmd-cores").arg(SWITCH_CPU.to_string());
                 cmd.arg("--stats-interval").arg("1");
+                if trace {
+                    cmd.env("VSWITCH_VHOST_TRACE", "1");
+                }
                 if engine.starts_with("dmadev:") {
                     let prefix = unique_name("ce-vswitch");
                     cmd.arg("--eal-args").arg(format!(
