@@ -10,14 +10,14 @@
 #   scripts/fuzz.sh repro TARGET FILE...       run inputs once, with the target's output shown
 #   scripts/fuzz.sh seeds                      rewrite the hand-written seeds into fuzz/corpus
 #
-# Targets: split_ring net_header guest_memory vhost_user. Runs are niced (FUZZ_NICE, default
+# Targets: split_ring packed_ring net_header guest_memory vhost_user. Runs are niced (FUZZ_NICE, default
 # "nice -n 19") and single-process, single-thread; the build uses one job (FUZZ_BUILD_JOBS).
 # New inputs go to target/fuzz/corpus/TARGET (the repository's corpus is only read), crashes to
 # fuzz/artifacts/TARGET/, logs to target/fuzz/logs/TARGET.log. Exit status: non-zero on a crash.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-TARGETS=(split_ring net_header guest_memory vhost_user)
+TARGETS=(split_ring packed_ring net_header guest_memory vhost_user)
 export CARGO_TARGET_DIR="$ROOT/target/fuzz"
 TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 BIN="$CARGO_TARGET_DIR/$TRIPLE/release"

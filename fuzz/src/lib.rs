@@ -4,6 +4,7 @@
 //! them, so a crash found by the fuzzer replays as a plain `cargo test`.
 //!
 //! - [`split_ring`]: the device side of a split virtqueue against a model of the spec.
+//! - [`packed_ring`]: the device side of a packed virtqueue against a model of the spec.
 //! - [`net_header`]: the virtio-net header view and the southbound header check.
 //! - [`guest_memory`]: region layouts, translation and guest-memory accesses.
 //! - [`vhost_user`]: the vhost-user session and device over a real socket with real fds.
@@ -20,6 +21,7 @@ pub mod guest;
 pub mod guest_memory;
 pub mod input;
 pub mod net_header;
+pub mod packed_ring;
 pub mod seeds;
 pub mod split_ring;
 pub mod vhost_user;
@@ -36,8 +38,9 @@ pub type Target = fn(&[u8]);
 
 /// The targets, by name, as the fuzz binaries, the corpus directories and `scripts/fuzz.sh`
 /// name them.
-pub const TARGETS: [(&str, Target); 4] = [
+pub const TARGETS: [(&str, Target); 5] = [
     ("split_ring", split_ring::run),
+    ("packed_ring", packed_ring::run),
     ("net_header", net_header::run),
     ("guest_memory", guest_memory::run),
     ("vhost_user", vhost_user::run),

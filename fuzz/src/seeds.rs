@@ -3,6 +3,7 @@
 //! there. `cargo run --manifest-path fuzz/Cargo.toml --bin seeds -- fuzz/corpus` writes them.
 
 use crate::input::Encoder;
+use crate::packed_ring::op as pop;
 use crate::split_ring::op;
 
 /// Seeds of a target: `(file name, input)`.
@@ -12,6 +13,7 @@ pub type Seeds = Vec<(&'static str, Vec<u8>)>;
 pub fn all() -> Vec<(&'static str, Seeds)> {
     vec![
         ("split_ring", split_ring()),
+        ("packed_ring", packed_ring()),
         ("net_header", net_header()),
         ("guest_memory", guest_memory()),
         ("vhost_user", vhost_user()),
@@ -63,6 +65,71 @@ fn split_ring() -> Seeds {
     let mut e = ring_setup(3, 2);
     e.u8(op::SET_AVAIL_IDX).u8(0x80).u16(100).u8(op::AVAIL_COUNT).u8(op::POP);
     out.push(("avail-jump", e.0));
+    out
+}
+
+/// A packed-ring setup: size, features, default ring and event-area addresses, `base`.
+fn packed_setup(size: u8, features: u8, base: u16) -> Encoder {
+    let mut e = Encoder::default();
+    e.u8(size - 1).u8(features).u8(0).u8(0).u8(0).u16(base);
+    e
+}
+
+/// A chain of `lens.len()` descriptors at the driver's position, the first `fw` readable, with
+/// the right wrap counter (or the wrong one), buffers from `buf` in region 0's buffer area.
+fn packed_chain(e: &mut Encoder, lens: &[u8], fw: u8, id: u16, wrong: bool, buf: u16) {
+    e.u8(pop::WRITE_CHAIN).u8(lens.len() as u8 - 1).u8(fw).u16(id).u8(if wrong { 0 } else { 1 });
+    e.u8(0).u16(buf);
+    for &l in lens {
+        e.u8(l);
+    }
+}
+
+fn packed_ring() -> Seeds {
+    let mut out = Vec::new();
+    // Chains of two around a ring of 4: the wrap counters flip, used descriptors follow.
+    let mut e = packed_setup(4, 0, 0x8000);
+    for k in 0..5u16 {
+        packed_chain(&mut e, &[63, 63], 1, k, false, 0x100 * k);
+        e.u8(pop::BURST).u8(2);
+    }
+    packed_chain(&mut e, &[20, 20, 20], 2, 9, false, 0x40);
+    e.u8(pop::POP).u8(pop::PUSH_USED).u8(0).u8(pop::PUBLISH).u8(pop::NEEDS_NOTIFY);
+    out.push(("chains-wrap", e.0));
+    // Indirect table of 3 and event suppression by descriptor position.
+    let mut e = packed_setup(16, 3, 0x8000);
+    e.u8(pop::WRITE_INDIRECT).u8(0).u16(0x200).u8(2).u8(1);
+    for k in 0..3u16 {
+        e.u8(0).u16(0x400 + 0x100 * k).u8(200).u8(0);
+    }
+    e.u8(0).u16(5);
+    e.u8(pop::SET_EVENT).u16(0x8001).u8(0).u8(pop::SET_EVENT).u16(2).u8(1);
+    e.u8(pop::BURST).u8(3).u8(pop::SET_KICKS).u8(1).u8(pop::SET_KICKS).u8(0);
+    out.push(("indirect-event-desc", e.0));
+    // Dirty log: a writable buffer across the region 0/1 boundary; mark, rewind, give back.
+    let mut e = packed_setup(5, 5, 0x8000);
+    packed_chain(&mut e, &[63], 0, 7, false, 0x0ef0);
+    packed_chain(&mut e, &[16, 16], 1, 8, false, 0x10);
+    e.u8(pop::MARK).u8(pop::POP).u8(pop::POP).u8(pop::REWIND).u8(0).u8(pop::POP).u8(pop::POP);
+    e.u8(pop::GIVE_BACK).u8(1).u8(pop::POP).u8(pop::PUSH_USED).u8(0).u8(pop::PUSH_USED).u8(0);
+    e.u8(pop::PUBLISH).u8(pop::CHECK_MEMORY).u8(pop::NEEDS_NOTIFY);
+    out.push(("log-rewind-boundary", e.0));
+    // A ring of 5 starting mid-ring in the second pass; a read-only (TX) queue.
+    let mut e = packed_setup(5, 8, 0x0003);
+    for k in 0..4u16 {
+        packed_chain(&mut e, &[32, 32], 1, k, false, 0x80 * k);
+        e.u8(pop::BURST).u8(1);
+    }
+    out.push(("odd-size-second-pass-tx", e.0));
+    // Hostile: a wrong wrap counter (not available), then every slot chained: too long.
+    let mut e = packed_setup(4, 0, 0x8000);
+    packed_chain(&mut e, &[10], 0, 1, true, 0);
+    e.u8(pop::POP).u8(pop::MOVE_DRIVER).u8(0x80).u16(0);
+    for k in 0..4u16 {
+        e.u8(pop::WRITE_DESC).u16(k).u8(0).u16(0x20 * k).u8(0).u8(16).u16(k).u8(1);
+    }
+    e.u8(pop::POP).u8(pop::PUSH_USED).u8(0x80).u16(0).u32(0).u8(pop::PUBLISH);
+    out.push(("wrong-wrap-too-long", e.0));
     out
 }
 

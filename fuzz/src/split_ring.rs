@@ -150,13 +150,13 @@ impl Codec {
 
 /// A chain as the model walks it: what the device must hand out.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct ModelChain {
-    head: u16,
-    readable: Vec<(usize, u32)>,
-    writable: Vec<(usize, u32)>,
-    readable_len: u32,
-    writable_len: u32,
-    descriptors: u32,
+pub(crate) struct ModelChain {
+    pub(crate) head: u16,
+    pub(crate) readable: Vec<(usize, u32)>,
+    pub(crate) writable: Vec<(usize, u32)>,
+    pub(crate) readable_len: u32,
+    pub(crate) writable_len: u32,
+    pub(crate) descriptors: u32,
 }
 
 /// The model of the device side: the spec's rules over the shadow of guest memory.
@@ -181,7 +181,7 @@ struct Model {
 }
 
 /// Where a ring lies if it is acceptable: inside one region, with its host address aligned.
-fn place(g: &FuzzGuest, gpa: u64, len: usize, align: usize) -> bool {
+pub(crate) fn place(g: &FuzzGuest, gpa: u64, len: usize, align: usize) -> bool {
     if gpa.checked_add(len as u64).is_none() {
         return false;
     }
@@ -471,13 +471,13 @@ impl Model {
 }
 
 /// The guest address of a host address in guest memory.
-fn host_to_gpa(g: &FuzzGuest, host: usize) -> u64 {
+pub(crate) fn host_to_gpa(g: &FuzzGuest, host: usize) -> u64 {
     let s = g.spans().iter().find(|s| s.holds_host(host, 1)).expect("a segment in guest memory");
     s.gpa + (host - s.host) as u64
 }
 
 /// Per-thread guest memory, reused across inputs (zeroed for each).
-fn with_guest<R>(f: impl FnOnce(&mut FuzzGuest) -> R) -> R {
+pub(crate) fn with_guest<R>(f: impl FnOnce(&mut FuzzGuest) -> R) -> R {
     thread_local! {
         static GUEST: RefCell<FuzzGuest> = RefCell::new(FuzzGuest::new(&REGIONS));
     }
@@ -488,7 +488,7 @@ fn with_guest<R>(f: impl FnOnce(&mut FuzzGuest) -> R) -> R {
     })
 }
 
-fn segs(s: &[vswitch_datapath::HostSeg]) -> Vec<(usize, u32)> {
+pub(crate) fn segs(s: &[vswitch_datapath::HostSeg]) -> Vec<(usize, u32)> {
     s.iter().map(|s| (s.host_addr(), s.len())).collect()
 }
 

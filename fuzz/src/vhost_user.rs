@@ -539,7 +539,13 @@ impl Frontend {
                     assert_eq!(payload.len(), 8, "{what}: GET_VRING_BASE answered a malformed request");
                     let asked = u32::from_ne_bytes(payload[..4].try_into().expect("index"));
                     assert_eq!(v as u32, asked, "{what}: GET_VRING_BASE answers another vring");
-                    assert!(v >> 32 <= u16::MAX as u64, "{what}: a vring base beyond 16 bits");
+                    // Split: a 16-bit index. Packed: the avail position (index and wrap counter)
+                    // in bits 0..16 and the used one in bits 16..32, equal once the ring drained.
+                    let num = v >> 32;
+                    assert!(
+                        num <= u16::MAX as u64 || num & 0xffff == num >> 16,
+                        "{what}: a vring base {num:#x} that is neither a split index nor a drained packed position"
+                    );
                 }
             }
         } else if flags & NEED_REPLY != 0 {

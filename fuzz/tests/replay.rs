@@ -46,6 +46,11 @@ fn split_ring_corpus_and_regressions_hold() {
 }
 
 #[test]
+fn packed_ring_corpus_and_regressions_hold() {
+    replay("packed_ring");
+}
+
+#[test]
 fn net_header_corpus_and_regressions_hold() {
     replay("net_header");
 }
