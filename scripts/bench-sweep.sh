@@ -16,7 +16,8 @@
 # the CSV and the tables and says why there is no plot.
 #
 # Environment: SIZES ("64 128 256 512 1024 1518 4096 9000"; quick: "64 9000"), DIRS ("g2h h2g"),
-#   ENGINES ("memcpy worker"), ROUNDS (5; quick: 1), WARMUP (2 s; quick: 1), WINDOW (4 s;
+#   RINGS ("split"; "split packed": packed rings too, a second series per switch), ENGINES
+#   ("memcpy worker"), ROUNDS (5; quick: 1), WARMUP (2 s; quick: 1), WINDOW (4 s;
 #   quick: 2), JUMBO (all: the jumbo settings for every size, see peer-bench.sh), OUTDIR
 #   (bench/results); the rest (VSWITCH_BIN, TESTPMD, KEEP_LOGS) goes to
 #   peer-bench.sh as is.
@@ -52,7 +53,8 @@ ENGINES=${ENGINES:-"memcpy worker"}
 # guest RX) for every size, not only above 1518 B: the mbuf size alone moves the rates by 10-70 %,
 # and the curve should change with the packet size only.
 JUMBO=${JUMBO:-all}
-export SIZES ROUNDS WARMUP WINDOW DIRS ENGINES JUMBO
+RINGS=${RINGS:-split}
+export SIZES ROUNDS WARMUP WINDOW DIRS ENGINES JUMBO RINGS
 OUTDIR=${OUTDIR:-bench/results}
 NAME="sweep-$(date +%Y-%m-%d-%H%M%S)"
 [ $QUICK = 1 ] && NAME="$NAME-quick"
@@ -80,7 +82,8 @@ if [ "$rc" -ge 2 ] || [ ! -s "$OUT.csv" ]; then die "peer-bench.sh measured noth
 
 # ---- the Markdown table ----
 # CSV columns (scripts/peer-bench.sh): size direction switch status median_mpps min_mpps max_mpps
-# spread_pct median_gbps ratio_vs_dpdk rounds ok_rounds sender_median_mpps reason round_<i>_mpps...
+# spread_pct median_gbps ratio_vs_dpdk rounds ok_rounds sender_median_mpps reason ring round_<i>_mpps...
+# A packed-ring row's switch is shown as <switch>-packed (RINGS="split packed": two series each).
 # Only the reason may be quoted (and hold commas); mawk has no FPAT, so split by hand.
 CSV_SPLIT='
 function csv(line, f,    n, c, i, q, cur) {
@@ -123,7 +126,7 @@ cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null)
   echo "scripts/README-peer-bench.md."
   awk "$CSV_SPLIT"'
     NR == 1 { next }
-    { csv($0, f); k = f[1] SUBSEP f[2] SUBSEP f[3]
+    { csv($0, f); if (f[15] == "packed") f[3] = f[3] "-packed"; k = f[1] SUBSEP f[2] SUBSEP f[3]
       if (!(f[1] in seen_size)) { seen_size[f[1]] = 1; sizes[++ns] = f[1] }
       if (!(f[2] in seen_dir)) { seen_dir[f[2]] = 1; dirs[++nd] = f[2] }
       if (!(f[3] in seen_sw)) { seen_sw[f[3]] = 1; sws[++nw] = f[3] }
@@ -180,6 +183,7 @@ if [ -z "$NOPLOT" ]; then
   awk "$CSV_SPLIT"'
     NR == 1 { next }
     { csv($0, f); if (f[4] == "FAIL") next
+      if (f[15] == "packed") f[3] = f[3] "-packed"
       k = f[2] SUBSEP f[3]
       if (!(k in n)) order[f[2], ++nsw[f[2]]] = f[3]
       pts[k, ++n[k]] = f[1] " " f[5] " " f[6] " " f[7] }

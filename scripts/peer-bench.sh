@@ -27,14 +27,19 @@
 #   counter); host->guest, the guest (testpmd's Rx-pps), the same for both switches. The sending
 #   side's rate is printed next to it as a cross-check. A run whose receiver counted packets of
 #   another size than asked (bytes / packets) fails: it measured something else.
-# Rounds: for each cell (size, direction) round 1 runs every switch once, then round 2 ..., so
+# Rings: RINGS="split packed" measures each cell with split virtqueues and again with packed ones
+#   (VIRTIO 1.1): the guest's virtio-user port gets packed_vq=1, and both switches must have
+#   negotiated VIRTIO_F_RING_PACKED (checked in their logs: DPDK's "negotiated Virtio features",
+#   our switch's vhost-user trace, VSWITCH_VHOST_TRACE=1), else the run fails: a guest quietly
+#   falling back to split rings would be measured as packed.
+# Rounds: for each cell (size, direction, ring) round 1 runs every switch once, then round 2 ..., so
 #   drift over time hits every switch alike. Per cell and switch: the median of the rounds, the
 #   spread (min - max), and the ratio of medians ours / DPDK.
 # Cores (this machine has 2): the switch's forwarding thread on CPU 0, the guest's forwarding
 #   lcore on CPU 1; each testpmd's main lcore (idle: it only prints stats) on the other CPU.
 #
 # Environment: ROUNDS (5), WARMUP (2 s), WINDOW (4 s), SIZES ("64 1518"; 42..9216), DIRS
-#   ("g2h h2g"), ENGINES ("memcpy worker"), TESTPMD (dpdk-testpmd), VSWITCH_BIN (built here if
+#   ("g2h h2g"), RINGS ("split"; or "packed", or "split packed"), ENGINES ("memcpy worker"), TESTPMD (dpdk-testpmd), VSWITCH_BIN (built here if
 #   unset), JUMBO (auto; or all), CSV=<path> to also write the results as CSV (one row per cell and switch),
 #   KEEP_LOGS=1 to keep the per-run logs.
 # Exit status: 0 every run measured; 1 some run failed (its cell says FAIL and why; the tables
@@ -48,6 +53,7 @@ WARMUP=${WARMUP:-2}
 WINDOW=${WINDOW:-4}
 SIZES=${SIZES:-"64 1518"}
 DIRS=${DIRS:-"g2h h2g"}
+RINGS=${RINGS:-split}
 ENGINES=${ENGINES:-"memcpy worker"}
 TESTPMD=${TESTPMD:-dpdk-testpmd}
 SWITCH_CPU=0
@@ -62,6 +68,7 @@ die() { echo "peer-bench: $*" >&2; exit 2; }
 command -v "$TESTPMD" >/dev/null 2>&1 || die "$TESTPMD not found (Debian: apt-get install dpdk-dev; scripts/test.sh installs it)"
 [ "$(nproc)" -ge 2 ] || die "needs at least 2 CPUs (switch on one, guest on the other)"
 for d in $DIRS; do case $d in g2h | h2g) ;; *) die "DIRS: expected g2h and/or h2g, got $d" ;; esac; done
+for r in $RINGS; do case $r in split | packed) ;; *) die "RINGS: expected split and/or packed, got $r" ;; esac; done
 for s in $SIZES; do
   case $s in '' | *[!0-9]*) die "SIZES: expected packet sizes in bytes, got $s" ;; esac
   # 42: the Ethernet/IPv4/UDP header both senders write; 9216: the vswitch source's largest.
@@ -193,12 +200,26 @@ complaint() {
 }
 died() { local c; c=$(complaint "$1"); [ -n "$c" ] || c=$(tail -n 1 "$1" | tr -d '\r' | cut -c1-160); echo "$c"; }
 
-# run_one <label> <size> <dir>: starts the switch <label> (dpdk | memcpy | worker ...) and the
-# guest, measures, stops both; sets RESULT to "<rx pps> <sender pps>" or "FAIL <why>". (Not run
-# in a subshell, so that PIDS and PREFIXES reach the cleanup trap.)
+# The virtio feature word a switch's log says was negotiated (hex, no 0x), or nothing: DPDK's
+# vhost library logs it (lib.vhost.config at info); our switch traces SET_FEATURES with its
+# payload bytes, little-endian.
+negotiated() { # <log> dpdk|vswitch
+  if [ "$2" = dpdk ]; then
+    sed -n 's/.*negotiated Virtio features: 0x\([0-9a-fA-F]*\).*/\1/p' "$1" | tail -n 1
+  else
+    sed -n 's/.*<- SET_FEATURES .*\[\([0-9a-f]\{16\}\)\].*/\1/p' "$1" | tail -n 1 \
+      | sed 's/\(..\)\(..\)\(..\)\(..\)\(..\)\(..\)\(..\)\(..\)/\8\7\6\5\4\3\2\1/'
+  fi
+}
+# Whether VIRTIO_F_RING_PACKED (bit 34) is set in a hex feature word.
+has_packed() { [ -n "$1" ] && [ $(((16#$1 >> 34) & 1)) = 1 ]; }
+
+# run_one <label> <size> <dir> <ring>: starts the switch <label> (dpdk | memcpy | worker ...) and
+# the guest, measures, stops both; sets RESULT to "<rx pps> <sender pps>" or "FAIL <why>". (Not
+# run in a subshell, so that PIDS and PREFIXES reach the cleanup trap.)
 run_one() {
-  local label=$1 size=$2 dir=$3 rundir
-  rundir="$WORK/$label-$size-$dir-$RANDOM"; mkdir -p "$rundir"
+  local label=$1 size=$2 dir=$3 ring=$4 rundir
+  rundir="$WORK/$label-$size-$dir-$ring-$RANDOM"; mkdir -p "$rundir"
   local s0="$rundir/s0.sock" sw_pid guest_pid rx_src tx_src
   local swlog="$rundir/switch.log" glog="$rundir/guest.log"
   # Jumbo settings (see the top): whole-packet mbufs for testpmd senders and DPDK's switch,
@@ -213,6 +234,8 @@ run_one() {
     local mode=("${big_mbuf[@]}" --forward-mode=rxonly)
     [ "$dir" = h2g ] && mode=("${big_mbuf[@]}" --forward-mode=txonly --txpkts="$size")
     eal vhost "0@$GUEST_CPU,1@$SWITCH_CPU"
+    # Packed: the vhost library's negotiation log at info (the global level must allow it).
+    [ "$ring" = packed ] && EAL=${EAL/--log-level=5/--log-level=lib.vhost.config:info}
     # shellcheck disable=SC2086
     $STDBUF "$TESTPMD" $EAL --vdev "net_vhost0,iface=$s0,queues=1" -- "${mode[@]}" \
       --port-topology=loop --auto-start --nb-cores=1 --total-num-mbufs=16384 --stats-period=1 \
@@ -223,7 +246,9 @@ run_one() {
     # "<engine>-noadapt": the engine with adaptive offload off (--no-adaptive).
     local engine=(--engine "${label%-noadapt}")
     [ "$label" != "${label%-noadapt}" ] && engine+=(--no-adaptive)
-    "$VSWITCH" "${ports[@]}" "${engine[@]}" --pmd-cores "$SWITCH_CPU" --stats-interval 1 \
+    local trace=0
+    [ "$ring" = packed ] && trace=1
+    VSWITCH_VHOST_TRACE=$trace "$VSWITCH" "${ports[@]}" "${engine[@]}" --pmd-cores "$SWITCH_CPU" --stats-interval 1 \
       </dev/null >"$swlog" 2>&1 &
   fi
   sw_pid=$!; PIDS+=("$sw_pid")
@@ -234,8 +259,10 @@ run_one() {
   local mode=("${big_mbuf[@]}" --forward-mode=txonly --txpkts="$size")
   [ "$dir" = h2g ] && mode=(--forward-mode=rxonly "${guest_rx[@]}")
   eal guest "0@$SWITCH_CPU,1@$GUEST_CPU"
+  local packed_vq=""
+  [ "$ring" = packed ] && packed_vq=",packed_vq=1"
   # shellcheck disable=SC2086
-  $STDBUF "$TESTPMD" $EAL --vdev "net_virtio_user0,path=$s0,queues=1,mrg_rxbuf=1" -- "${mode[@]}" \
+  $STDBUF "$TESTPMD" $EAL --vdev "net_virtio_user0,path=$s0,queues=1,mrg_rxbuf=1$packed_vq" -- "${mode[@]}" \
     --port-topology=loop --auto-start --nb-cores=1 --total-num-mbufs=16384 --stats-period=1 \
     </dev/null >"$glog" 2>&1 &
   guest_pid=$!; PIDS+=("$guest_pid")
@@ -260,6 +287,14 @@ run_one() {
   stop "$guest_pid"
   stop "$sw_pid"
   [ "$label" != dpdk ] && cp "$swlog" "$WORK/last-switch-$label-$dir.log" 2>/dev/null
+  if [ "$ring" = packed ]; then
+    local feats kind=vswitch
+    [ "$label" = dpdk ] && kind=dpdk
+    feats=$(negotiated "$swlog" $kind)
+    if ! has_packed "$feats"; then
+      RESULT="FAIL packed rings not negotiated (features ${feats:-not found in the log of the switch})"; return
+    fi
+  fi
   local rx tx got why
   rx=$(series "${rx_src[@]}" | rate)
   tx=$(series "${tx_src[@]}" | rate)
@@ -298,7 +333,7 @@ csv_field() { local f=${1//\"/\'}; printf '"%s"' "$f"; }
 labels=(dpdk)
 for e in $ENGINES; do labels+=("$e"); done
 
-echo "== peer benchmark: rounds=$ROUNDS warmup=${WARMUP}s window=${WINDOW}s sizes=[$SIZES] directions=[$DIRS] switches=[${labels[*]}] jumbo=$JUMBO"
+echo "== peer benchmark: rounds=$ROUNDS warmup=${WARMUP}s window=${WINDOW}s sizes=[$SIZES] directions=[$DIRS] rings=[$RINGS] switches=[${labels[*]}] jumbo=$JUMBO"
 echo "   switch forwarding thread on CPU $SWITCH_CPU, guest (testpmd, 1 virtio-user port, txonly/rxonly) on CPU $GUEST_CPU"
 T0=$SECONDS
 # Per "<switch>/<size>/<dir>": the received pps of each round, in order ("FAIL" for a failed
@@ -306,37 +341,39 @@ T0=$SECONDS
 declare -A VALS SENT WHY
 for size in $SIZES; do
   for dir in $DIRS; do
+   for ring in $RINGS; do
     # Rounds alternate the switches: A B C, A B C, ...
     for round in $(seq "$ROUNDS"); do
       for label in "${labels[@]}"; do
-        run_one "$label" "$size" "$dir"; out=$RESULT
-        k="$label/$size/$dir"
+        run_one "$label" "$size" "$dir" "$ring"; out=$RESULT
+        k="$label/$size/$dir/$ring"
         case $out in
           FAIL*)
-            printf '   %5s B %-11s round %s %-7s %s\n' "$size" "$(dirname_ "$dir")" "$round" "$label" "$out"
+            printf '   %5s B %-11s %-6s round %s %-7s %s\n' "$size" "$(dirname_ "$dir")" "$ring" "$round" "$label" "$out"
             VALS[$k]="${VALS[$k]:-}${VALS[$k]:+ }FAIL"
             r=${out#FAIL }
             case "${WHY[$k]:-}" in *"$r"*) ;; *) WHY[$k]="${WHY[$k]:-}${WHY[$k]:+; }$r" ;; esac
             continue ;;
         esac
         read -r rx tx <<<"$out"
-        printf '   %5s B %-11s round %s %-7s received %7s Mpps (sender %7s Mpps)\n' "$size" "$(dirname_ "$dir")" \
-          "$round" "$label" "$(mpps "$rx")" "$(mpps "$tx")"
+        printf '   %5s B %-11s %-6s round %s %-7s received %7s Mpps (sender %7s Mpps)\n' "$size" \
+          "$(dirname_ "$dir")" "$ring" "$round" "$label" "$(mpps "$rx")" "$(mpps "$tx")"
         VALS[$k]="${VALS[$k]:-}${VALS[$k]:+ }$rx"
         SENT[$k]="${SENT[$k]:-}${SENT[$k]:+ }$tx"
       done
     done
+   done
   done
 done
 
 echo
 echo "Mpps received (guest->host: by the switch; host->guest: by the guest): median of $ROUNDS round(s), spread"
 echo "min - max (and (max - min) / median); Gbit/s = median pps x size x 8; ratio = median ours / median DPDK"
-row() { printf '%5s %-11s %-13s | %8s %8s %8s %7s | %8s | %9s | %s\n' "$@"; }
-row size direction switch median min max spread Gbit/s ours/dpdk rounds
+row() { printf '%5s %-11s %-6s %-13s | %8s %8s %8s %7s | %8s | %9s | %s\n' "$@"; }
+row size direction ring switch median min max spread Gbit/s ours/dpdk rounds
 if [ -n "$CSV" ]; then
   {
-    printf 'size,direction,switch,status,median_mpps,min_mpps,max_mpps,spread_pct,median_gbps,ratio_vs_dpdk,rounds,ok_rounds,sender_median_mpps,reason'
+    printf 'size,direction,switch,status,median_mpps,min_mpps,max_mpps,spread_pct,median_gbps,ratio_vs_dpdk,rounds,ok_rounds,sender_median_mpps,reason,ring'
     for r in $(seq "$ROUNDS"); do printf ',round_%s_mpps' "$r"; done
     echo
   } >>"$CSV"
@@ -344,10 +381,11 @@ fi
 FAILED=0
 for size in $SIZES; do
   for dir in $DIRS; do
+   for ring in $RINGS; do
     # shellcheck disable=SC2086
-    read -r _ dmed _ _ <<<"$(summary ${VALS[dpdk/$size/$dir]:-})"
+    read -r _ dmed _ _ <<<"$(summary ${VALS[dpdk/$size/$dir/$ring]:-})"
     for label in "${labels[@]}"; do
-      k="$label/$size/$dir"
+      k="$label/$size/$dir/$ring"
       # shellcheck disable=SC2086
       read -r n med lo hi <<<"$(summary ${VALS[$k]:-})"
       # shellcheck disable=SC2086
@@ -357,23 +395,23 @@ for size in $SIZES; do
       spread=$(awk -v a="$lo" -v b="$hi" -v m="$med" 'BEGIN { if (m > 0) printf "%.1f%%", (b - a) * 100 / m; else printf "-" }')
       if [ "$n" = 0 ]; then
         status=FAIL; FAILED=1
-        printf '%5s %-11s %-13s | FAIL %s\n' "$size" "$(dirname_ "$dir")" "$label" "$why"
+        printf '%5s %-11s %-6s %-13s | FAIL %s\n' "$size" "$(dirname_ "$dir")" "$ring" "$label" "$why"
       else
         status=ok
         [ "$n" -lt "$ROUNDS" ] && { status=partial; FAILED=1; }
-        row "$size" "$(dirname_ "$dir")" "$label" "$(mpps "$med")" "$(mpps "$lo")" "$(mpps "$hi")" \
+        row "$size" "$(dirname_ "$dir")" "$ring" "$label" "$(mpps "$med")" "$(mpps "$lo")" "$(mpps "$hi")" \
           "$spread" "$(gbps "$med" "$size")" "$rat" "$n/$ROUNDS${why:+ (failed: $why)}"
       fi
       if [ -n "$CSV" ]; then
         {
           if [ "$n" = 0 ]; then
-            printf '%s,%s,%s,%s,,,,,,,%s,%s,,%s' "$size" "$dir" "$label" "$status" "$ROUNDS" "$n" "$(csv_field "$why")"
+            printf '%s,%s,%s,%s,,,,,,,%s,%s,,%s,%s' "$size" "$dir" "$label" "$status" "$ROUNDS" "$n" "$(csv_field "$why")" "$ring"
           else
-            printf '%s,%s,%s,%s,%.6f,%.6f,%.6f,%s,%s,%s,%s,%s,%.6f,%s' "$size" "$dir" "$label" "$status" \
+            printf '%s,%s,%s,%s,%.6f,%.6f,%.6f,%s,%s,%s,%s,%s,%.6f,%s,%s' "$size" "$dir" "$label" "$status" \
               "$(awk -v p="$med" 'BEGIN { print p / 1e6 }')" "$(awk -v p="$lo" 'BEGIN { print p / 1e6 }')" \
               "$(awk -v p="$hi" 'BEGIN { print p / 1e6 }')" "${spread%\%}" "$(gbps "$med" "$size")" \
               "$(case $rat in -) echo 1.00 ;; n/a) ;; *) echo "$rat" ;; esac)" "$ROUNDS" "$n" \
-              "$(awk -v p="$smed" 'BEGIN { print p / 1e6 }')" "$(csv_field "$why")"
+              "$(awk -v p="$smed" 'BEGIN { print p / 1e6 }')" "$(csv_field "$why")" "$ring"
           fi
           for v in ${VALS[$k]:-}; do
             if [ "$v" = FAIL ]; then printf ',FAIL'; else printf ',%.6f' "$(awk -v p="$v" 'BEGIN { print p / 1e6 }')"; fi
@@ -382,6 +420,7 @@ for size in $SIZES; do
         } >>"$CSV"
       fi
     done
+   done
   done
 done
 echo "Both switches get one forwarding core (CPU $SWITCH_CPU), the guest one (CPU $GUEST_CPU); a ratio near 1"
