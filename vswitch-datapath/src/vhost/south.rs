@@ -113,7 +113,17 @@ impl Southbound {
                     }
                 }
                 if let Some(s) = chains[got].readable().first() {
-                    prefetch_host(s.host_addr());
+                    // The header's line; on a packed ring also the next one when the segment
+                    // reaches it (after a 12-byte header even a 64-byte payload ends there, and
+                    // the copy stalls on that line, which the guest's core wrote moments ago).
+                    // Measured with DPDK virtio-user sending 64 B (one 76 B segment at line
+                    // offset 52 in both formats): packed 13.1 -> 20.8 Mpps, split 17.6 -> 16.8,
+                    // so split rings keep the one prefetch (why split loses is not understood).
+                    let a = s.host_addr();
+                    prefetch_host(a);
+                    if self.q.is_packed() && (a & 63) + s.len() as usize > 64 {
+                        prefetch_host(a + 64);
+                    }
                 }
                 got += 1;
             }
