@@ -114,8 +114,8 @@ fn chain_running_into_descriptors_in_flight_breaks_only_its_queue() {
     let Scene { g, mut victim, mut healthy } = Scene::new(RingFeatures::empty());
     let mut vq = victim.packed_device(&g);
     let mut c = DescChain::new();
-    // The device holds a chain of 5 slots (0..5); the driver then writes 4 NEXT descriptors at
-    // 5, 6, 7 and 0 (the last over a slot in flight).
+    // The device holds a chain of 5 slots (0..5); the driver then writes a chain of 4
+    // descriptors at 5, 6, 7 and 0 (the last over a slot in flight).
     let p = vec![1u8; 500];
     let id = victim.post_tx(&g, &p, 5, false);
     assert!(vq.pop(&mut c).unwrap());
@@ -123,8 +123,10 @@ fn chain_running_into_descriptors_in_flight_breaks_only_its_queue() {
     let b = g.alloc(64, 8);
     let (slot, avail) = victim.packed_next();
     assert_eq!(slot, 5);
+    // Slot 0's descriptor ends the chain (no NEXT): a device that read one slot too far would
+    // take a 4-slot chain overlapping the one in flight instead of refusing it.
     for (k, s) in [6u16, 7, 0].into_iter().enumerate() {
-        let flags = NEXT | if k == 2 { victim.packed_next().1 ^ 0x8080 } else { avail };
+        let flags = if k == 2 { victim.packed_next().1 ^ 0x8080 } else { NEXT | avail };
         victim.write_packed_desc(&g, s, RawPackedDesc { addr: b, len: 64, id: 1, flags });
     }
     victim.write_packed_desc(&g, 5, RawPackedDesc { addr: b, len: 64, id: 1, flags: NEXT | avail });
