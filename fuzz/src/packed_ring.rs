@@ -50,7 +50,6 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use vswitch_datapath::dirty::LOG_PAGE;
 use vswitch_datapath::virtio::desc::{DescFlags, DESC_SIZE};
 use vswitch_datapath::virtio::packed::{RawPackedDesc, DESC_F_AVAIL, DESC_F_USED};
 use vswitch_datapath::virtio::MAX_QUEUE_SIZE;
@@ -60,7 +59,10 @@ use vswitch_datapath::{
 
 use crate::guest::FuzzGuest;
 use crate::input::Input;
-use crate::split_ring::{host_to_gpa, place, segs, with_guest, Codec, ModelChain, LOG_PAGES};
+use crate::split_ring::{
+    assert_log, check_broken, fail_with, handed_out, host_to_gpa, mark_log, place, with_guest, Codec, ModelChain,
+    LOG_PAGES,
+};
 
 /// Default descriptor ring address (a 128-entry ring fits below the event areas).
 pub const DEFAULT_DESC: u64 = 0x1_0000;
@@ -97,13 +99,16 @@ pub mod op {
     pub const OPS: u8 = 16;
 }
 
+/// Guest-physical buffers `(gpa, len)` a chain lets the device write.
+type GuestBufs = Vec<(u64, u32)>;
+
 /// A chain the model holds: its id, the ring position it started at, its slots, and the guest
 /// buffers it may write (for the dirty log).
 #[derive(Debug, Clone)]
 struct Held {
     start: u32,
     slots: u32,
-    written: Vec<(u64, u32)>,
+    written: GuestBufs,
 }
 
 /// The model of the device side of a packed ring.
@@ -192,28 +197,15 @@ impl Model {
     }
 
     fn mark_pages(&mut self, gpa: u64, len: u64) {
-        let Some(bits) = &mut self.log else { return };
-        if len == 0 {
-            return;
-        }
-        let (first, last) = (gpa / LOG_PAGE, gpa.saturating_add(len - 1) / LOG_PAGE);
-        for page in first..=last.min(LOG_PAGES - 1) {
-            bits[page as usize] = true;
-        }
+        mark_log(&mut self.log, gpa, len);
     }
 
     fn check(&self) -> Result<(), VirtqError> {
-        match self.broken {
-            Some(_) => Err(VirtqError::Broken),
-            None => Ok(()),
-        }
+        check_broken(&self.broken)
     }
 
     fn fail(&mut self, e: VirtqError) -> VirtqError {
-        if !matches!(e, VirtqError::Broken | VirtqError::TooManyUsed | VirtqError::BadRewind) {
-            self.broken = Some(e);
-        }
-        e
+        fail_with(&mut self.broken, e)
     }
 
     fn read_desc(&self, g: &FuzzGuest, slot: u32) -> RawPackedDesc {
@@ -221,7 +213,7 @@ impl Model {
         RawPackedDesc::from_le_bytes(b.try_into().expect("16 bytes"))
     }
 
-    fn pop(&mut self, g: &FuzzGuest) -> Result<Option<(ModelChain, Vec<(u64, u32)>)>, VirtqError> {
+    fn pop(&mut self, g: &FuzzGuest) -> Result<Option<(ModelChain, GuestBufs)>, VirtqError> {
         self.check()?;
         let held = self.slots_held();
         if held >= self.size {
@@ -305,7 +297,7 @@ impl Model {
     /// than the `free` slots the device does not hold), or one indirect descriptor and its table.
     /// Returns the chain (its id is that of its last ring descriptor), its slots, and its guest
     /// writable buffers.
-    fn walk(&self, g: &FuzzGuest, free: u32) -> Result<(ModelChain, u32, Vec<(u64, u32)>), VirtqError> {
+    fn walk(&self, g: &FuzzGuest, free: u32) -> Result<(ModelChain, u32, GuestBufs), VirtqError> {
         let mut c = ModelChain::default();
         let mut written = Vec::new();
         let mut slots = 0u32;
@@ -326,7 +318,8 @@ impl Model {
                 }
                 for k in 0..d.len / 16 {
                     let at = d.addr + 16 * k as u64;
-                    let bytes = g.read(at, DESC_SIZE).map_err(|addr| VirtqError::Memory(MemoryError::Unmapped { addr }))?;
+                    let bytes =
+                        g.read(at, DESC_SIZE).map_err(|addr| VirtqError::Memory(MemoryError::Unmapped { addr }))?;
                     let e = RawPackedDesc::from_le_bytes(bytes.try_into().expect("16 bytes"));
                     let (_, w, _) = self.desc_checks(&e, true)?;
                     Self::add(g, &mut c, &mut written, &e, k as u16, w)?;
@@ -463,12 +456,7 @@ impl Harness<'_> {
         assert_eq!(self.q.last_avail_idx(), self.m.encode(self.m.avail), "{at}: avail position and wrap counter");
         assert_eq!(self.q.used_idx(), self.m.encode(self.m.used), "{at}: used position and wrap counter");
         assert_eq!(self.q.in_flight() as usize, self.m.held.len(), "{at}: chains in flight");
-        if let (Some(log), Some(bits)) = (&self.log, &self.m.log) {
-            for (page, &want) in bits.iter().enumerate() {
-                let got = log.is_marked(page as u64 * LOG_PAGE);
-                assert_eq!(got, want, "{at}: dirty log bit of page {page:#x}");
-            }
-        }
+        assert_log(&self.log, &self.m.log, &at);
     }
 
     /// The driver's flags for a descriptor it makes available at position `pos`: AVAIL equal to
@@ -493,22 +481,7 @@ impl Harness<'_> {
         match (&want, got) {
             (Ok(None), Ok(false)) => {}
             (Ok(Some((w, written))), Ok(true)) => {
-                let c = &self.chain;
-                let have = ModelChain {
-                    head: c.head(),
-                    readable: segs(c.readable()),
-                    writable: segs(c.writable()),
-                    readable_len: c.readable_len(),
-                    writable_len: c.writable_len(),
-                    descriptors: c.descriptors(),
-                };
-                for &(host, len) in have.readable.iter().chain(&have.writable) {
-                    assert!(len > 0, "empty segment");
-                    assert!(
-                        self.g.spans().iter().any(|s| s.holds_host(host, len as usize)),
-                        "segment {host:#x}+{len:#x} is outside guest memory"
-                    );
-                }
+                let have = handed_out(self.g, &self.chain);
                 assert_eq!(&have, w, "op {}: the chain handed out differs from the descriptors", self.step);
                 // The writable segments are the model's guest buffers, translated.
                 let from_gpa: u64 = written.iter().map(|&(_, n)| n as u64).sum();
@@ -557,11 +530,8 @@ impl Harness<'_> {
                 let len = Codec::len(i);
                 let id = i.u16();
                 let fl = i.u8();
-                let flags = if fl & 0x80 != 0 {
-                    i.u16()
-                } else {
-                    (fl as u16 & 7) | self.avail_flags(self.driver, fl & 8 != 0)
-                };
+                let flags =
+                    if fl & 0x80 != 0 { i.u16() } else { (fl as u16 & 7) | self.avail_flags(self.driver, fl & 8 != 0) };
                 self.write_desc(slot, RawPackedDesc { addr, len, id, flags });
             }
             op::WRITE_CHAIN => {

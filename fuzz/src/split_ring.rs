@@ -227,14 +227,7 @@ impl Model {
 
     /// Marks every page of `gpa .. gpa + len` the log covers.
     fn mark(&mut self, gpa: u64, len: u64) {
-        let Some(bits) = &mut self.log else { return };
-        if len == 0 {
-            return;
-        }
-        let (first, last) = (gpa / LOG_PAGE, gpa.saturating_add(len - 1) / LOG_PAGE);
-        for page in first..=last.min(LOG_PAGES - 1) {
-            bits[page as usize] = true;
-        }
+        mark_log(&mut self.log, gpa, len);
     }
 
     fn mask(&self) -> u16 {
@@ -242,17 +235,11 @@ impl Model {
     }
 
     fn check(&self) -> Result<(), VirtqError> {
-        match self.broken {
-            Some(_) => Err(VirtqError::Broken),
-            None => Ok(()),
-        }
+        check_broken(&self.broken)
     }
 
     fn fail(&mut self, e: VirtqError) -> VirtqError {
-        if !matches!(e, VirtqError::Broken | VirtqError::TooManyUsed | VirtqError::BadRewind) {
-            self.broken = Some(e);
-        }
-        e
+        fail_with(&mut self.broken, e)
     }
 
     fn refresh(&mut self, g: &FuzzGuest) -> Result<(), VirtqError> {
@@ -492,6 +479,65 @@ pub(crate) fn segs(s: &[vswitch_datapath::HostSeg]) -> Vec<(usize, u32)> {
     s.iter().map(|s| (s.host_addr(), s.len())).collect()
 }
 
+/// Marks every page of `gpa .. gpa + len` that a model's dirty log (`Some` when logging) covers.
+pub(crate) fn mark_log(log: &mut Option<Vec<bool>>, gpa: u64, len: u64) {
+    let Some(bits) = log else { return };
+    if len == 0 {
+        return;
+    }
+    let (first, last) = (gpa / LOG_PAGE, gpa.saturating_add(len - 1) / LOG_PAGE);
+    for page in first..=last.min(LOG_PAGES - 1) {
+        bits[page as usize] = true;
+    }
+}
+
+/// `Broken` once a model's queue broke.
+pub(crate) fn check_broken(broken: &Option<VirtqError>) -> Result<(), VirtqError> {
+    match broken {
+        Some(_) => Err(VirtqError::Broken),
+        None => Ok(()),
+    }
+}
+
+/// A model's queue breaks on `e` unless it is a caller's mistake; returns `e`.
+pub(crate) fn fail_with(broken: &mut Option<VirtqError>, e: VirtqError) -> VirtqError {
+    if !matches!(e, VirtqError::Broken | VirtqError::TooManyUsed | VirtqError::BadRewind) {
+        *broken = Some(e);
+    }
+    e
+}
+
+/// The chain a device handed out, in the model's terms, after checking (independently of any
+/// model) that every segment is non-empty and inside one region's mapping.
+pub(crate) fn handed_out(g: &FuzzGuest, c: &DescChain) -> ModelChain {
+    let have = ModelChain {
+        head: c.head(),
+        readable: segs(c.readable()),
+        writable: segs(c.writable()),
+        readable_len: c.readable_len(),
+        writable_len: c.writable_len(),
+        descriptors: c.descriptors(),
+    };
+    for &(host, len) in have.readable.iter().chain(&have.writable) {
+        assert!(len > 0, "empty segment");
+        assert!(
+            g.spans().iter().any(|s| s.holds_host(host, len as usize)),
+            "segment {host:#x}+{len:#x} is outside guest memory"
+        );
+    }
+    have
+}
+
+/// Panics unless the device's dirty log marks exactly the model's pages.
+pub(crate) fn assert_log(log: &Option<Arc<DirtyLog>>, bits: &Option<Vec<bool>>, at: &str) {
+    if let (Some(log), Some(bits)) = (log, bits) {
+        for (page, &want) in bits.iter().enumerate() {
+            let got = log.is_marked(page as u64 * LOG_PAGE);
+            assert_eq!(got, want, "{at}: dirty log bit of page {page:#x} (gpa {:#x})", page as u64 * LOG_PAGE);
+        }
+    }
+}
+
 /// The harness: the guest side, the device under test, the model, and what is in flight.
 struct Harness<'g> {
     g: &'g mut FuzzGuest,
@@ -519,12 +565,7 @@ impl Harness<'_> {
         assert_eq!(self.q.last_avail_idx(), self.m.last_avail, "{at}: next avail index");
         assert_eq!(self.q.used_idx(), self.m.used_next, "{at}: next used index");
         assert_eq!(self.q.in_flight() as u32, self.m.in_flight, "{at}: chains in flight");
-        if let (Some(log), Some(bits)) = (&self.log, &self.m.log) {
-            for (page, &want) in bits.iter().enumerate() {
-                let got = log.is_marked(page as u64 * LOG_PAGE);
-                assert_eq!(got, want, "{at}: dirty log bit of page {page:#x} (gpa {:#x})", page as u64 * LOG_PAGE);
-            }
-        }
+        assert_log(&self.log, &self.m.log, &at);
     }
 
     fn pop(&mut self) {
@@ -534,23 +575,7 @@ impl Harness<'_> {
         match (&want, got) {
             (Ok(None), Ok(false)) => {}
             (Ok(Some(w)), Ok(true)) => {
-                let c = &self.chain;
-                let have = ModelChain {
-                    head: c.head(),
-                    readable: segs(c.readable()),
-                    writable: segs(c.writable()),
-                    readable_len: c.readable_len(),
-                    writable_len: c.writable_len(),
-                    descriptors: c.descriptors(),
-                };
-                // Independent of the model: every segment is inside one region's mapping.
-                for &(host, len) in have.readable.iter().chain(&have.writable) {
-                    assert!(len > 0, "empty segment");
-                    assert!(
-                        self.g.spans().iter().any(|s| s.holds_host(host, len as usize)),
-                        "segment {host:#x}+{len:#x} is outside guest memory"
-                    );
-                }
+                let have = handed_out(self.g, &self.chain);
                 assert_eq!(&have, w, "op {}: the chain handed out differs from the descriptors", self.step);
                 self.popped.push((have.head, have.writable_len));
             }
