@@ -22,8 +22,8 @@ use std::sync::mpsc::Sender;
 use copy_engine::CopyEngine;
 use smallvec::SmallVec;
 
-use crate::pool::Packet;
-use crate::port::{Port, PortCtx, PortStats};
+use crate::switch::pool::Packet;
+use crate::switch::port::{Port, PortCtx, PortStats};
 use crate::vhost::{Burst, Northbound, QueueStats, Southbound, VhostError};
 
 /// How a queue pair leaves its port.

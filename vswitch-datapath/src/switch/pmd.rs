@@ -14,10 +14,10 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 
 use copy_engine::{Channel, CopyEngine};
 
-use crate::pool::PacketPool;
-use crate::port::{Port, PortCtx, PortStats};
+use crate::switch::pool::PacketPool;
+use crate::switch::port::{Port, PortCtx, PortStats};
+use crate::switch::vhost_port::{PortCommand, VhostPort};
 use crate::vhost::{Burst, BURST};
-use crate::vhost_port::{PortCommand, VhostPort};
 
 /// The loop checks its command channel once every this many iterations.
 pub const COMMAND_POLL_EVERY: u64 = 64;

@@ -2,15 +2,15 @@
 //! makes fixed-size packets as fast as the port it feeds takes them.
 //!
 //! They stand in for a NIC that costs nothing, so one vhost port's direction can be measured on
-//! its own (the peer benchmark's guest -> host and host -> guest runs). Unlike [`crate::traffic`]
+//! its own (the peer benchmark's guest -> host and host -> guest runs). Unlike [`crate::guest::traffic`]
 //! they check nothing, and the source writes only an Ethernet/IPv4/UDP header into each packet
 //! (as DPDK testpmd's txonly mode does), not a payload, so a packet costs the switch only the
 //! vhost copy itself. This module must not know virtio or copy engines.
 
 use copy_engine::CopyEngine;
 
-use crate::pool::PacketPool;
-use crate::port::{Port, PortCtx, PortStats};
+use crate::switch::pool::PacketPool;
+use crate::switch::port::{Port, PortCtx, PortStats};
 use crate::vhost::Burst;
 
 /// Bytes of the header the source writes: Ethernet (14), IPv4 (20), UDP (8).

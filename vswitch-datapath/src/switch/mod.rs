@@ -1,0 +1,18 @@
+//! The switch: what a PMD thread owns and runs.
+//!
+//! - [`pool`]: packet buffers (a preallocated pool with headroom; the only `unsafe` here).
+//! - [`port`]: the [`Port`](port::Port) trait (`rx_burst` / `tx_burst` / `poll`) and its counters.
+//! - [`vhost_port`]: a guest's queue pairs as one port, and the commands a control plane sends
+//!   the PMD about them.
+//! - [`null_port`]: benchmark end points (a counting sink, a header-only source).
+//! - [`pmd`]: the PMD loop (receive, forward, submit, reap).
+//!
+//! This module must not know vhost-user sockets: the control plane reaches it through
+//! [`PortCommand`](vhost_port::PortCommand)s only.
+
+pub mod null_port;
+pub mod pmd;
+#[allow(unsafe_code)]
+pub mod pool;
+pub mod port;
+pub mod vhost_port;
