@@ -15,7 +15,7 @@
 //!   header ([`virtio::net`]).
 //! - [`vhost`]: asynchronous northbound (host -> guest) and southbound (guest -> host) paths.
 //! - [`switch`]: what a PMD thread runs: packet buffers, the port trait, the vhost port, the
-//!   benchmark end points, the PMD loop.
+//!   benchmark end points, MAC learning and L2 forwarding, the PMD loop.
 //! - [`vhost_user`]: the vhost-user backend (one socket and control thread per port).
 //! - `guest` (feature `test-utils`): the driver side, in-process guests and a traffic port for
 //!   tests, benches and the PVP demo; not part of a switch a user runs.
@@ -64,6 +64,8 @@ pub use null_port::{SinkPort, SourcePort};
 pub use pmd::{Pmd, PmdStats};
 pub use pool::{Packet, PacketPool, HEADROOM};
 pub use port::{Port, PortCtx, PortStats};
+pub use switch::l2::{L2Stats, LearningConfig};
+pub use switch::mac_table::{MacEntry, MacTable};
 #[cfg(feature = "test-utils")]
 pub use traffic::{TrafficConfig, TrafficError, TrafficPort};
 pub use vhost::{Burst, Northbound, Notifier, QueueStats, Southbound, VhostError, BURST};

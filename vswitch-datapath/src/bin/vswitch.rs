@@ -27,7 +27,7 @@ use copy_engine::{Adaptive, Channel, CopyEngine, Policy};
 use copy_engine_cpu::{MemcpyEngine, WorkerConfig, WorkerEngine};
 use vswitch_datapath::null_port::{SOURCE_HEADER, SOURCE_MAX};
 use vswitch_datapath::vhost_user::{DeviceConfig, VhostUserServer};
-use vswitch_datapath::{PacketPool, Pmd, Port, PortStats, SinkPort, SourcePort, VhostPort};
+use vswitch_datapath::{LearningConfig, PacketPool, Pmd, Port, PortStats, SinkPort, SourcePort, VhostPort};
 
 /// Packet buffers of the PMD thread, and the largest packet a guest may send.
 const POOL_PACKETS: usize = 4096;
@@ -294,9 +294,6 @@ fn pin_to(core: usize) -> Result<(), String> {
 
 fn run<E: CopyEngine>(chan: Channel<E>, args: &Args, stop: &AtomicBool) -> Result<(), String> {
     let engine_name = chan.with_engine(|e| e.info().name.clone());
-    if args.forward() == ForwardMode::Learning {
-        warn!("MAC learning is not implemented yet: ports are cross-connected in pairs");
-    }
     let mut pmd = Pmd::new(chan, PacketPool::new(POOL_PACKETS, DATA_ROOM));
     let (tx, rx) = mpsc::channel();
     pmd.set_commands(rx);
@@ -323,9 +320,17 @@ fn run<E: CopyEngine>(chan: Channel<E>, args: &Args, stop: &AtomicBool) -> Resul
         }
     }
     drop(tx);
-    for pair in (0..args.ports.len()).collect::<Vec<_>>().chunks_exact(2) {
-        pmd.connect(pair[0], pair[1]);
-        pmd.connect(pair[1], pair[0]);
+    match args.forward() {
+        ForwardMode::Pairs => {
+            for pair in (0..args.ports.len()).collect::<Vec<_>>().chunks_exact(2) {
+                pmd.connect(pair[0], pair[1]);
+                pmd.connect(pair[1], pair[0]);
+            }
+        }
+        ForwardMode::Learning => pmd.enable_learning(LearningConfig {
+            table_size: args.mac_table_size as usize,
+            aging: Duration::from_secs_f64(args.mac_aging),
+        }),
     }
     if let Some(&core) = args.pmd_cores.first() {
         pin_to(core)?;
@@ -333,7 +338,15 @@ fn run<E: CopyEngine>(chan: Channel<E>, args: &Args, stop: &AtomicBool) -> Resul
             warn!("one PMD thread, pinned to core {core}; the other --pmd-cores are not used");
         }
     }
-    println!("vswitch: engine {engine_name}, {} port(s):", args.ports.len());
+    let mode = match args.forward() {
+        ForwardMode::Pairs => "ports cross-connected in pairs".to_string(),
+        ForwardMode::Learning => format!(
+            "MAC learning ({} entries, aging {} s)",
+            pmd.l2().map_or(0, |l| l.table().capacity()),
+            args.mac_aging
+        ),
+    };
+    println!("vswitch: engine {engine_name}, {mode}, {} port(s):", args.ports.len());
     for (i, (s, spec)) in servers.iter().zip(&args.ports).enumerate() {
         match (s, spec) {
             (Some(s), _) => println!("  vhost{i}: vhost-user server on {}", s.path().display()),
@@ -402,6 +415,23 @@ fn print_stats<E: CopyEngine>(pmd: &Pmd<E>, servers: &[Option<VhostUserServer>],
         c.cpu_retry,
         pmd.channel().in_flight()
     );
+    if let Some(l2) = pmd.l2() {
+        let (s, t) = (l2.stats(), l2.table().stats());
+        println!(
+            "  l2: {} MACs, unicast {}, flooded {} ({} copies), filtered {}, no target {}, runts {}, \
+             learned {}, moved {}, evicted {}",
+            l2.table().len(l2.now_ms()),
+            s.unicast,
+            s.flooded,
+            s.flood_copies,
+            s.filtered,
+            s.no_target,
+            s.runts,
+            t.learned,
+            t.moves,
+            t.evictions
+        );
+    }
     for (i, s) in servers.iter().enumerate() {
         let p = pmd.port(i);
         let st = p.stats();

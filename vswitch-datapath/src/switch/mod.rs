@@ -5,11 +5,14 @@
 //! - [`vhost_port`]: a guest's queue pairs as one port, and the commands a control plane sends
 //!   the PMD about them.
 //! - [`null_port`]: benchmark end points (a counting sink, a header-only source).
+//! - [`mac_table`], [`l2`]: MAC learning and L2 forwarding (learn, look up, flood).
 //! - [`pmd`]: the PMD loop (receive, forward, submit, reap).
 //!
 //! This module must not know vhost-user sockets: the control plane reaches it through
 //! [`PortCommand`](vhost_port::PortCommand)s only.
 
+pub mod l2;
+pub mod mac_table;
 pub mod null_port;
 pub mod pmd;
 #[allow(unsafe_code)]

@@ -6,6 +6,10 @@
 //! completions once, and let every port complete what finished. Nothing waits for a copy. This
 //! module owns the loop's state; it must not know virtio.
 //!
+//! Forwarding is either fixed links ([`connect`](Pmd::connect): a cross-connect per pair of ports)
+//! or an L2 learning switch over all ports ([`enable_learning`](Pmd::enable_learning), see
+//! [`crate::switch::l2`]).
+//!
 //! A control plane on another thread (vhost-user) reaches the loop only through a
 //! [`PortCommand`] channel, which the loop checks with `try_recv` once every
 //! [`COMMAND_POLL_EVERY`] iterations: no lock is ever taken on the hot path.
@@ -14,6 +18,7 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 
 use copy_engine::{Channel, CopyEngine};
 
+use crate::switch::l2::{L2Switch, LearningConfig, CLOCK_EVERY};
 use crate::switch::pool::PacketPool;
 use crate::switch::port::{Port, PortCtx, PortStats};
 use crate::switch::vhost_port::{PortCommand, VhostPort};
@@ -49,6 +54,8 @@ pub struct Pmd<E: CopyEngine> {
     pool: PacketPool,
     ports: Vec<Box<dyn Port<E>>>,
     links: Vec<Link>,
+    /// MAC learning forwarding; when set, `links` are not used.
+    l2: Option<L2Switch>,
     stats: PmdStats,
     commands: Option<Receiver<PortCommand>>,
 }
@@ -66,7 +73,7 @@ impl<E: CopyEngine> std::fmt::Debug for Pmd<E> {
 impl<E: CopyEngine> Pmd<E> {
     /// A PMD over `chan` and `pool`, with no ports yet.
     pub fn new(chan: Channel<E>, pool: PacketPool) -> Self {
-        Pmd { chan, pool, ports: Vec::new(), links: Vec::new(), stats: PmdStats::default(), commands: None }
+        Pmd { chan, pool, ports: Vec::new(), links: Vec::new(), l2: None, stats: PmdStats::default(), commands: None }
     }
 
     /// Adds a port and returns its index.
@@ -79,6 +86,22 @@ impl<E: CopyEngine> Pmd<E> {
     pub fn connect(&mut self, from: usize, to: usize) {
         assert!(from < self.ports.len() && to < self.ports.len(), "no such port");
         self.links.push(Link { from, to, pending: Burst::new() });
+    }
+
+    /// Forwards as an L2 learning switch over every port (instead of the links of
+    /// [`connect`](Self::connect)).
+    pub fn enable_learning(&mut self, cfg: LearningConfig) {
+        self.l2 = Some(L2Switch::new(cfg));
+    }
+
+    /// The learning switch, when [`enable_learning`](Self::enable_learning) was called.
+    pub fn l2(&self) -> Option<&L2Switch> {
+        self.l2.as_ref()
+    }
+
+    /// The learning switch, mutable (tests move its clock).
+    pub fn l2_mut(&mut self) -> Option<&mut L2Switch> {
+        self.l2.as_mut()
     }
 
     /// Takes control-plane commands from `rx` (checked every [`COMMAND_POLL_EVERY`] iterations
@@ -131,6 +154,12 @@ impl<E: CopyEngine> Pmd<E> {
         }
         let mut cx = PortCtx { chan: &self.chan, pool: &mut self.pool };
         let mut moved = 0u64;
+        if let Some(l2) = &mut self.l2 {
+            if self.stats.iterations % CLOCK_EVERY == 0 {
+                l2.tick();
+            }
+            moved = l2.forward(&mut self.ports, &mut cx);
+        }
         for link in &mut self.links {
             if link.pending.is_empty() {
                 self.ports[link.from].rx_burst(&mut cx, &mut link.pending, BURST);
@@ -159,6 +188,9 @@ impl<E: CopyEngine> Pmd<E> {
             for p in link.pending.drain(..) {
                 cx.pool.free(p);
             }
+        }
+        if let Some(l2) = &mut self.l2 {
+            l2.clear(cx.pool);
         }
         for p in &mut self.ports {
             p.stop(&mut cx);

@@ -74,6 +74,12 @@ pub trait Port<E: CopyEngine> {
     /// The port's counters.
     fn stats(&self) -> PortStats;
 
+    /// Whether the port can take packets now (a vhost port: a queue pair is attached). A flood
+    /// skips ports that are down, so a guest that is not there holds nobody up.
+    fn is_up(&self) -> bool {
+        true
+    }
+
     /// Stops the port: afterwards no copy of it is in flight.
     fn stop(&mut self, _cx: &mut PortCtx<'_, E>) {}
 

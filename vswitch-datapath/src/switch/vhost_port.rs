@@ -480,6 +480,10 @@ impl<E: CopyEngine> Port<E> for VhostPort {
         offered - pkts.len()
     }
 
+    fn is_up(&self) -> bool {
+        self.is_attached()
+    }
+
     fn poll(&mut self, cx: &mut PortCtx<'_, E>) {
         let mut err = None;
         for qp in &mut self.pairs {
