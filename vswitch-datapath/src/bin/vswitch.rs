@@ -15,6 +15,7 @@
 //! after `--duration` seconds: the PMD stops (draining every copy in flight), then every socket
 //! is closed and removed. Frontends may disconnect and reconnect at any time.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use log::{error, warn};
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 use copy_engine::{Adaptive, Channel, CopyEngine, Policy};
 use copy_engine_cpu::{MemcpyEngine, WorkerConfig, WorkerEngine};
 use vswitch_datapath::null_port::{SOURCE_HEADER, SOURCE_MAX};
+use vswitch_datapath::switch::control::{self, CtlServer};
 use vswitch_datapath::vhost_user::{DeviceConfig, VhostUserServer};
 use vswitch_datapath::{LearningConfig, PacketPool, Pmd, Port, PortStats, SinkPort, SourcePort, VhostPort};
 
@@ -131,16 +133,25 @@ logs every vhost-user request). The banner and the stats lines go to stdout.";
 /// that size as fast as the port it is connected to takes them). Per-port stats are printed every
 /// --stats-interval seconds.
 #[derive(Debug, clap::Parser)]
-#[command(name = "vswitch", version, after_help = EXIT_CODES)]
+#[command(
+    name = "vswitch",
+    version,
+    after_help = EXIT_CODES,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Args {
+    /// `vswitch ctl ...` talks to a running switch instead of running one.
+    #[command(subcommand)]
+    sub: Option<Sub>,
     /// A port: vhost-user:<socket path>, sink, or source:<bytes> (42..=9216). Repeat for more
     /// ports; a socket path may not repeat.
     #[arg(long = "port", value_name = "SPEC", required = true)]
     ports: Vec<PortSpec>,
     /// The copy engine: memcpy, worker or dmadev:<name> (dmadev needs a build with the `dmadev`
     /// feature).
-    #[arg(long, value_name = "ENGINE")]
-    engine: EngineSpec,
+    #[arg(long, value_name = "ENGINE", required = true)]
+    engine: Option<EngineSpec>,
     /// EAL arguments for a dmadev engine (default: DPDK's dma_skeleton, --no-huge --no-pci).
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     eal_args: Option<String>,
@@ -170,10 +181,98 @@ struct Args {
     /// Stop after this many seconds (default: run until SIGINT or SIGTERM).
     #[arg(long, value_name = "SECS", value_parser = secs)]
     duration: Option<f64>,
+    /// Serve a control socket (JSON lines) on this path; `vswitch ctl <path> ...` talks to it.
+    #[arg(long, value_name = "PATH")]
+    ctl: Option<PathBuf>,
     /// Every copy at or above --cpu-below goes to the engine, even while it lags (adaptive
     /// offload is on by default: copies go to the CPU while the engine lags).
     #[arg(long)]
     no_adaptive: bool,
+}
+
+/// Subcommands.
+#[derive(Debug, clap::Subcommand)]
+enum Sub {
+    /// Send one command to a running switch's control socket and print its answer (one JSON
+    /// line). Commands: show | stats | mac-table | set-cpu-below BYTES | set-fallback cpu|push-back,
+    /// or a raw JSON request ('{"cmd":"show"}'). Exit codes: 0 the switch answered ok, 1 it
+    /// answered with an error, 2 no answer (no such socket, bad usage).
+    #[command(after_help = "")]
+    Ctl {
+        /// The control socket (the switch's --ctl).
+        socket: PathBuf,
+        /// The command and its arguments.
+        #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+}
+
+/// The request line `vswitch ctl` sends for `words`.
+fn ctl_request(words: &[String]) -> Result<String, String> {
+    let (cmd, rest) = words.split_first().ok_or("no command")?;
+    if cmd.starts_with('{') {
+        return Ok(words.join(" "));
+    }
+    let mut o = serde_json::Map::new();
+    o.insert("cmd".into(), cmd.clone().into());
+    let arg = |key: &str| -> Result<(String, serde_json::Value), String> {
+        match rest {
+            [v] => Ok((key.into(), v.parse::<u64>().map_or_else(|_| v.clone().into(), Into::into))),
+            _ => Err(format!("{cmd} takes one argument")),
+        }
+    };
+    let args = match cmd.as_str() {
+        "set-cpu-below" => vec![arg("bytes")?],
+        "set-fallback" => vec![arg("policy")?],
+        _ => rest
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').ok_or_else(|| format!("expected key=value, got {kv:?}"))?;
+                Ok((k.to_string(), v.parse::<u64>().map_or_else(|_| v.to_string().into(), Into::into)))
+            })
+            .collect::<Result<_, String>>()?,
+    };
+    o.extend(args);
+    Ok(serde_json::Value::Object(o).to_string())
+}
+
+/// `vswitch ctl`: one request, one answer.
+fn ctl(socket: &std::path::Path, words: &[String]) -> ExitCode {
+    use std::io::{BufRead, BufReader, Write};
+    let line = match ctl_request(words) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("vswitch ctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let answer = (|| -> std::io::Result<String> {
+        let mut s = std::os::unix::net::UnixStream::connect(socket)?;
+        s.set_read_timeout(Some(Duration::from_secs(15)))?;
+        writeln!(s, "{line}")?;
+        let mut answer = String::new();
+        BufReader::new(s).read_line(&mut answer)?;
+        Ok(answer)
+    })();
+    match answer {
+        Ok(a) if !a.trim().is_empty() => {
+            let v: serde_json::Value = serde_json::from_str(&a).unwrap_or(serde_json::Value::Null);
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or(a));
+            if v["ok"] == true {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Ok(_) => {
+            eprintln!("vswitch ctl: {}: no answer", socket.display());
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("vswitch ctl: {}: {e}", socket.display());
+            ExitCode::from(2)
+        }
+    }
 }
 
 impl Args {
@@ -224,6 +323,9 @@ fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
+    if let Some(Sub::Ctl { socket, command }) = &args.sub {
+        return ctl(socket, command);
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -236,7 +338,11 @@ fn main() -> ExitCode {
     // core of its own, a shared device), and back to the engine when it keeps up.
     let policy =
         Policy::default().with_cpu_below(args.cpu_below).with_adaptive((!args.no_adaptive).then(Adaptive::default));
-    let result = match &args.engine {
+    let Some(engine) = &args.engine else {
+        error!("--engine is needed");
+        return ExitCode::from(2);
+    };
+    let result = match engine {
         EngineSpec::Memcpy => run(Channel::new(MemcpyEngine::default(), policy), &args, &stop),
         EngineSpec::Worker => match WorkerEngine::new(WorkerConfig::default()) {
             Ok(e) => run(Channel::new(e, policy), &args, &stop),
@@ -320,6 +426,13 @@ fn run<E: CopyEngine>(chan: Channel<E>, args: &Args, stop: &AtomicBool) -> Resul
         }
     }
     drop(tx);
+    let (ctl_server, ctl_rx) = match &args.ctl {
+        Some(path) => {
+            let (s, rx) = CtlServer::start(path).map_err(|e| format!("--ctl {}: {e}", path.display()))?;
+            (Some(s), Some(rx))
+        }
+        None => (None, None),
+    };
     match args.forward() {
         ForwardMode::Pairs => {
             for pair in (0..args.ports.len()).collect::<Vec<_>>().chunks_exact(2) {
@@ -365,6 +478,16 @@ fn run<E: CopyEngine>(chan: Channel<E>, args: &Args, stop: &AtomicBool) -> Resul
         if iterations % CHECK_EVERY != 0 {
             continue;
         }
+        if let Some(rx) = &ctl_rx {
+            while let Ok(req) = rx.try_recv() {
+                let info = serde_json::json!({
+                    "engine": engine_name,
+                    "core": args.pmd_cores.first(),
+                    "uptime_s": start.elapsed().as_secs_f64(),
+                });
+                let _ = req.reply.send(control::answer(&mut pmd, &req.request, &info));
+            }
+        }
         if stop.load(Ordering::Relaxed) {
             println!("vswitch: signal received, stopping");
             break;
@@ -388,6 +511,9 @@ fn run<E: CopyEngine>(chan: Channel<E>, args: &Args, stop: &AtomicBool) -> Resul
     drop(pmd);
     for s in servers.into_iter().flatten() {
         s.stop();
+    }
+    if let Some(c) = ctl_server {
+        c.stop();
     }
     println!("vswitch: stopped");
     Ok(())
@@ -478,7 +604,7 @@ mod tests {
                    --stats-interval 0 --duration 2.5")
         .unwrap();
         assert_eq!(a.ports, [PortSpec::VhostUser("/tmp/a".into()), PortSpec::VhostUser("/tmp/b".into())]);
-        assert_eq!(a.engine, EngineSpec::Worker);
+        assert_eq!(a.engine, Some(EngineSpec::Worker));
         assert_eq!(a.pmd_cores, [1, 0]);
         assert_eq!(a.stats_interval(), None);
         assert_eq!(a.duration(), Some(Duration::from_millis(2500)));
@@ -492,6 +618,22 @@ mod tests {
         assert!(p("--port vhost-user:/tmp/a --engine memcpy --duration -1").is_err());
         assert!(p("--port vhost-user:/tmp/a --engine memcpy --pmd-cores x").is_err());
         assert!(p("--port vhost-user:/tmp/a --engine memcpy --bogus").unwrap_err().contains("--bogus"));
+    }
+
+    #[test]
+    fn ctl_words_become_one_json_request() {
+        let w = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        assert_eq!(ctl_request(&w("show")).unwrap(), r#"{"cmd":"show"}"#);
+        assert_eq!(ctl_request(&w("set-cpu-below 512")).unwrap(), r#"{"bytes":512,"cmd":"set-cpu-below"}"#);
+        assert_eq!(
+            ctl_request(&w("set-fallback push-back")).unwrap(),
+            r#"{"cmd":"set-fallback","policy":"push-back"}"#
+        );
+        assert_eq!(ctl_request(&w(r#"{"cmd":"stats"}"#)).unwrap(), r#"{"cmd":"stats"}"#);
+        assert!(ctl_request(&w("set-cpu-below")).is_err());
+        let a = p("ctl /tmp/x.sock mac-table").unwrap();
+        assert!(matches!(a.sub, Some(Sub::Ctl { ref command, .. }) if command == &["mac-table"]));
+        assert!(p("ctl /tmp/x.sock").is_err(), "a command is needed");
     }
 
     #[test]
@@ -530,6 +672,7 @@ mod tests {
             "--stats-interval",
             "--duration",
             "--no-adaptive",
+            "--ctl",
             "Exit codes",
         ] {
             assert!(help.contains(flag), "--help does not mention {flag}:\n{help}");

@@ -7,10 +7,12 @@
 //! - [`null_port`]: benchmark end points (a counting sink, a header-only source).
 //! - [`mac_table`], [`l2`]: MAC learning and L2 forwarding (learn, look up, flood).
 //! - [`pmd`]: the PMD loop (receive, forward, submit, reap).
+//! - [`control`]: the control socket (JSON lines), answered by the PMD between bursts.
 //!
 //! This module must not know vhost-user sockets: the control plane reaches it through
 //! [`PortCommand`](vhost_port::PortCommand)s only.
 
+pub mod control;
 pub mod l2;
 pub mod mac_table;
 pub mod null_port;

@@ -207,6 +207,11 @@ impl<E: CopyEngine> Pmd<E> {
         &self.pool
     }
 
+    /// How many ports there are.
+    pub fn port_count(&self) -> usize {
+        self.ports.len()
+    }
+
     /// Port `i`.
     pub fn port(&self, i: usize) -> &dyn Port<E> {
         &*self.ports[i]

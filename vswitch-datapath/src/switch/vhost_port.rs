@@ -313,6 +313,11 @@ impl VhostPort {
         (n, s)
     }
 
+    /// Each attached queue pair's counters: `(pair, northbound, southbound)`.
+    pub fn pair_stats(&self) -> Vec<(usize, QueueStats, QueueStats)> {
+        self.pairs.iter().map(|qp| (qp.index, qp.north.stats(), qp.south.stats())).collect()
+    }
+
     fn note(&mut self, e: VhostError) {
         if self.last_error.is_none() || e != VhostError::Broken {
             self.last_error = Some(e);
