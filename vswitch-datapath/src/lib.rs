@@ -60,7 +60,7 @@ pub use virtio::queue::Virtqueue;
 pub use virtio::split::{AvailMark, QueueConfig, SplitQueue};
 pub use virtio::RingFeatures;
 
-pub use null_port::{SinkPort, SourcePort};
+pub use null_port::{RemovedPort, SinkPort, SourcePort};
 pub use pmd::{Pmd, PmdStats};
 pub use pool::{Packet, PacketPool, HEADROOM};
 pub use port::{Port, PortCtx, PortStats};

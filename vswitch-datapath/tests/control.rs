@@ -156,3 +156,44 @@ fn vswitch_ctl_prints_the_answer_and_its_exit_code_says_how_it_went() {
         Command::new(env!("CARGO_BIN_EXE_vswitch")).args(["ctl", "/nonexistent/vs.sock", "show"]).output().unwrap();
     assert_eq!(none.status.code(), Some(2), "no switch there");
 }
+
+#[test]
+fn ports_are_added_and_removed_at_runtime_and_the_rest_forwards_on() {
+    let sw = start("ports");
+    let mut c = Client::connect(&sw.sock);
+    let extra = std::env::temp_dir().join(format!("vs-ctl-extra-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&extra);
+    let r = c.ask(&format!(r#"{{"cmd":"add-port","path":"{}"}}"#, extra.display()));
+    assert_eq!((r["ok"].clone(), r["port"].clone()), (Value::Bool(true), Value::from("vhost3")), "{r}");
+    assert!(extra.exists(), "the new port listens");
+    let show = c.ask(r#"{"cmd":"show"}"#);
+    assert_eq!(show["ports"][3]["kind"], "vhost-user");
+    assert_eq!(show["ports"][3]["up"], false, "no guest yet");
+    // The same socket twice is refused, and adds nothing.
+    let r = c.ask(&format!(r#"{{"cmd":"add-port","path":"{}"}}"#, extra.display()));
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(c.ask(r#"{"cmd":"show"}"#)["ports"].as_array().unwrap().len(), 4);
+
+    // Remove the new port and a sink; the source goes on feeding the other sink.
+    for p in ["vhost3", "2"] {
+        let r = c.ask(&format!(r#"{{"cmd":"remove-port","port":"{p}"}}"#));
+        assert_eq!(r["ok"], true, "{p}: {r}");
+    }
+    assert_eq!(c.ask(r#"{"cmd":"remove-port","port":"vhost3"}"#)["ok"], false, "removed once only");
+    assert_eq!(c.ask(r#"{"cmd":"remove-port","port":"nosuch"}"#)["ok"], false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while extra.exists() {
+        assert!(Instant::now() < deadline, "the removed port's socket is closed and removed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let show = c.ask(r#"{"cmd":"show"}"#);
+    let kinds: Vec<&str> = show["ports"].as_array().unwrap().iter().map(|p| p["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["local", "local", "removed", "removed"]);
+    let sink1 = |c: &mut Client| c.ask(r#"{"cmd":"stats"}"#)["ports"][1]["tx_packets"].as_u64().unwrap();
+    let a = sink1(&mut c);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sink1(&mut c) == a {
+        assert!(Instant::now() < deadline, "sink1 still receives");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

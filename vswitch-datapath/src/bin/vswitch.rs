@@ -18,7 +18,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use log::{error, warn};
+use log::{error, info, warn};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -27,9 +27,11 @@ use std::time::{Duration, Instant};
 use copy_engine::{Adaptive, Channel, CopyEngine, Policy};
 use copy_engine_cpu::{MemcpyEngine, WorkerConfig, WorkerEngine};
 use vswitch_datapath::null_port::{SOURCE_HEADER, SOURCE_MAX};
-use vswitch_datapath::switch::control::{self, CtlServer};
+use vswitch_datapath::switch::control::{self, CtlServer, Request};
 use vswitch_datapath::vhost_user::{DeviceConfig, VhostUserServer};
-use vswitch_datapath::{LearningConfig, PacketPool, Pmd, Port, PortStats, SinkPort, SourcePort, VhostPort};
+use vswitch_datapath::{
+    LearningConfig, PacketPool, Pmd, Port, PortCommand, PortStats, RemovedPort, SinkPort, SourcePort, VhostPort,
+};
 
 /// Packet buffers of the PMD thread, and the largest packet a guest may send.
 const POOL_PACKETS: usize = 4096;
@@ -194,8 +196,8 @@ struct Args {
 #[derive(Debug, clap::Subcommand)]
 enum Sub {
     /// Send one command to a running switch's control socket and print its answer (one JSON
-    /// line). Commands: show | stats | mac-table | set-cpu-below BYTES | set-fallback cpu|push-back,
-    /// or a raw JSON request ('{"cmd":"show"}'). Exit codes: 0 the switch answered ok, 1 it
+    /// line). Commands: show | stats | mac-table | set-cpu-below BYTES | set-fallback cpu|push-back
+    /// | add-port SOCKET | remove-port NAME|INDEX, or a raw JSON request ('{"cmd":"show"}'). Exit codes: 0 the switch answered ok, 1 it
     /// answered with an error, 2 no answer (no such socket, bad usage).
     #[command(after_help = "")]
     Ctl {
@@ -224,6 +226,10 @@ fn ctl_request(words: &[String]) -> Result<String, String> {
     let args = match cmd.as_str() {
         "set-cpu-below" => vec![arg("bytes")?],
         "set-fallback" => vec![arg("policy")?],
+        "add-port" | "remove-port" => match rest {
+            [v] => vec![(if cmd == "add-port" { "path" } else { "port" }.to_string(), v.clone().into())],
+            _ => return Err(format!("{cmd} takes one argument")),
+        },
         _ => rest
             .iter()
             .map(|kv| {
@@ -425,7 +431,8 @@ fn run<E: CopyEngine>(chan: Channel<E>, args: &Args, stop: &AtomicBool) -> Resul
             }
         }
     }
-    drop(tx);
+    // Kept for ports added at runtime.
+    let port_tx = tx;
     let (ctl_server, ctl_rx) = match &args.ctl {
         Some(path) => {
             let (s, rx) = CtlServer::start(path).map_err(|e| format!("--ctl {}: {e}", path.display()))?;
@@ -479,13 +486,19 @@ fn run<E: CopyEngine>(chan: Channel<E>, args: &Args, stop: &AtomicBool) -> Resul
             continue;
         }
         if let Some(rx) = &ctl_rx {
-            while let Ok(req) = rx.try_recv() {
+            // One request per check: the PMD runs CHECK_EVERY iterations between two answers.
+            if let Ok(req) = rx.try_recv() {
                 let info = serde_json::json!({
                     "engine": engine_name,
                     "core": args.pmd_cores.first(),
                     "uptime_s": start.elapsed().as_secs_f64(),
                 });
-                let _ = req.reply.send(control::answer(&mut pmd, &req.request, &info));
+                let a = if req.request.changes_ports() {
+                    change_ports(&mut pmd, &mut servers, &req.request, &port_tx, &mut last, args)
+                } else {
+                    control::answer(&mut pmd, &req.request, &info)
+                };
+                let _ = req.reply.send(a);
             }
         }
         if stop.load(Ordering::Relaxed) {
@@ -517,6 +530,64 @@ fn run<E: CopyEngine>(chan: Channel<E>, args: &Args, stop: &AtomicBool) -> Resul
     }
     println!("vswitch: stopped");
     Ok(())
+}
+
+/// Adds or removes a vhost-user port (`add-port`, `remove-port`), on the PMD thread.
+fn change_ports<E: CopyEngine>(
+    pmd: &mut Pmd<E>,
+    servers: &mut Vec<Option<VhostUserServer>>,
+    request: &Request,
+    port_tx: &mpsc::Sender<PortCommand>,
+    last: &mut StatsSample,
+    args: &Args,
+) -> serde_json::Value {
+    use serde_json::json;
+    match request {
+        Request::AddPort { path } => {
+            if args.forward() != ForwardMode::Learning {
+                return control::error_answer("add-port needs --forward learning (pairs are fixed at start)");
+            }
+            let i = pmd.port_count();
+            let name = format!("vhost{i}");
+            let cfg = DeviceConfig {
+                name: name.clone(),
+                port: i,
+                pmd: port_tx.clone(),
+                detach_timeout: Duration::from_secs(10),
+            };
+            // The server first: if the socket cannot be served, no port is added.
+            match VhostUserServer::start(path, cfg) {
+                Ok(server) => {
+                    pmd.add_port(Box::new(VhostPort::unattached(name.clone())));
+                    servers.push(Some(server));
+                    last.ports.push(PortStats::default());
+                    info!("port {name} added: vhost-user server on {path}");
+                    json!({ "ok": true, "port": name, "index": i })
+                }
+                Err(e) => control::error_answer(format!("add-port {path}: {e}")),
+            }
+        }
+        Request::RemovePort { port } => {
+            let Some(i) = control::find_port(pmd, port) else {
+                return control::error_answer(format!("no port {port:?}"));
+            };
+            let Some(old) = pmd.remove_port(i) else {
+                return control::error_answer(format!("port {port:?} was removed already"));
+            };
+            let name = old.name().to_string();
+            drop(old);
+            // The socket's threads detach through the PMD (which no longer has the port and
+            // answers at once): stop them off this thread, which must keep running.
+            if let Some(server) = servers.get_mut(i).and_then(Option::take) {
+                if let Err(e) = std::thread::Builder::new().name(format!("stop-{name}")).spawn(move || server.stop()) {
+                    warn!("port {name}: cannot stop its socket thread: {e}");
+                }
+            }
+            info!("port {name} removed (drained)");
+            json!({ "ok": true, "port": name, "index": i })
+        }
+        _ => control::error_answer("not a port change"),
+    }
 }
 
 /// The counters at the previous stats line, for rates.
@@ -565,6 +636,7 @@ fn print_stats<E: CopyEngine>(pmd: &Pmd<E>, servers: &[Option<VhostUserServer>],
             (Some(v), _) if v.is_attached() => "attached",
             (_, Some(s)) if s.is_connected() => "connected",
             (_, Some(_)) => "waiting",
+            (None, None) if p.as_any().is::<RemovedPort>() => "removed",
             (None, None) => "local",
             (Some(_), None) => "-",
         };
@@ -631,6 +703,8 @@ mod tests {
         );
         assert_eq!(ctl_request(&w(r#"{"cmd":"stats"}"#)).unwrap(), r#"{"cmd":"stats"}"#);
         assert!(ctl_request(&w("set-cpu-below")).is_err());
+        assert_eq!(ctl_request(&w("remove-port 3")).unwrap(), r#"{"cmd":"remove-port","port":"3"}"#);
+        assert_eq!(ctl_request(&w("add-port /tmp/a.sock")).unwrap(), r#"{"cmd":"add-port","path":"/tmp/a.sock"}"#);
         let a = p("ctl /tmp/x.sock mac-table").unwrap();
         assert!(matches!(a.sub, Some(Sub::Ctl { ref command, .. }) if command == &["mac-table"]));
         assert!(p("ctl /tmp/x.sock").is_err(), "a command is needed");

@@ -26,6 +26,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::switch::mac_table::format_mac;
+use crate::switch::null_port::RemovedPort;
 use crate::switch::pmd::Pmd;
 use crate::switch::vhost_port::VhostPort;
 use crate::vhost::QueueStats;
@@ -67,6 +68,36 @@ pub enum Request {
         /// The new policy.
         policy: Fallback,
     },
+    /// Adds a vhost-user port serving a socket at `path` (MAC learning only: pairs are fixed).
+    AddPort {
+        /// The socket path.
+        path: String,
+    },
+    /// Removes a port, draining it first (see [`Pmd::remove_port`]).
+    RemovePort {
+        /// The port's name (`vhost2`) or index.
+        port: String,
+    },
+}
+
+impl Request {
+    /// Whether the switch itself (which owns the sockets) must carry this request out, rather
+    /// than [`answer`].
+    pub fn changes_ports(&self) -> bool {
+        matches!(self, Request::AddPort { .. } | Request::RemovePort { .. })
+    }
+}
+
+/// The index of the port `name_or_index` names.
+pub fn find_port<E: CopyEngine>(pmd: &Pmd<E>, name_or_index: &str) -> Option<usize> {
+    (0..pmd.port_count())
+        .find(|&i| pmd.port(i).name() == name_or_index)
+        .or_else(|| name_or_index.parse().ok().filter(|&i| i < pmd.port_count()))
+}
+
+/// An error answer.
+pub fn error_answer(msg: impl Into<String>) -> Value {
+    error(msg.into())
 }
 
 /// A request on its way to the PMD, with where its answer goes.
@@ -237,6 +268,9 @@ pub fn answer<E: CopyEngine>(pmd: &mut Pmd<E>, request: &Request, info: &Value) 
             pmd.channel().set_policy(p.with_cpu_below(*bytes));
             json!({ "cpu_below": bytes, "was": p.cpu_below })
         }
+        Request::AddPort { .. } | Request::RemovePort { .. } => {
+            return error("adding and removing ports is the switch's, not the PMD's".into())
+        }
         Request::SetFallback { policy } => {
             let p = pmd.channel().policy();
             let on = match policy {
@@ -258,10 +292,15 @@ fn show<E: CopyEngine>(pmd: &Pmd<E>, info: &Value) -> Value {
         .map(|i| {
             let p = pmd.port(i);
             let vhost = p.as_any().downcast_ref::<VhostPort>();
+            let kind = match vhost {
+                Some(_) => "vhost-user",
+                None if p.as_any().is::<RemovedPort>() => "removed",
+                None => "local",
+            };
             json!({
                 "index": i,
                 "name": p.name(),
-                "kind": if vhost.is_some() { "vhost-user" } else { "local" },
+                "kind": kind,
                 "up": p.is_up(),
                 "queue_pairs": vhost.map(|v| v.attached_pairs()),
                 "pmd": 0,
@@ -369,6 +408,8 @@ mod tests {
             r#"{"cmd":"set-cpu-below","bytes":-1}"#,
             r#"{"cmd":"set-fallback","policy":"pray"}"#,
             r#"{"cmd":"set-cpu-below","bytes":1,"extra":1}"#,
+            r#"{"cmd":"add-port"}"#,
+            r#"{"cmd":"remove-port","port":3}"#,
         ] {
             let e = parse_line(bad).unwrap_err();
             assert_eq!(e["ok"], false, "{bad}");

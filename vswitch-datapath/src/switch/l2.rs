@@ -237,6 +237,21 @@ impl L2Switch {
         rx.extend(rest);
     }
 
+    /// Port `i` is going away: its MACs are forgotten, and what was waiting for it is handed
+    /// back (to be dropped by its stand-in). What it had received stays, and is distributed.
+    pub fn port_removed(&mut self, i: usize, received: Burst) -> Burst {
+        self.table.flush_port(i as u16);
+        if i < self.rx.len() {
+            self.rx[i].extend(received);
+            std::mem::take(&mut self.tx[i])
+        } else {
+            self.rx.resize_with(i + 1, Burst::new);
+            self.tx.resize_with(i + 1, Burst::new);
+            self.rx[i] = received;
+            Burst::new()
+        }
+    }
+
     /// Frees every packet held (the PMD is stopping).
     pub fn clear(&mut self, pool: &mut crate::switch::pool::PacketPool) {
         for b in self.rx.iter_mut().chain(self.tx.iter_mut()) {
@@ -347,13 +362,18 @@ mod tests {
     /// Runs the loop until it is idle and nothing is held; returns what each port got since last time.
     fn settle(pmd: &mut Pmd<MemcpyEngine>) -> Vec<Vec<Vec<u8>>> {
         for _ in 0..10_000 {
-            let queued: usize = (0..pmd.port_stats().len()).map(|i| wire(pmd, i).to_send.len()).sum();
+            let queued: usize = (0..pmd.port_count())
+                .filter_map(|i| pmd.port_mut(i).0.as_any_mut().downcast_mut::<Wire>().map(|w| w.to_send.len()))
+                .sum();
             if pmd.run_once() == 0 && queued == 0 && pmd.l2().unwrap().held() == 0 {
                 break;
             }
         }
         assert_eq!(pmd.l2().unwrap().held(), 0, "packets stuck in the switch");
-        (0..pmd.port_stats().len()).map(|i| std::mem::take(&mut wire(pmd, i).got)).collect()
+        (0..pmd.port_count())
+            .map(|i| pmd.port_mut(i).0.as_any_mut().downcast_mut::<Wire>().map(|w| std::mem::take(&mut w.got)))
+            .map(Option::unwrap_or_default)
+            .collect()
     }
 
     #[test]
@@ -454,5 +474,38 @@ mod tests {
         let s = pmd.l2().unwrap().stats();
         assert_eq!((s.filtered, s.runts, s.flood_copies), (1, 1, 0));
         assert_eq!(pmd.pool().available(), POOL);
+    }
+
+    #[test]
+    fn removing_a_port_under_traffic_loses_nothing_between_the_others() {
+        let mut pmd = switch(3, LearningConfig::default());
+        wire(&mut pmd, 1).take = 3;
+        wire(&mut pmd, 2).take = 2;
+        let mut sent = Vec::new();
+        for seq in 0..200u32 {
+            let f = frame(BROADCAST_MAC, mac(1), seq);
+            send(&mut pmd, 0, f.clone());
+            sent.push(f);
+        }
+        // A few iterations in, port 2 goes away with frames waiting for it.
+        for _ in 0..5 {
+            pmd.run_once();
+        }
+        assert!(wire(&mut pmd, 2).got.len() < 200, "port 2 still had frames to take");
+        let mut old = pmd.remove_port(2).expect("port 2 removed");
+        assert_eq!(old.name(), "w2");
+        let taken = old.as_any_mut().downcast_mut::<Wire>().unwrap().got.len() as u64;
+        assert!(pmd.remove_port(2).is_none(), "removed once only");
+        assert!(!pmd.port(2).is_up());
+        let got = settle(&mut pmd);
+        assert_eq!(got[1], sent, "port 1 got every frame, in order, through the removal");
+        let removed = pmd.port(2).stats();
+        let s = pmd.l2().unwrap().stats();
+        // A flood before the removal had two targets: a copy for port 1, the buffer for port 2,
+        // which port 2 took or its stand-in dropped. After it, one target and no copy.
+        assert_eq!(s.flooded, 200);
+        assert_eq!(taken + removed.drops, s.flood_copies, "port 2's share: taken {taken}, dropped {}", removed.drops);
+        assert!(s.flood_copies < 200, "floods after the removal made no copy");
+        assert_eq!(pmd.pool().available(), POOL, "every buffer back, the removed port's too");
     }
 }

@@ -19,9 +19,10 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use copy_engine::{Channel, CopyEngine};
 
 use crate::switch::l2::{L2Switch, LearningConfig, CLOCK_EVERY};
+use crate::switch::null_port::RemovedPort;
 use crate::switch::pool::PacketPool;
 use crate::switch::port::{Port, PortCtx, PortStats};
-use crate::switch::vhost_port::{PortCommand, VhostPort};
+use crate::switch::vhost_port::{DetachMode, PortCommand, VhostPort};
 use crate::vhost::{Burst, BURST};
 
 /// The loop checks its command channel once every this many iterations.
@@ -179,6 +180,38 @@ impl<E: CopyEngine> Pmd<E> {
             self.stats.busy_iterations += 1;
         }
         moved + retired
+    }
+
+    /// Removes port `i` at runtime, draining it first: a vhost port's queue pairs are detached
+    /// with [`DetachMode::Drain`] (every copy waited for, every chain in flight returned to the
+    /// guest), what it had received is still forwarded, and then a [`RemovedPort`] stands in its
+    /// place (indexes do not move; commands for it are ignored, its MACs forgotten). Returns the
+    /// removed port, `None` if there is no port `i` or it was removed already.
+    pub fn remove_port(&mut self, i: usize) -> Option<Box<dyn Port<E>>> {
+        let port = self.ports.get_mut(i)?;
+        if port.as_any().is::<RemovedPort>() {
+            return None;
+        }
+        let mut cx = PortCtx { chan: &self.chan, pool: &mut self.pool };
+        if let Some(vp) = port.as_any_mut().downcast_mut::<VhostPort>() {
+            vp.detach(&mut cx, DetachMode::Drain);
+        }
+        let mut received = Burst::new();
+        while port.rx_burst(&mut cx, &mut received, BURST) != 0 {}
+        port.stop(&mut cx);
+        let stand_in: Box<dyn Port<E>> = Box::new(RemovedPort::new(port.name(), port.stats()));
+        let old = std::mem::replace(port, stand_in);
+        let mut orphans = Burst::new();
+        if let Some(l2) = &mut self.l2 {
+            orphans = l2.port_removed(i, received);
+        } else if let Some(link) = self.links.iter_mut().find(|l| l.from == i) {
+            link.pending.extend(received);
+        } else {
+            orphans = received;
+        }
+        // Waiting for a port that is gone: its stand-in drops and counts them.
+        self.ports[i].tx_burst(&mut cx, &mut orphans);
+        Some(old)
     }
 
     /// Stops every port: drains every copy and returns the guests' buffers.
