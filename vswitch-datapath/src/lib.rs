@@ -26,7 +26,8 @@
 //! The guest is untrusted: every guest address and ring value is checked; a violation is a typed
 //! error and a broken queue, never undefined behaviour, a panic, or a write outside guest memory.
 //! `unsafe` code lives only in `mem::access` (guest mappings), [`mem::sigbus`] (surviving a guest file
-//! that shrinks under its mapping), [`switch::pool`] (packet buffer memory), `vhost_user::wire` (the socket's
+//! that shrinks under its mapping), [`switch::pool`] (packet buffer memory), [`switch::xring`] (the
+//! cross-PMD ring's slots), `vhost_user::wire` (the socket's
 //! file-descriptor passing) and `vhost::copy` (handing guest segments to a copy engine, called
 //! once each from the north and south paths).
 
