@@ -110,6 +110,13 @@ enum ForwardMode {
     Learning,
 }
 
+/// `PORT:PMD`.
+fn port_pmd(v: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("expected PORT:PMD (two indexes), got {v:?}");
+    let (a, b) = v.split_once(':').ok_or_else(bad)?;
+    Ok((a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?))
+}
+
 /// Seconds, as a finite number in 0..=1e9.
 fn secs(v: &str) -> Result<f64, String> {
     match v.parse::<f64>() {
@@ -157,9 +164,15 @@ struct Args {
     /// EAL arguments for a dmadev engine (default: DPDK's dma_skeleton, --no-huge --no-pci).
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     eal_args: Option<String>,
-    /// Cores to pin PMD threads to, comma separated (one PMD thread runs, on the first).
+    /// Cores for PMD threads, comma separated: one PMD thread per core, each with its own copy
+    /// engine (channel) and its own ports (pairs forwarding; packets between ports of two PMDs
+    /// cross on lock-free rings).
     #[arg(long, value_name = "CORES", value_delimiter = ',')]
     pmd_cores: Vec<usize>,
+    /// With several --pmd-cores: run port PORT (its index, from 0) on PMD PMD (the index of its
+    /// core in --pmd-cores). Repeatable; ports not named go round robin (port i on PMD i % n).
+    #[arg(long = "port-pmd", value_name = "PORT:PMD", value_parser = port_pmd)]
+    port_pmd: Vec<(usize, usize)>,
     /// How ports are connected.
     #[arg(long = "forward", value_enum, default_value_t = ForwardMode::Pairs)]
     forward: ForwardMode,
@@ -291,7 +304,30 @@ impl Args {
                 }
             }
         }
+        let pmds = self.pmd_cores.len().max(1);
+        for &(port, pmd) in &self.port_pmd {
+            if port >= self.ports.len() || pmd >= pmds {
+                return Err(format!("--port-pmd {port}:{pmd}: there are {} ports and {pmds} PMDs", self.ports.len()));
+            }
+        }
+        if pmds > 1 {
+            if self.mac_learning || self.forward == ForwardMode::Learning {
+                return Err("MAC learning runs on one PMD: give --pmd-cores one core".into());
+            }
+            if self.ctl.is_some() {
+                return Err("--ctl serves one PMD: give --pmd-cores one core".into());
+            }
+            if matches!(self.engine, Some(EngineSpec::Dmadev(_))) {
+                return Err("dmadev with several PMDs (a vchan each) is not supported yet".into());
+            }
+        }
         Ok(())
+    }
+
+    /// The PMD port `port` runs on.
+    fn pmd_of(&self, port: usize) -> usize {
+        let n = self.pmd_cores.len().max(1);
+        self.port_pmd.iter().rev().find(|(p, _)| *p == port).map_or(port % n, |&(_, m)| m)
     }
 
     fn forward(&self) -> ForwardMode {
@@ -348,6 +384,15 @@ fn main() -> ExitCode {
         error!("--engine is needed");
         return ExitCode::from(2);
     };
+    if args.pmd_cores.len() > 1 {
+        return match multi::run(&args, policy, &stop) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!("{e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let result = match engine {
         EngineSpec::Memcpy => run(Channel::new(MemcpyEngine::default(), policy), &args, &stop),
         EngineSpec::Worker => match WorkerEngine::new(WorkerConfig::default()) {
@@ -387,7 +432,7 @@ fn dmadev(name: &str, _policy: Policy, _args: &Args, _stop: &AtomicBool) -> Resu
 
 /// Pins the calling thread to `core`.
 #[allow(unsafe_code)]
-fn pin_to(core: usize) -> Result<(), String> {
+pub(crate) fn pin_to(core: usize) -> Result<(), String> {
     if core >= libc::CPU_SETSIZE as usize {
         return Err(format!("--pmd-cores: core {core} is out of range"));
     }
@@ -454,9 +499,6 @@ fn run<E: CopyEngine>(chan: Channel<E>, args: &Args, stop: &AtomicBool) -> Resul
     }
     if let Some(&core) = args.pmd_cores.first() {
         pin_to(core)?;
-        if args.pmd_cores.len() > 1 {
-            warn!("one PMD thread, pinned to core {core}; the other --pmd-cores are not used");
-        }
     }
     let mode = match args.forward() {
         ForwardMode::Pairs => "ports cross-connected in pairs".to_string(),
@@ -662,6 +704,9 @@ fn print_stats<E: CopyEngine>(pmd: &Pmd<E>, servers: &[Option<VhostUserServer>],
     last.t = t;
 }
 
+#[path = "vswitch/multi.rs"]
+mod multi;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -690,6 +735,11 @@ mod tests {
         assert!(p("--port vhost-user:/tmp/a --engine memcpy --duration -1").is_err());
         assert!(p("--port vhost-user:/tmp/a --engine memcpy --pmd-cores x").is_err());
         assert!(p("--port vhost-user:/tmp/a --engine memcpy --bogus").unwrap_err().contains("--bogus"));
+        let a = p("--port sink --port sink --port sink --engine memcpy --pmd-cores 0,1 --port-pmd 2:1").unwrap();
+        assert_eq!([a.pmd_of(0), a.pmd_of(1), a.pmd_of(2)], [0, 1, 1]);
+        assert!(p("--port sink --engine memcpy --pmd-cores 0,1 --port-pmd 0:2").is_err(), "no PMD 2");
+        assert!(p("--port sink --engine memcpy --pmd-cores 0,1 --port-pmd x").is_err());
+        assert!(p("--port sink --engine memcpy --pmd-cores 0,1 --mac-learning").is_err());
     }
 
     #[test]
@@ -747,6 +797,7 @@ mod tests {
             "--duration",
             "--no-adaptive",
             "--ctl",
+            "--port-pmd",
             "Exit codes",
         ] {
             assert!(help.contains(flag), "--help does not mention {flag}:\n{help}");
