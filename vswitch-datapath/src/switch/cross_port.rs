@@ -51,6 +51,7 @@ impl<E: CopyEngine> Port<E> for CrossTxPort {
             }
             n += 1;
         }
+        self.ring.publish();
         for p in pkts.drain(..n) {
             cx.pool.free(p);
         }
@@ -113,6 +114,7 @@ impl<E: CopyEngine> Port<E> for CrossRxPort {
             out.push(p);
             n += 1;
         }
+        self.ring.release();
         n
     }
 

@@ -101,7 +101,8 @@ impl XProducer {
         self.shared.slot_size
     }
 
-    /// Copies `frame` into the ring; `false` (nothing written) when the ring is full.
+    /// Copies `frame` into the ring, to be seen by the consumer after the next
+    /// [`publish`](Self::publish); `false` (nothing written) when the ring is full.
     ///
     /// # Panics
     ///
@@ -115,18 +116,27 @@ impl XProducer {
         let i = (self.tail % self.shared.slots.len() as u64) as usize;
         // SAFETY: `tail - head < slots`, so the consumer released this slot (its Release store of
         // `head`, which `has_room` Acquire-loaded, came after its last read of it) and will not
-        // read it before the Release store of `tail` below: this side is its only user now.
+        // read it before a Release store of `tail` past it (`publish`): this side is its only
+        // user now.
         let slot = unsafe { &mut *self.shared.slots[i].get() };
         slot.data[..frame.len()].copy_from_slice(frame);
         slot.len = frame.len();
         self.tail += 1;
-        self.shared.tail.0.store(self.tail, Ordering::Release);
         true
+    }
+
+    /// Makes every frame pushed so far visible to the consumer (once per burst: the shared cache
+    /// line is written once, not per frame). Frames not yet published are not lost: the next
+    /// `publish` shows them, in order.
+    #[inline]
+    pub fn publish(&mut self) {
+        self.shared.tail.0.store(self.tail, Ordering::Release);
     }
 }
 
 impl XConsumer {
-    /// Hands the oldest frame to `f` and releases its slot; `false` when the ring is empty.
+    /// Hands the oldest frame to `f`; its slot goes back to the producer at the next
+    /// [`release`](Self::release). `false` when the ring is empty.
     #[inline]
     pub fn pop_with(&mut self, f: impl FnOnce(&[u8])) -> bool {
         if self.head == self.cached_tail {
@@ -137,13 +147,18 @@ impl XConsumer {
         }
         let i = (self.head % self.shared.slots.len() as u64) as usize;
         // SAFETY: `head < tail`: the producer published this slot with a Release store of `tail`
-        // that the Acquire load above saw, and will not write it again before the Release store
-        // of `head` below: this side is its only user now, and only reads it.
+        // that the Acquire load above saw, and will not write it again before a Release store of
+        // `head` past it (`release`): this side is its only user now, and only reads it.
         let slot = unsafe { &*self.shared.slots[i].get() };
         f(&slot.data[..slot.len]);
         self.head += 1;
-        self.shared.head.0.store(self.head, Ordering::Release);
         true
+    }
+
+    /// Gives the slots of every frame popped so far back to the producer (once per burst).
+    #[inline]
+    pub fn release(&mut self) {
+        self.shared.head.0.store(self.head, Ordering::Release);
     }
 
     /// Frames waiting.
@@ -169,9 +184,15 @@ mod tests {
         }
         assert!(!p.push(&[9]), "full");
         let mut got = Vec::new();
+        assert!(!c.pop_with(|f| got.push(f.to_vec())), "nothing published yet");
+        p.publish();
         assert!(c.pop_with(|f| got.push(f.to_vec())));
+        assert!(!p.push(&[4, 4]), "the slot is not released yet");
+        c.release();
         assert!(p.push(&[4, 4]), "a slot was released");
+        p.publish();
         while c.pop_with(|f| got.push(f.to_vec())) {}
+        c.release();
         assert_eq!(got, [vec![0; 3], vec![1; 3], vec![2; 3], vec![3; 3], vec![4; 2]]);
         assert!(c.is_empty());
     }
@@ -183,12 +204,15 @@ mod tests {
         let t = std::thread::spawn(move || {
             let mut next = 0u32;
             while next < N {
-                c.pop_with(|f| {
-                    assert_eq!(f.len(), 4 + (next % 60) as usize);
-                    assert_eq!(u32::from_le_bytes(f[..4].try_into().unwrap()), next, "out of order");
-                    assert!(f[4..].iter().all(|&b| b == next as u8), "corrupt frame {next}");
-                    next += 1;
-                });
+                for _ in 0..(next % 7) + 1 {
+                    c.pop_with(|f| {
+                        assert_eq!(f.len(), 4 + (next % 60) as usize);
+                        assert_eq!(u32::from_le_bytes(f[..4].try_into().unwrap()), next, "out of order");
+                        assert!(f[4..].iter().all(|&b| b == next as u8), "corrupt frame {next}");
+                        next += 1;
+                    });
+                }
+                c.release();
             }
         });
         let mut buf = [0u8; 64];
@@ -197,9 +221,14 @@ mod tests {
             buf[..4].copy_from_slice(&i.to_le_bytes());
             buf[4..len].fill(i as u8);
             while !p.push(&buf[..len]) {
+                p.publish();
                 std::hint::spin_loop();
             }
+            if i % 5 == 0 {
+                p.publish();
+            }
         }
+        p.publish();
         t.join().unwrap();
     }
 }
