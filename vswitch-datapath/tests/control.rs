@@ -197,3 +197,65 @@ fn ports_are_added_and_removed_at_runtime_and_the_rest_forwards_on() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn with_two_pmds_show_and_stats_cover_both_and_their_engines() {
+    let sock = std::env::temp_dir().join(format!("vs-ctl-pmds-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let child = Command::new(env!("CARGO_BIN_EXE_vswitch"))
+        .args(["--port", "source:64", "--port", "sink", "--port", "source:64", "--port", "sink"])
+        .args(["--engine", "worker", "--pmd-cores", "0,1", "--port-pmd", "2:1", "--port-pmd", "3:0"])
+        .args(["--stats-interval", "0", "--ctl"])
+        .arg(&sock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sw = Switch { child, sock };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sw.sock.exists() {
+        assert!(Instant::now() < deadline, "the switch did not open its control socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = Client::connect(&sw.sock);
+    let show = c.ask(r#"{"cmd":"show"}"#);
+    assert_eq!(show["ok"], true, "{show}");
+    let pmds = show["pmds"].as_array().unwrap();
+    assert_eq!(pmds.len(), 2, "{show}");
+    assert_eq!((pmds[0]["id"].clone(), pmds[1]["id"].clone()), (Value::from(0), Value::from(1)));
+    assert!(pmds.iter().all(|p| p["engine"] == "worker"), "an engine each: {show}");
+    // Every pair crosses: each PMD has its real ports plus a ring end each way per pair.
+    let on = |k: u64| -> Vec<String> {
+        show["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["pmd"] == k)
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(on(0).contains(&"source0".to_string()) && on(0).contains(&"sink3".to_string()), "{:?}", on(0));
+    assert!(on(1).contains(&"sink1".to_string()) && on(1).contains(&"source2".to_string()), "{:?}", on(1));
+    assert!(on(0).iter().any(|n| n.starts_with("to-pmd1")) && on(1).iter().any(|n| n.starts_with("from-pmd0")));
+    assert_eq!(c.ask("{oops")["ok"], false);
+    let forwarded = |c: &mut Client| {
+        let s = c.ask(r#"{"cmd":"stats"}"#);
+        s["pmds"].as_array().unwrap().iter().map(|p| p["forwarded"].as_u64().unwrap()).collect::<Vec<_>>()
+    };
+    let a = forwarded(&mut c);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let b = forwarded(&mut c);
+        if b[0] > a[0] && b[1] > a[1] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "both PMDs forward: {a:?} -> {b:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let r = c.ask(r#"{"cmd":"set-cpu-below","bytes":128}"#);
+    assert_eq!(r["ok"], true, "{r}");
+    let show = c.ask(r#"{"cmd":"show"}"#);
+    assert!(show["pmds"].as_array().unwrap().iter().all(|p| p["cpu_below"] == 128), "set on every PMD: {show}");
+    assert_eq!(c.ask(r#"{"cmd":"remove-port","port":"sink1"}"#)["ok"], false, "one PMD only");
+}

@@ -314,9 +314,6 @@ impl Args {
             if self.mac_learning || self.forward == ForwardMode::Learning {
                 return Err("MAC learning runs on one PMD: give --pmd-cores one core".into());
             }
-            if self.ctl.is_some() {
-                return Err("--ctl serves one PMD: give --pmd-cores one core".into());
-            }
             if matches!(self.engine, Some(EngineSpec::Dmadev(_))) {
                 return Err("dmadev with several PMDs (a vchan each) is not supported yet".into());
             }
@@ -532,6 +529,7 @@ fn run<E: CopyEngine>(chan: Channel<E>, args: &Args, stop: &AtomicBool) -> Resul
             if let Ok(req) = rx.try_recv() {
                 let info = serde_json::json!({
                     "engine": engine_name,
+                    "pmd": 0,
                     "core": args.pmd_cores.first(),
                     "uptime_s": start.elapsed().as_secs_f64(),
                 });

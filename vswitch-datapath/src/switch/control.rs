@@ -245,7 +245,7 @@ fn queue_json(q: &QueueStats) -> Value {
 }
 
 /// What the PMD answers to `request` (on the PMD thread, between bursts). `info` holds what the
-/// PMD does not know itself: `engine` (its name), `core`, `uptime_s`.
+/// PMD does not know itself: `pmd` (its id), `engine` (its name), `core`, `uptime_s`.
 pub fn answer<E: CopyEngine>(pmd: &mut Pmd<E>, request: &Request, info: &Value) -> Value {
     let mut v = match request {
         Request::Show => show(pmd, info),
@@ -288,6 +288,7 @@ pub fn answer<E: CopyEngine>(pmd: &mut Pmd<E>, request: &Request, info: &Value) 
 }
 
 fn show<E: CopyEngine>(pmd: &Pmd<E>, info: &Value) -> Value {
+    let pmd_id = info.get("pmd").cloned().unwrap_or(Value::from(0));
     let ports: Vec<Value> = (0..pmd.port_count())
         .map(|i| {
             let p = pmd.port(i);
@@ -303,7 +304,7 @@ fn show<E: CopyEngine>(pmd: &Pmd<E>, info: &Value) -> Value {
                 "kind": kind,
                 "up": p.is_up(),
                 "queue_pairs": vhost.map(|v| v.attached_pairs()),
-                "pmd": 0,
+                "pmd": pmd_id,
             })
         })
         .collect();
@@ -312,7 +313,7 @@ fn show<E: CopyEngine>(pmd: &Pmd<E>, info: &Value) -> Value {
         "forwarding": if pmd.l2().is_some() { "learning" } else { "pairs" },
         "ports": ports,
         "pmds": [{
-            "id": 0,
+            "id": pmd_id,
             "core": info.get("core").cloned().unwrap_or(Value::Null),
             "engine": info.get("engine").cloned().unwrap_or(Value::Null),
             "ports": (0..pmd.port_count()).collect::<Vec<_>>(),
@@ -368,7 +369,7 @@ fn stats<E: CopyEngine>(pmd: &Pmd<E>, info: &Value) -> Value {
     json!({
         "ports": ports,
         "pmds": [{
-            "id": 0,
+            "id": info.get("pmd").cloned().unwrap_or(Value::from(0)),
             "iterations": m.iterations,
             "busy_iterations": m.busy_iterations,
             "forwarded": m.forwarded,
@@ -384,6 +385,25 @@ fn stats<E: CopyEngine>(pmd: &Pmd<E>, info: &Value) -> Value {
         }],
         "l2": l2,
     })
+}
+
+/// One answer from the answers of several PMDs to the same request: their `ports` and `pmds`
+/// lists joined in PMD order, everything else from the first; `ok` only if every PMD said ok (the
+/// first error otherwise).
+pub fn merge_answers(answers: Vec<Value>) -> Value {
+    if let Some(e) = answers.iter().find(|a| a["ok"] != true) {
+        return e.clone();
+    }
+    let mut it = answers.into_iter();
+    let Some(mut first) = it.next() else { return error("no PMD answered".into()) };
+    for a in it {
+        for key in ["ports", "pmds"] {
+            if let (Some(Value::Array(into)), Some(Value::Array(more))) = (first.get_mut(key), a.get(key)) {
+                into.extend(more.iter().cloned());
+            }
+        }
+    }
+    first
 }
 
 #[cfg(test)]
@@ -416,5 +436,15 @@ mod tests {
             assert!(e["error"].as_str().is_some_and(|m| !m.is_empty()), "{bad}: {e}");
         }
         assert!(parse_line("{not json").unwrap_err()["error"].as_str().unwrap().contains("malformed JSON"));
+    }
+
+    #[test]
+    fn answers_of_several_pmds_join_their_ports_and_pmds() {
+        let a = json!({ "ok": true, "forwarding": "pairs", "ports": [{"name": "a"}], "pmds": [{"id": 0}] });
+        let b = json!({ "ok": true, "forwarding": "pairs", "ports": [{"name": "b"}], "pmds": [{"id": 1}] });
+        let m = merge_answers(vec![a.clone(), b]);
+        assert_eq!(m["ports"], json!([{"name": "a"}, {"name": "b"}]));
+        assert_eq!(m["pmds"], json!([{"id": 0}, {"id": 1}]));
+        assert_eq!(merge_answers(vec![a, json!({"ok": false, "error": "x"})])["error"], "x");
     }
 }

@@ -2,7 +2,8 @@
 //! own copy engine and channel, its own packet pool and its own ports; ports are cross-connected in
 //! pairs as with one PMD. A link between ports of two PMDs goes through a lock-free frame ring
 //! (one per direction), so no PMD ever touches another's state and no lock is taken on the hot
-//! path. Each PMD prints its own stats block (`pmdK t=...`).
+//! path. Each PMD prints its own stats block (`pmdK t=...`). With `--ctl`, every request goes to
+//! every PMD and the answers are joined.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use copy_engine::{Channel, CopyEngine, Policy};
 use copy_engine_cpu::{MemcpyEngine, WorkerConfig, WorkerEngine};
+use vswitch_datapath::switch::control::{self, CtlRequest, CtlServer};
 use vswitch_datapath::switch::cross_port::{CrossRxPort, CrossTxPort};
 use vswitch_datapath::switch::xring::{xring, XConsumer, XProducer};
 use vswitch_datapath::vhost_user::{DeviceConfig, VhostUserServer};
@@ -32,6 +34,8 @@ enum Build {
 /// What one PMD thread runs: its core, its ports (in index order) and its links.
 struct Plan {
     core: usize,
+    /// Control requests for this PMD (from the dispatcher), with `--ctl`.
+    ctl: Option<mpsc::Receiver<CtlRequest>>,
     ports: Vec<Build>,
     links: Vec<(usize, usize)>,
     commands: mpsc::Receiver<PortCommand>,
@@ -44,7 +48,7 @@ pub(super) fn run(args: &Args, policy: Policy, stop: &AtomicBool) -> Result<(), 
     for &core in &args.pmd_cores {
         let (tx, rx) = mpsc::channel();
         senders.push(tx);
-        plans.push(Plan { core, ports: Vec::new(), links: Vec::new(), commands: rx });
+        plans.push(Plan { core, ctl: None, ports: Vec::new(), links: Vec::new(), commands: rx });
     }
     // Every real port on its PMD: (pmd, index there).
     let mut at = Vec::new();
@@ -90,6 +94,10 @@ pub(super) fn run(args: &Args, policy: Policy, stop: &AtomicBool) -> Result<(), 
         Some(EngineSpec::Worker) => "worker (one per PMD)",
         _ => "memcpy",
     };
+    let ctl_server = match &args.ctl {
+        Some(path) => Some(start_ctl(path, &mut plans)?),
+        None => None,
+    };
     println!("vswitch: engine {engine}, {n} PMD threads, ports cross-connected in pairs:");
     for (i, &(k, _)) in at.iter().enumerate() {
         println!("  port {i} on pmd{k} (core {})", args.pmd_cores[k]);
@@ -120,8 +128,48 @@ pub(super) fn run(args: &Args, policy: Policy, stop: &AtomicBool) -> Result<(), 
     for s in servers {
         s.stop();
     }
+    if let Some(c) = ctl_server {
+        c.stop();
+    }
     println!("vswitch: stopped");
     result
+}
+
+/// The control socket with several PMDs: a dispatcher thread hands each request to every PMD and
+/// joins their answers ([`control::merge_answers`]); port changes are refused (one PMD only).
+fn start_ctl(path: &std::path::Path, plans: &mut [Plan]) -> Result<CtlServer, String> {
+    let (server, rx) = CtlServer::start(path).map_err(|e| format!("--ctl {}: {e}", path.display()))?;
+    let mut pmds = Vec::new();
+    for p in plans.iter_mut() {
+        let (tx, prx) = mpsc::channel();
+        p.ctl = Some(prx);
+        pmds.push(tx);
+    }
+    std::thread::Builder::new()
+        .name("vswitch-ctl-dispatch".into())
+        .spawn(move || {
+            for req in rx {
+                let a = if req.request.changes_ports() {
+                    control::error_answer("adding and removing ports needs one PMD")
+                } else {
+                    let (tx, arx) = mpsc::channel();
+                    let sent = pmds
+                        .iter()
+                        .filter(|p| p.send(CtlRequest { request: req.request.clone(), reply: tx.clone() }).is_ok())
+                        .count();
+                    let answers: Vec<_> =
+                        (0..sent).map_while(|_| arx.recv_timeout(control::ANSWER_TIMEOUT).ok()).collect();
+                    if answers.len() < pmds.len() {
+                        control::error_answer("not every PMD answered")
+                    } else {
+                        control::merge_answers(answers)
+                    }
+                };
+                let _ = req.reply.send(a);
+            }
+        })
+        .map_err(|e| format!("--ctl: {e}"))?;
+    Ok(server)
 }
 
 fn pmd_thread(
@@ -150,6 +198,7 @@ fn serve<E: CopyEngine>(
     stop: &AtomicBool,
     start: Instant,
 ) -> Result<(), String> {
+    let engine_name = chan.with_engine(|e| e.info().name.clone());
     let mut pmd = Pmd::new(chan, PacketPool::new(POOL_PACKETS, DATA_ROOM));
     pmd.set_commands(plan.commands);
     for b in plan.ports {
@@ -162,7 +211,7 @@ fn serve<E: CopyEngine>(
         };
         pmd.add_port(port);
     }
-    for (from, to) in plan.links {
+    for &(from, to) in &plan.links {
         pmd.connect(from, to);
     }
     let every = args.stats_interval();
@@ -173,6 +222,17 @@ fn serve<E: CopyEngine>(
         iterations += 1;
         if iterations % CHECK_EVERY != 0 {
             continue;
+        }
+        if let Some(rx) = &plan.ctl {
+            if let Ok(req) = rx.try_recv() {
+                let info = serde_json::json!({
+                    "pmd": k,
+                    "core": plan.core,
+                    "engine": engine_name,
+                    "uptime_s": start.elapsed().as_secs_f64(),
+                });
+                let _ = req.reply.send(control::answer(&mut pmd, &req.request, &info));
+            }
         }
         if stop.load(Ordering::Relaxed) || args.duration().is_some_and(|d| start.elapsed() >= d) {
             break;
