@@ -5,6 +5,8 @@
 //! port it is connected to takes them), so that one direction of a vhost port can be loaded alone.
 //!
 //! `vswitch --help` documents every option and the exit codes (the command line is clap's).
+//! `--pmd-cores` with several cores runs a PMD thread per core (see the `multi` module); `--ctl`
+//! serves a control socket that `vswitch ctl <path> <command>` talks to.
 //!
 //! Forwarding (`--forward pairs`, the default): with two ports, 0 <-> 1; with more, pairs (0,1),
 //! (2,3), ... (an odd last port receives nothing). `--forward learning` (or `--mac-learning`) is an
@@ -17,8 +19,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-
-use log::{error, info, warn};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use copy_engine::{Adaptive, Channel, CopyEngine, Policy};
 use copy_engine_cpu::{MemcpyEngine, WorkerConfig, WorkerEngine};
+use log::{error, info, warn};
 use vswitch_datapath::null_port::{SOURCE_HEADER, SOURCE_MAX};
 use vswitch_datapath::switch::control::{self, CtlServer, Request};
 use vswitch_datapath::vhost_user::{DeviceConfig, VhostUserServer};
