@@ -94,6 +94,13 @@ fn control_commands_answer_and_malformed_json_gets_an_error_while_the_switch_run
         assert!(e["error"].as_str().is_some_and(|m| m.len() > 5), "{bad:?} -> {e}");
     }
     assert!(c.ask("{not json")["error"].as_str().unwrap().contains("malformed JSON"));
+    // Bytes that are not UTF-8, and a line longer than the limit: errors, the connection lives on.
+    c.w.write_all(b"\xff\xfe{}\n").unwrap();
+    let mut a = String::new();
+    c.r.read_line(&mut a).unwrap();
+    assert!(a.contains("not UTF-8"), "{a}");
+    let long = format!(r#"{{"cmd":"show","pad":"{}"}}"#, "x".repeat(100_000));
+    assert!(c.ask(&long)["error"].as_str().unwrap().contains("longer than"));
     // Same connection, still served; the switch still forwards and its settings are unchanged.
     let after = forwarded(&mut c);
     assert!(after > before, "the switch kept forwarding: {before} -> {after}");

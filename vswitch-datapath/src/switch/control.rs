@@ -195,33 +195,35 @@ impl Drop for CtlServer {
 fn serve(conn: UnixStream, pmd: Sender<CtlRequest>) {
     let Ok(mut out) = conn.try_clone() else { return };
     let mut reader = BufReader::new(conn);
-    let mut line = String::new();
+    let mut line = Vec::new();
     loop {
         line.clear();
-        match reader.by_ref().take(MAX_LINE as u64 + 1).read_line(&mut line) {
+        match reader.by_ref().take(MAX_LINE as u64 + 1).read_until(b'\n', &mut line) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let text = line.trim();
-        if text.is_empty() {
-            continue;
-        }
-        let reply = match parse_line(text) {
-            Err(e) => e,
-            Ok(request) => {
-                let (tx, rx) = mpsc::channel();
-                if pmd.send(CtlRequest { request, reply: tx }).is_err() {
-                    error("the switch is stopping".into())
-                } else {
-                    rx.recv_timeout(ANSWER_TIMEOUT).unwrap_or_else(|_| error("the PMD did not answer in time".into()))
+        let complete = line.ends_with(b"\n");
+        let reply = match std::str::from_utf8(&line) {
+            Err(_) => error("malformed JSON: the line is not UTF-8".into()),
+            Ok(text) if text.trim().is_empty() => continue,
+            Ok(text) => match parse_line(text.trim()) {
+                Err(e) => e,
+                Ok(request) => {
+                    let (tx, rx) = mpsc::channel();
+                    if pmd.send(CtlRequest { request, reply: tx }).is_err() {
+                        error("the switch is stopping".into())
+                    } else {
+                        rx.recv_timeout(ANSWER_TIMEOUT)
+                            .unwrap_or_else(|_| error("the PMD did not answer in time".into()))
+                    }
                 }
-            }
+            },
         };
         if writeln!(out, "{reply}").is_err() {
             return;
         }
         // A line cut at MAX_LINE: skip the rest of it.
-        if !line.ends_with('\n') {
+        if !complete {
             let mut rest = Vec::new();
             if reader.read_until(b'\n', &mut rest).is_err() {
                 return;

@@ -152,13 +152,16 @@ fn start_ctl(path: &std::path::Path, plans: &mut [Plan]) -> Result<CtlServer, St
                 let a = if req.request.changes_ports() {
                     control::error_answer("adding and removing ports needs one PMD")
                 } else {
-                    let (tx, arx) = mpsc::channel();
-                    let sent = pmds
+                    // A reply channel per PMD, read in PMD order: the joined lists are in PMD order.
+                    let waits: Vec<_> = pmds
                         .iter()
-                        .filter(|p| p.send(CtlRequest { request: req.request.clone(), reply: tx.clone() }).is_ok())
-                        .count();
+                        .filter_map(|p| {
+                            let (tx, arx) = mpsc::channel();
+                            p.send(CtlRequest { request: req.request.clone(), reply: tx }).ok().map(|()| arx)
+                        })
+                        .collect();
                     let answers: Vec<_> =
-                        (0..sent).map_while(|_| arx.recv_timeout(control::ANSWER_TIMEOUT).ok()).collect();
+                        waits.iter().map_while(|w| w.recv_timeout(control::ANSWER_TIMEOUT).ok()).collect();
                     if answers.len() < pmds.len() {
                         control::error_answer("not every PMD answered")
                     } else {
