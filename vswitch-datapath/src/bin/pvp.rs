@@ -1,10 +1,7 @@
 //! PVP demo: traffic source -> northbound into an in-process guest -> the guest loops every packet
 //! back -> southbound -> sink, on one PMD thread, through the copy engine of your choice.
 //!
-//! ```text
-//! cargo run --release --bin pvp -- [--engine memcpy|worker|dmadev:<name>] [--size 64|1518|MIN-MAX]
-//!     [--duration SECS] [--cpu-below BYTES] [--no-mergeable] [--eal-args "..."]
-//! ```
+//! `cargo run --release --bin pvp -- --help` documents every option and the exit codes.
 //!
 //! Prints a progress line every second and, at the end, Mpps, Gbit/s, PMD nanoseconds per packet,
 //! copies offloaded vs done by the CPU, per-queue stats, and the sink's verdict (every packet back
@@ -18,9 +15,6 @@ use copy_engine_cpu::{MemcpyEngine, WorkerConfig, WorkerEngine};
 use vswitch_datapath::loopguest::{LoopGuest, LoopGuestConfig};
 use vswitch_datapath::{Northbound, Notifier, PacketPool, Pmd, Southbound, TrafficConfig, TrafficPort, VhostPort};
 
-const USAGE: &str = "usage: pvp [--engine memcpy|worker|dmadev:<name>] [--size BYTES|MIN-MAX] [--duration SECS] \
-                     [--cpu-below BYTES] [--no-mergeable] [--no-adaptive] [--eal-args \"...\"]";
-
 #[derive(Debug)]
 struct Args {
     engine: String,
@@ -30,61 +24,97 @@ struct Args {
     cpu_below: usize,
     mergeable: bool,
     adaptive: bool,
+    /// Read by the dmadev engine only.
+    #[cfg_attr(not(feature = "dmadev"), allow(dead_code))]
     eal_args: Option<String>,
 }
 
-fn parse() -> Result<Args, String> {
-    let mut a = Args {
-        engine: "worker".into(),
-        min_len: 64,
-        max_len: 64,
-        duration: Duration::from_secs(5),
-        cpu_below: Policy::default().cpu_below,
-        mergeable: true,
-        adaptive: true,
-        eal_args: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
-        match flag.as_str() {
-            "--engine" => a.engine = value("--engine")?,
-            "--size" => {
-                let v = value("--size")?;
-                let (lo, hi) = v.split_once('-').unwrap_or((&v, &v));
-                a.min_len = lo.parse().map_err(|_| format!("bad --size {v:?}"))?;
-                a.max_len = hi.parse().map_err(|_| format!("bad --size {v:?}"))?;
-                if a.min_len < vswitch_datapath::traffic::MIN_PACKET || a.max_len < a.min_len || a.max_len > 9216 {
-                    return Err(format!("--size must be within 16..=9216 (got {v})"));
-                }
-            }
-            "--duration" => {
-                let v = value("--duration")?;
-                a.duration = match v.parse::<f64>() {
-                    Ok(s) if s.is_finite() && s > 0.0 && s <= 1e9 => Duration::from_secs_f64(s.max(0.1)),
-                    _ => return Err(format!("--duration: expected seconds (a number > 0), got {v:?}")),
-                };
-            }
-            "--cpu-below" => {
-                let v = value("--cpu-below")?;
-                a.cpu_below = v.parse().map_err(|_| format!("bad --cpu-below {v:?}"))?;
-            }
-            "--no-mergeable" => a.mergeable = false,
-            "--no-adaptive" => a.adaptive = false,
-            "--eal-args" => a.eal_args = Some(value("--eal-args")?),
-            "-h" | "--help" => return Err(USAGE.into()),
-            other => return Err(format!("unknown flag {other:?}\n{USAGE}")),
-        }
+/// `--engine`: memcpy, worker or dmadev:<name>.
+fn engine(v: &str) -> Result<String, String> {
+    match v {
+        "memcpy" | "worker" => Ok(v.to_string()),
+        e if e.strip_prefix("dmadev:").is_some_and(|n| !n.is_empty()) => Ok(v.to_string()),
+        _ => Err(format!("expected memcpy, worker or dmadev:<name>, got {v:?}")),
     }
-    Ok(a)
+}
+
+/// `--size`: BYTES or MIN-MAX, within 16..=9216.
+fn size(v: &str) -> Result<(usize, usize), String> {
+    let (lo, hi) = v.split_once('-').unwrap_or((v, v));
+    let bad = || format!("expected BYTES or MIN-MAX within 16..=9216, got {v:?}");
+    let (lo, hi) = (lo.parse::<usize>().map_err(|_| bad())?, hi.parse::<usize>().map_err(|_| bad())?);
+    if lo < vswitch_datapath::traffic::MIN_PACKET || hi < lo || hi > 9216 {
+        return Err(bad());
+    }
+    Ok((lo, hi))
+}
+
+/// `--duration`: seconds, a number > 0.
+fn duration(v: &str) -> Result<Duration, String> {
+    match v.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= 1e9 => Ok(Duration::from_secs_f64(s.max(0.1))),
+        _ => Err(format!("expected seconds (a number > 0), got {v:?}")),
+    }
+}
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  every packet came back, in order, intact
+  1  a packet was lost, reordered or corrupted (the sink's verdict says which)
+  2  a bad command line, or a failed start (an engine that does not open)";
+
+/// PVP demo: traffic source -> northbound into an in-process guest that loops every packet back
+/// -> southbound -> a sink that checks every packet, on one PMD thread, through the copy engine
+/// of your choice.
+#[derive(Debug, clap::Parser)]
+#[command(name = "pvp", version, after_help = EXIT_CODES)]
+struct Cli {
+    /// The copy engine: memcpy, worker or dmadev:<name> (dmadev needs a build with the `dmadev`
+    /// feature).
+    #[arg(long, default_value = "worker", value_parser = engine)]
+    engine: String,
+    /// Packet size in bytes, or a range MIN-MAX (16..=9216).
+    #[arg(long, value_name = "BYTES|MIN-MAX", default_value = "64", value_parser = size)]
+    size: (usize, usize),
+    /// How long to run, in seconds.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = duration)]
+    duration: Duration,
+    /// Copies smaller than this many bytes are done by the CPU (0: offload every copy).
+    #[arg(long, value_name = "BYTES", default_value_t = Policy::default().cpu_below)]
+    cpu_below: usize,
+    /// The guest posts one buffer per packet instead of mergeable RX buffers.
+    #[arg(long)]
+    no_mergeable: bool,
+    /// No adaptive offload: every copy at or above --cpu-below goes to the engine.
+    #[arg(long)]
+    no_adaptive: bool,
+    /// EAL arguments for a dmadev engine (default: DPDK's dma_skeleton, --no-huge --no-pci).
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    eal_args: Option<String>,
+}
+
+fn parse() -> Result<Args, clap::Error> {
+    use clap::Parser;
+    let c = Cli::try_parse()?;
+    Ok(Args {
+        engine: c.engine,
+        min_len: c.size.0,
+        max_len: c.size.1,
+        duration: c.duration,
+        cpu_below: c.cpu_below,
+        mergeable: !c.no_mergeable,
+        adaptive: !c.no_adaptive,
+        eal_args: c.eal_args,
+    })
 }
 
 fn main() -> ExitCode {
     let args = match parse() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
+            // Help and version go to stdout with 0; a bad command line to stderr with 2.
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
     let policy = Policy::default().with_cpu_below(args.cpu_below).with_adaptive(args.adaptive.then(Adaptive::default));
@@ -95,7 +125,7 @@ fn main() -> ExitCode {
             Err(e) => Err(format!("worker engine: {e}")),
         },
         other if other.starts_with("dmadev:") => dmadev(&other["dmadev:".len()..], policy, &args),
-        other => Err(format!("unknown engine {other:?}\n{USAGE}")),
+        other => Err(format!("unknown engine {other:?}")),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -2,13 +2,13 @@
 //!
 //! This is the one place the vhost paths hand guest memory to a copy engine, so it is where the
 //! engine's memory contract is upheld: guest segments come only from a validated descriptor chain
-//! (inside a mapped region), packet buffers only from the [`PacketPool`](crate::pool::PacketPool),
+//! (inside a mapped region), packet buffers only from the [`PacketPool`](crate::switch::pool::PacketPool),
 //! and both stay valid until the copies retire, because a queue frees a packet and returns a chain
 //! only after its tickets retire, and stop/clear drain the channel before memory goes away.
 
 use copy_engine::{Channel, CopyEngine, EnqueueError, OpFlags};
 
-use crate::memory::HostSeg;
+use crate::mem::HostSeg;
 
 /// Which way the bytes go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

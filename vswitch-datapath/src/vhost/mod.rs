@@ -30,8 +30,8 @@ pub use notify::Notifier;
 pub use south::Southbound;
 pub use stats::QueueStats;
 
-use crate::memory::MemoryError;
-use crate::pool::Packet;
+use crate::mem::MemoryError;
+use crate::switch::pool::Packet;
 use crate::virtio::error::VirtqError;
 
 /// Most packets one burst carries.

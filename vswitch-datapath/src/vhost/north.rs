@@ -16,12 +16,12 @@ use std::collections::VecDeque;
 use copy_engine::{Channel, CopyEngine, Ticket};
 use smallvec::SmallVec;
 
-use crate::memory::HostSeg;
-use crate::net::NetHdr;
-use crate::pool::{Packet, PacketPool};
+use crate::mem::HostSeg;
+use crate::switch::pool::{Packet, PacketPool};
 use crate::vhost::copy::{copy_segments, Dir};
 use crate::vhost::{Burst, Notifier, QueueStats, VhostError};
 use crate::virtio::chain::DescChain;
+use crate::virtio::net::NetHdr;
 use crate::virtio::queue::Virtqueue;
 
 /// One accepted packet: its used entries (the first here, any more in `used`) wait until `end`
@@ -186,7 +186,7 @@ impl Northbound {
             got += take;
         }
         let segs: &[HostSeg] = if chains == 1 { self.chain.writable() } else { &self.segs };
-        let mut hdr = [0u8; crate::net::NET_HDR_LEN];
+        let mut hdr = [0u8; crate::virtio::net::NET_HDR_LEN];
         if self.mergeable {
             NetHdr::new_checked(&mut hdr[..], self.hdr_len)
                 .expect("header buffer fits the header")

@@ -14,12 +14,12 @@ use std::collections::VecDeque;
 
 use copy_engine::{Channel, CopyEngine, Ticket};
 
-use crate::access::prefetch_host;
-use crate::net::{NetHdr, NET_HDR_LEN};
-use crate::pool::{Packet, PacketPool};
+use crate::mem::access::prefetch_host;
+use crate::switch::pool::{Packet, PacketPool};
 use crate::vhost::copy::{copy_segments, Dir};
 use crate::vhost::{Burst, Notifier, QueueStats, VhostError};
 use crate::virtio::chain::DescChain;
+use crate::virtio::net::{NetHdr, NET_HDR_LEN};
 use crate::virtio::queue::Virtqueue;
 
 /// One taken chain: its packet (none for a malformed chain) waits until `end` retires.

@@ -29,10 +29,10 @@ use vhost::vhost_user::VhostUserProtocolFeatures;
 use super::features;
 use super::memtable::{MemTable, UserRegion};
 use super::VhostUserError;
-use crate::dirty::DirtyLog;
-use crate::net::net_hdr_len;
+use crate::mem::dirty::DirtyLog;
+use crate::switch::vhost_port::{DetachMode, PortCommand};
 use crate::vhost::{Northbound, Notifier, Southbound};
-use crate::vhost_port::{DetachMode, PortCommand};
+use crate::virtio::net::net_hdr_len;
 use crate::virtio::queue::Virtqueue;
 use crate::virtio::split::QueueConfig;
 use crate::virtio::{RingFeatures, MAX_QUEUE_SIZE};
@@ -350,11 +350,11 @@ impl VhostUserDevice {
     /// between two bursts, never in the middle of one). The old log is dropped after the detach.
     pub fn set_log_base(&mut self, size: u64, offset: u64, file: File) -> Result<(), VhostUserError> {
         let len = usize::try_from(size).ok().filter(|&l| l > 0).ok_or(VhostUserError::BadLog(size))?;
-        let md = file.metadata().map_err(crate::memory::MemoryConfigError::Map)?;
+        let md = file.metadata().map_err(crate::mem::MemoryConfigError::Map)?;
         if !md.file_type().is_file() || offset.checked_add(size).is_none_or(|end| end > md.len()) {
             return Err(VhostUserError::BadLog(size));
         }
-        let log = DirtyLog::from_fd(file.as_fd(), offset, len).map_err(crate::memory::MemoryConfigError::Map)?;
+        let log = DirtyLog::from_fd(file.as_fd(), offset, len).map_err(crate::mem::MemoryConfigError::Map)?;
         self.reconfigure(None, |d| {
             d.log = Some(Arc::new(log));
             Ok(())

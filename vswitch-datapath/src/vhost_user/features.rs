@@ -15,7 +15,7 @@ pub const VHOST_F_LOG_ALL: u64 = 1 << 26;
 /// The virtio feature bits offered by `GET_FEATURES`: VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF,
 /// VIRTIO_NET_F_MQ, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED
 /// (the rings are then packed, section 2.8), VHOST_USER_F_PROTOCOL_FEATURES and VHOST_F_LOG_ALL (dirty logging with asynchronous copies:
-/// see [`crate::dirty`]). No offloads (checksum, GSO): a TX header asking for one is a
+/// see [`crate::mem::dirty`]). No offloads (checksum, GSO): a TX header asking for one is a
 /// malformed chain.
 ///
 /// VIRTIO_NET_F_MQ needs VIRTIO_NET_F_CTRL_VQ in the driver, but the control queue is the
@@ -85,7 +85,7 @@ pub fn mergeable(acked: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::net_hdr_len;
+    use crate::virtio::net::net_hdr_len;
     use crate::RingFeatures;
 
     #[test]

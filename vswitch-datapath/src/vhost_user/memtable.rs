@@ -13,7 +13,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use super::VhostUserError;
-use crate::memory::{GuestMemory, GuestRegion, MemoryConfigError};
+use crate::mem::{GuestMemory, GuestRegion, MemoryConfigError};
 
 /// One region as the frontend describes it: `len` bytes at guest-physical `gpa`, which the
 /// frontend's process sees at `user_addr`.

@@ -41,7 +41,7 @@ pub use device::{DeviceConfig, VhostUserDevice, DEFAULT_MAX_QUEUE_PAIRS};
 pub use memtable::{AddressMap, MemTable, UserRegion};
 pub use server::VhostUserServer;
 
-use crate::memory::MemoryConfigError;
+use crate::mem::MemoryConfigError;
 use crate::virtio::error::QueueConfigError;
 
 /// A vhost-user control-plane failure.

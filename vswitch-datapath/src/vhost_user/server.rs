@@ -169,7 +169,7 @@ fn serve(listener: Listener, cfg: DeviceConfig, pairs: usize, shared: Arc<Shared
                 continue;
             }
             Err(e) => {
-                eprintln!("vhost-user {name}: accept failed: {e}");
+                log::error!("vhost-user {name}: accept failed: {e}");
                 std::thread::sleep(ACCEPT_POLL);
                 continue;
             }
@@ -192,7 +192,7 @@ fn serve(listener: Listener, cfg: DeviceConfig, pairs: usize, shared: Arc<Shared
         match spawned {
             Ok(t) => sessions.push(t),
             Err(e) => {
-                eprintln!("vhost-user {name}: cannot start a thread for a frontend: {e}");
+                log::error!("vhost-user {name}: cannot start a thread for a frontend: {e}");
                 if let Ok(mut conns) = shared.conns.lock() {
                     conns.retain(|(s, _)| *s != session);
                 }
@@ -212,7 +212,7 @@ fn serve_one(stream: UnixStream, mut device: VhostUserDevice, session: u64, shar
     // A PMD that is gone (the switch is shutting down) took the queues with it.
     match device.disconnect() {
         Ok(()) | Err(VhostUserError::PmdGone) => {}
-        Err(e) => eprintln!("vhost-user {name}: cleaning up after the frontend: {e}"),
+        Err(e) => log::warn!("vhost-user {name}: cleaning up after the frontend: {e}"),
     }
     if let Ok(mut conns) = shared.conns.lock() {
         conns.retain(|(s, _)| *s != session);

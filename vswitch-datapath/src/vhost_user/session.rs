@@ -189,7 +189,7 @@ impl<'a> Session<'a> {
     }
 
     fn close(&self, reason: String) -> SessionEnd {
-        eprintln!("vhost-user {}: closing the connection: {reason}", self.name);
+        log::warn!("vhost-user {}: closing the connection: {reason}", self.name);
         SessionEnd::Closed(reason)
     }
 
@@ -200,7 +200,7 @@ impl<'a> Session<'a> {
         let req = FrontendReq::try_from(hdr.request).ok();
         if self.trace {
             let shown: Vec<String> = m.payload.iter().take(48).map(|b| format!("{b:02x}")).collect();
-            eprintln!(
+            log::info!(
                 "vhost-user {}: <- {} flags={:#x} size={} fds={} [{}]",
                 self.name,
                 req.map_or_else(|| format!("request {}", hdr.request), |r| format!("{r:?}")),
@@ -240,7 +240,7 @@ impl<'a> Session<'a> {
                     // There is no honest answer, and silence would hang the frontend.
                     return Err(format!("{what} refused: {e}"));
                 }
-                eprintln!("vhost-user {}: {what} refused: {e}", self.name);
+                log::warn!("vhost-user {}: {what} refused: {e}", self.name);
                 if hdr.need_reply() {
                     self.conn.reply(hdr.request, &u64_reply(1), &[]).map_err(|e| format!("sending a nack: {e}"))?;
                 }
@@ -251,7 +251,7 @@ impl<'a> Session<'a> {
 
     fn trace_out(&self, what: &str) {
         if self.trace {
-            eprintln!("vhost-user {}:    {what}", self.name);
+            log::info!("vhost-user {}:    {what}", self.name);
         }
     }
 
@@ -377,7 +377,7 @@ impl Drop for Session<'_> {
     fn drop(&mut self) {
         if self.trace {
             let s = self.stats;
-            eprintln!(
+            log::info!(
                 "vhost-user {}: session over ({} requests, {} refused, fd {})",
                 self.name,
                 s.requests,

@@ -7,7 +7,7 @@
 
 use super::desc::Descriptor;
 use super::error::VirtqError;
-use crate::memory::{GuestMemory, HostSeg, RegionHint};
+use crate::mem::{GuestMemory, HostSeg, RegionHint};
 
 /// Segments a new [`DescChain`] has room for on each side before it grows (once: a reused chain
 /// keeps its capacity). A descriptor that spans regions takes one segment per region.

@@ -4,7 +4,7 @@
 //! This module owns the error types only; which checks raise them lives in [`super::desc`] and
 //! [`super::split`].
 
-use crate::memory::MemoryError;
+use crate::mem::MemoryError;
 
 /// A virtqueue operation failed. Every variant except [`TooManyUsed`](Self::TooManyUsed),
 /// [`BadRewind`](Self::BadRewind) and [`LogWithChainsInFlight`](Self::LogWithChainsInFlight)
@@ -17,7 +17,7 @@ pub enum VirtqError {
     #[error("queue is broken")]
     Broken,
     /// The guest's memory file shrank under the switch: its pages were replaced by zero pages
-    /// (see [`crate::sigbus`]) and nothing in it can be trusted or written back.
+    /// (see [`crate::mem::sigbus`]) and nothing in it can be trusted or written back.
     #[error("guest memory was truncated under the switch")]
     MemoryLost,
     /// A ring field, descriptor table or buffer is outside guest memory.

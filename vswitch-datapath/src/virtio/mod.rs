@@ -5,12 +5,14 @@
 //! through a checked view), [`chain`] (a walked descriptor chain as host segments), [`split`] (the
 //! device side of a split virtqueue: avail ring, used ring, event idx), [`packed`] (the device
 //! side of a packed virtqueue: one descriptor ring with wrap counters, event suppression),
-//! [`queue`] (either format behind one type, what the datapath serves) and [`error`]. It must not
+//! [`queue`] (either format behind one type, what the datapath serves), [`error`] and [`net`] (the
+//! virtio-net header that leads every packet). It must not
 //! know packets, copy engines or vhost-user: rings go in, segments and used entries come out.
 
 pub mod chain;
 pub mod desc;
 pub mod error;
+pub mod net;
 pub mod packed;
 pub mod queue;
 pub mod split;

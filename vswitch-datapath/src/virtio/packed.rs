@@ -54,9 +54,9 @@ use super::error::{QueueConfigError, VirtqError};
 use super::split::{AvailMark, QueueConfig};
 use super::{RingFeatures, MAX_QUEUE_SIZE};
 
-use crate::access::Mapping;
-use crate::dirty::DirtyLog;
-use crate::memory::{GuestMemory, MemoryError, Place, RegionHint};
+use crate::mem::access::Mapping;
+use crate::mem::dirty::DirtyLog;
+use crate::mem::{GuestMemory, MemoryError, Place, RegionHint};
 
 /// `VIRTQ_DESC_F_AVAIL` (section 2.8.1).
 pub const DESC_F_AVAIL: u16 = 1 << VRING_PACKED_DESC_F_AVAIL;
@@ -341,7 +341,7 @@ impl PackedQueue {
         self.broken
     }
 
-    /// Breaks the queue if its guest memory was lost (see [`crate::sigbus`]); then, or if it was
+    /// Breaks the queue if its guest memory was lost (see [`crate::mem::sigbus`]); then, or if it was
     /// broken before, an error. Call once per burst.
     #[inline]
     pub fn check_memory(&mut self) -> Result<(), VirtqError> {

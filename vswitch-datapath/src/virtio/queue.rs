@@ -13,8 +13,8 @@ use super::error::{QueueConfigError, VirtqError};
 use super::packed::PackedQueue;
 use super::split::{AvailMark, QueueConfig, SplitQueue};
 use super::RingFeatures;
-use crate::dirty::DirtyLog;
-use crate::memory::GuestMemory;
+use crate::mem::dirty::DirtyLog;
+use crate::mem::GuestMemory;
 
 /// A virtqueue, device side, in the format its driver negotiated.
 #[derive(Debug)]

@@ -39,9 +39,9 @@ use super::error::{QueueConfigError, VirtqError};
 use super::{vring_need_event, RingFeatures, MAX_QUEUE_SIZE};
 use smallvec::SmallVec;
 
-use crate::access::Mapping;
-use crate::dirty::DirtyLog;
-use crate::memory::{GuestMemory, MemoryError, Place, RegionHint};
+use crate::mem::access::Mapping;
+use crate::mem::dirty::DirtyLog;
+use crate::mem::{GuestMemory, MemoryError, Place, RegionHint};
 
 /// Where a split queue's rings are and how it starts (what vhost-user `SET_VRING_NUM`,
 /// `SET_VRING_ADDR` and `SET_VRING_BASE` carry, with ring addresses already guest-physical).
@@ -271,7 +271,7 @@ impl SplitQueue {
     }
 
     /// Breaks the queue if its guest memory was lost (a file truncated under its mapping, see
-    /// [`crate::sigbus`]); then, or if it was broken before, an error. Call once per burst.
+    /// [`crate::mem::sigbus`]); then, or if it was broken before, an error. Call once per burst.
     #[inline]
     pub fn check_memory(&mut self) -> Result<(), VirtqError> {
         if self.broken.is_none() && self.mem.lost() {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 
-use crate::memory::{GuestMemory, GuestRegion, RegionHint};
+use crate::mem::{GuestMemory, GuestRegion, RegionHint};
 use crate::virtio::desc::{DescFlags, RawDescriptor, DESC_SIZE};
 use crate::virtio::packed::{
     desc_ring_len, encode_position, PackedQueue, RawPackedDesc, DESC_F_AVAIL, DESC_F_USED, EVENT_AREA_LEN,

@@ -4,11 +4,11 @@
 //! asynchronous copies. Every call gets a [`PortCtx`]: the PMD thread's copy channel and packet
 //! pool, which ports borrow and never own. `tx_burst` takes packets from the front of the burst
 //! and leaves what it cannot take there, in order: push back, not drop. This module must not know
-//! virtio; the vhost port lives in [`crate::vhost_port`].
+//! virtio; the vhost port lives in [`crate::switch::vhost_port`].
 
 use copy_engine::{Channel, CopyEngine};
 
-use crate::pool::PacketPool;
+use crate::switch::pool::PacketPool;
 use crate::vhost::{Burst, QueueStats};
 
 /// What a port call may use: the PMD thread's channel and packet pool.
@@ -73,6 +73,12 @@ pub trait Port<E: CopyEngine> {
 
     /// The port's counters.
     fn stats(&self) -> PortStats;
+
+    /// Whether the port can take packets now (a vhost port: a queue pair is attached). A flood
+    /// skips ports that are down, so a guest that is not there holds nobody up.
+    fn is_up(&self) -> bool {
+        true
+    }
 
     /// Stops the port: afterwards no copy of it is in flight.
     fn stop(&mut self, _cx: &mut PortCtx<'_, E>) {}

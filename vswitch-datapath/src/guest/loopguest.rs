@@ -10,9 +10,9 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::memory::GuestMemory;
-use crate::net::NetHdr;
-use crate::testguest::{Buf, DriverQueue, TestGuest};
+use crate::guest::testguest::{Buf, DriverQueue, TestGuest};
+use crate::mem::GuestMemory;
+use crate::virtio::net::NetHdr;
 use crate::virtio::queue::Virtqueue;
 use crate::virtio::RingFeatures;
 
@@ -84,7 +84,7 @@ impl LoopGuest {
     pub fn new(cfg: LoopGuestConfig) -> Self {
         let ring_bytes = 64 * 1024;
         let mem_len = (cfg.buffers * cfg.buf_len as usize + ring_bytes + (1 << 20)).next_power_of_two();
-        let g = TestGuest::with_regions(&[(crate::testguest::GUEST_BASE, mem_len)]);
+        let g = TestGuest::with_regions(&[(crate::guest::testguest::GUEST_BASE, mem_len)]);
         let rx = g.add_queue(cfg.queue_size, cfg.features);
         let tx = g.add_queue(cfg.queue_size, cfg.features);
         let mut me =
@@ -210,7 +210,7 @@ impl LoopGuest {
         while let Some(e) = self.tx.pop_used(&self.g) {
             let gpas: Vec<u64> = self.tx.buffers(e.id as u16).iter().map(|b| b.gpa).collect();
             for gpa in gpas {
-                if self.cfg.split_header && (gpa - crate::testguest::GUEST_BASE) % 64 != 0 {
+                if self.cfg.split_header && (gpa - crate::guest::testguest::GUEST_BASE) % 64 != 0 {
                     continue; // the second half of a split header buffer
                 }
                 self.rx.add_chain(&self.g, &[Buf { gpa, len: self.cfg.buf_len, writable: true }]);

@@ -8,8 +8,8 @@
 
 use copy_engine::CopyEngine;
 
-use crate::pool::PacketPool;
-use crate::port::{Port, PortCtx, PortStats};
+use crate::switch::pool::PacketPool;
+use crate::switch::port::{Port, PortCtx, PortStats};
 use crate::vhost::Burst;
 
 /// Smallest packet the source makes (room for the sequence number).
@@ -151,7 +151,7 @@ impl TrafficPort {
         self.first_error
     }
 
-    fn check(&mut self, pool: &PacketPool, pkt: &crate::pool::Packet) -> Result<(), TrafficError> {
+    fn check(&mut self, pool: &PacketPool, pkt: &crate::switch::pool::Packet) -> Result<(), TrafficError> {
         let data = pool.data(pkt);
         if data.len() < 8 {
             return Err(TrafficError::Length { seq: self.expect_seq, len: data.len() });

@@ -9,7 +9,7 @@
 //! touches a byte, so the safe API above cannot reach outside a mapping.
 //!
 //! This module must not know guest-physical addresses, virtio, or ring layouts: that is
-//! [`crate::memory`] and [`crate::virtio`]. It must not hand out references (`&[u8]`, `&mut [u8]`)
+//! [`crate::mem`] and [`crate::virtio`]. It must not hand out references (`&[u8]`, `&mut [u8]`)
 //! into guest memory either: the guest may write any byte at any time, so every access is a
 //! volatile or atomic access through a raw pointer, and whatever is read is only a snapshot that the
 //! caller validates before use.
@@ -45,7 +45,7 @@ pub struct Mapping {
     len: usize,
     backing: Backing,
     /// For a shared file mapping: its registration for SIGBUS recovery (the file may shrink).
-    guard: Option<crate::sigbus::Guard>,
+    guard: Option<crate::mem::sigbus::Guard>,
 }
 
 // SAFETY: a `Mapping` is a plain address range that stays mapped until drop; it has no
@@ -183,7 +183,7 @@ impl Mapping {
             guard: None,
         };
         // The frontend keeps the file and may shrink it: register before first use.
-        m.guard = Some(crate::sigbus::guard(base as usize, total)?); // on error `m` unmaps
+        m.guard = Some(crate::mem::sigbus::guard(base as usize, total)?); // on error `m` unmaps
         Ok(m)
     }
 
@@ -206,7 +206,7 @@ impl Mapping {
     }
 
     /// Whether the file behind this mapping shrank under it: its pages were replaced by zero
-    /// pages when an access faulted (see [`crate::sigbus`]), and what it holds is not the guest's.
+    /// pages when an access faulted (see [`crate::mem::sigbus`]), and what it holds is not the guest's.
     #[inline]
     pub fn lost(&self) -> bool {
         self.guard.as_ref().is_some_and(|g| g.lost())

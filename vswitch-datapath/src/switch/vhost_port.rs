@@ -22,8 +22,8 @@ use std::sync::mpsc::Sender;
 use copy_engine::CopyEngine;
 use smallvec::SmallVec;
 
-use crate::pool::Packet;
-use crate::port::{Port, PortCtx, PortStats};
+use crate::switch::pool::Packet;
+use crate::switch::port::{Port, PortCtx, PortStats};
 use crate::vhost::{Burst, Northbound, QueueStats, Southbound, VhostError};
 
 /// How a queue pair leaves its port.
@@ -313,6 +313,11 @@ impl VhostPort {
         (n, s)
     }
 
+    /// Each attached queue pair's counters: `(pair, northbound, southbound)`.
+    pub fn pair_stats(&self) -> Vec<(usize, QueueStats, QueueStats)> {
+        self.pairs.iter().map(|qp| (qp.index, qp.north.stats(), qp.south.stats())).collect()
+    }
+
     fn note(&mut self, e: VhostError) {
         if self.last_error.is_none() || e != VhostError::Broken {
             self.last_error = Some(e);
@@ -478,6 +483,10 @@ impl<E: CopyEngine> Port<E> for VhostPort {
         }
         self.stats.tx_pushed_back += pkts.len() as u64;
         offered - pkts.len()
+    }
+
+    fn is_up(&self) -> bool {
+        self.is_attached()
     }
 
     fn poll(&mut self, cx: &mut PortCtx<'_, E>) {

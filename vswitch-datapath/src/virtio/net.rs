@@ -5,7 +5,7 @@
 //! `new_checked` validates the length once, then accessors are free), its parsed form
 //! ([`NetHdrRepr`]) and how long it is for a feature set ([`net_hdr_len`]). It must not read guest
 //! memory: the datapath gathers the header bytes out of a chain first
-//! ([`crate::memory::GuestMemory::gather`]), since a header may span descriptors.
+//! ([`crate::mem::GuestMemory::gather`]), since a header may span descriptors.
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_HDR_F_NEEDS_CSUM};

@@ -16,7 +16,7 @@
 use std::io;
 use std::os::fd::BorrowedFd;
 
-use crate::access::Mapping;
+use crate::mem::access::Mapping;
 
 /// Bytes of guest memory per log bit.
 pub const LOG_PAGE: u64 = 4096;

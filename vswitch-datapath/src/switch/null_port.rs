@@ -2,15 +2,15 @@
 //! makes fixed-size packets as fast as the port it feeds takes them.
 //!
 //! They stand in for a NIC that costs nothing, so one vhost port's direction can be measured on
-//! its own (the peer benchmark's guest -> host and host -> guest runs). Unlike [`crate::traffic`]
+//! its own (the peer benchmark's guest -> host and host -> guest runs). Unlike [`crate::guest::traffic`]
 //! they check nothing, and the source writes only an Ethernet/IPv4/UDP header into each packet
 //! (as DPDK testpmd's txonly mode does), not a payload, so a packet costs the switch only the
 //! vhost copy itself. This module must not know virtio or copy engines.
 
 use copy_engine::CopyEngine;
 
-use crate::pool::PacketPool;
-use crate::port::{Port, PortCtx, PortStats};
+use crate::switch::pool::PacketPool;
+use crate::switch::port::{Port, PortCtx, PortStats};
 use crate::vhost::Burst;
 
 /// Bytes of the header the source writes: Ethernet (14), IPv4 (20), UDP (8).
@@ -18,6 +18,57 @@ pub const SOURCE_HEADER: usize = 42;
 
 /// Longest packet the source makes.
 pub const SOURCE_MAX: usize = 9216;
+
+/// What stands where a port was removed at runtime (port indexes never move): it receives
+/// nothing, is never up, and drops (and counts) anything still sent to it. It keeps the removed
+/// port's name and counters.
+#[derive(Debug)]
+pub struct RemovedPort {
+    name: String,
+    stats: PortStats,
+}
+
+impl RemovedPort {
+    /// The stand-in for a port named `name` whose counters were `stats`.
+    pub fn new(name: impl Into<String>, stats: PortStats) -> Self {
+        RemovedPort { name: name.into(), stats }
+    }
+}
+
+impl<E: CopyEngine> Port<E> for RemovedPort {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn rx_burst(&mut self, _cx: &mut PortCtx<'_, E>, _out: &mut Burst, _max: usize) -> usize {
+        0
+    }
+
+    fn tx_burst(&mut self, cx: &mut PortCtx<'_, E>, pkts: &mut Burst) -> usize {
+        let n = pkts.len();
+        self.stats.drops += n as u64;
+        for p in pkts.drain(..) {
+            cx.pool.free(p);
+        }
+        n
+    }
+
+    fn stats(&self) -> PortStats {
+        self.stats
+    }
+
+    fn is_up(&self) -> bool {
+        false
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
 
 /// Counts and frees every packet sent to it (`tx_*` counters); receives nothing.
 #[derive(Debug)]

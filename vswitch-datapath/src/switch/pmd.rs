@@ -6,6 +6,10 @@
 //! completions once, and let every port complete what finished. Nothing waits for a copy. This
 //! module owns the loop's state; it must not know virtio.
 //!
+//! Forwarding is either fixed links ([`connect`](Pmd::connect): a cross-connect per pair of ports)
+//! or an L2 learning switch over all ports ([`enable_learning`](Pmd::enable_learning), see
+//! [`crate::switch::l2`]).
+//!
 //! A control plane on another thread (vhost-user) reaches the loop only through a
 //! [`PortCommand`] channel, which the loop checks with `try_recv` once every
 //! [`COMMAND_POLL_EVERY`] iterations: no lock is ever taken on the hot path.
@@ -14,10 +18,12 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 
 use copy_engine::{Channel, CopyEngine};
 
-use crate::pool::PacketPool;
-use crate::port::{Port, PortCtx, PortStats};
+use crate::switch::l2::{L2Switch, LearningConfig, CLOCK_EVERY};
+use crate::switch::null_port::RemovedPort;
+use crate::switch::pool::PacketPool;
+use crate::switch::port::{Port, PortCtx, PortStats};
+use crate::switch::vhost_port::{DetachMode, PortCommand, VhostPort};
 use crate::vhost::{Burst, BURST};
-use crate::vhost_port::{PortCommand, VhostPort};
 
 /// The loop checks its command channel once every this many iterations.
 pub const COMMAND_POLL_EVERY: u64 = 64;
@@ -49,6 +55,8 @@ pub struct Pmd<E: CopyEngine> {
     pool: PacketPool,
     ports: Vec<Box<dyn Port<E>>>,
     links: Vec<Link>,
+    /// MAC learning forwarding; when set, `links` are not used.
+    l2: Option<L2Switch>,
     stats: PmdStats,
     commands: Option<Receiver<PortCommand>>,
 }
@@ -66,7 +74,7 @@ impl<E: CopyEngine> std::fmt::Debug for Pmd<E> {
 impl<E: CopyEngine> Pmd<E> {
     /// A PMD over `chan` and `pool`, with no ports yet.
     pub fn new(chan: Channel<E>, pool: PacketPool) -> Self {
-        Pmd { chan, pool, ports: Vec::new(), links: Vec::new(), stats: PmdStats::default(), commands: None }
+        Pmd { chan, pool, ports: Vec::new(), links: Vec::new(), l2: None, stats: PmdStats::default(), commands: None }
     }
 
     /// Adds a port and returns its index.
@@ -79,6 +87,22 @@ impl<E: CopyEngine> Pmd<E> {
     pub fn connect(&mut self, from: usize, to: usize) {
         assert!(from < self.ports.len() && to < self.ports.len(), "no such port");
         self.links.push(Link { from, to, pending: Burst::new() });
+    }
+
+    /// Forwards as an L2 learning switch over every port (instead of the links of
+    /// [`connect`](Self::connect)).
+    pub fn enable_learning(&mut self, cfg: LearningConfig) {
+        self.l2 = Some(L2Switch::new(cfg));
+    }
+
+    /// The learning switch, when [`enable_learning`](Self::enable_learning) was called.
+    pub fn l2(&self) -> Option<&L2Switch> {
+        self.l2.as_ref()
+    }
+
+    /// The learning switch, mutable (tests move its clock).
+    pub fn l2_mut(&mut self) -> Option<&mut L2Switch> {
+        self.l2.as_mut()
     }
 
     /// Takes control-plane commands from `rx` (checked every [`COMMAND_POLL_EVERY`] iterations
@@ -131,6 +155,12 @@ impl<E: CopyEngine> Pmd<E> {
         }
         let mut cx = PortCtx { chan: &self.chan, pool: &mut self.pool };
         let mut moved = 0u64;
+        if let Some(l2) = &mut self.l2 {
+            if self.stats.iterations % CLOCK_EVERY == 0 {
+                l2.tick();
+            }
+            moved = l2.forward(&mut self.ports, &mut cx);
+        }
         for link in &mut self.links {
             if link.pending.is_empty() {
                 self.ports[link.from].rx_burst(&mut cx, &mut link.pending, BURST);
@@ -152,6 +182,38 @@ impl<E: CopyEngine> Pmd<E> {
         moved + retired
     }
 
+    /// Removes port `i` at runtime, draining it first: a vhost port's queue pairs are detached
+    /// with [`DetachMode::Drain`] (every copy waited for, every chain in flight returned to the
+    /// guest), what it had received is still forwarded, and then a [`RemovedPort`] stands in its
+    /// place (indexes do not move; commands for it are ignored, its MACs forgotten). Returns the
+    /// removed port, `None` if there is no port `i` or it was removed already.
+    pub fn remove_port(&mut self, i: usize) -> Option<Box<dyn Port<E>>> {
+        let port = self.ports.get_mut(i)?;
+        if port.as_any().is::<RemovedPort>() {
+            return None;
+        }
+        let mut cx = PortCtx { chan: &self.chan, pool: &mut self.pool };
+        if let Some(vp) = port.as_any_mut().downcast_mut::<VhostPort>() {
+            vp.detach(&mut cx, DetachMode::Drain);
+        }
+        let mut received = Burst::new();
+        while port.rx_burst(&mut cx, &mut received, BURST) != 0 {}
+        port.stop(&mut cx);
+        let stand_in: Box<dyn Port<E>> = Box::new(RemovedPort::new(port.name(), port.stats()));
+        let old = std::mem::replace(port, stand_in);
+        let mut orphans = Burst::new();
+        if let Some(l2) = &mut self.l2 {
+            orphans = l2.port_removed(i, received);
+        } else if let Some(link) = self.links.iter_mut().find(|l| l.from == i) {
+            link.pending.extend(received);
+        } else {
+            orphans = received;
+        }
+        // Waiting for a port that is gone: its stand-in drops and counts them.
+        self.ports[i].tx_burst(&mut cx, &mut orphans);
+        Some(old)
+    }
+
     /// Stops every port: drains every copy and returns the guests' buffers.
     pub fn stop(&mut self) {
         let mut cx = PortCtx { chan: &self.chan, pool: &mut self.pool };
@@ -159,6 +221,9 @@ impl<E: CopyEngine> Pmd<E> {
             for p in link.pending.drain(..) {
                 cx.pool.free(p);
             }
+        }
+        if let Some(l2) = &mut self.l2 {
+            l2.clear(cx.pool);
         }
         for p in &mut self.ports {
             p.stop(&mut cx);
@@ -173,6 +238,11 @@ impl<E: CopyEngine> Pmd<E> {
     /// The packet pool.
     pub fn pool(&self) -> &PacketPool {
         &self.pool
+    }
+
+    /// How many ports there are.
+    pub fn port_count(&self) -> usize {
+        self.ports.len()
     }
 
     /// Port `i`.

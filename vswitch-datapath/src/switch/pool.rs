@@ -127,6 +127,17 @@ impl PacketPool {
         unsafe { std::slice::from_raw_parts(self.data_ptr(p), p.len()) }
     }
 
+    /// A copy of `p` in a new buffer (a flooded packet's copy for one more port); `None` when
+    /// every buffer is in use. Call only when no copy into `p` is in flight.
+    pub fn duplicate(&mut self, p: &Packet) -> Option<Packet> {
+        let q = self.alloc()?;
+        // SAFETY: both handles name distinct buffers of this pool (`q` was free until now, `p` is
+        // owned by the caller), `p.len()` is at most the data room of either, and no copy engine
+        // touches `p` (the caller's contract) or `q` (just allocated).
+        unsafe { std::ptr::copy_nonoverlapping(self.data_ptr(p), self.data_ptr(&q), p.len()) };
+        Some(Packet { idx: q.idx, len: p.len })
+    }
+
     /// The packet's data, writable. Call only when no copy involving the packet is in flight.
     #[inline]
     pub fn data_mut(&mut self, p: &mut Packet) -> &mut [u8] {
@@ -162,5 +173,19 @@ mod tests {
         pool.free(p);
         assert_eq!(pool.available(), 1);
         assert!(pool.alloc().is_some());
+    }
+
+    #[test]
+    fn a_duplicate_has_the_same_bytes_in_its_own_buffer() {
+        let mut pool = PacketPool::new(2, 100);
+        let mut p = pool.alloc().unwrap();
+        pool.set_len(&mut p, 60);
+        pool.data_mut(&mut p).iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+        let mut q = pool.duplicate(&p).unwrap();
+        assert_ne!(p.index(), q.index());
+        assert_eq!(pool.data(&q), pool.data(&p));
+        pool.data_mut(&mut q)[0] = 0xee;
+        assert_eq!(pool.data(&p)[0], 0, "the copy shares no bytes with the original");
+        assert!(pool.duplicate(&p).is_none(), "no buffer left");
     }
 }

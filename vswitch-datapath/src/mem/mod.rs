@@ -12,13 +12,21 @@
 //! [`GuestRegion::from_fd`]), from `vm-memory` ([`GuestMemory::from_vm_memory`]), or from an
 //! in-process test guest ([`GuestRegion::anonymous`]). A memory-table change builds a new
 //! `GuestMemory`; queues and in-flight copies of the old one must be drained first.
+//!
+//! Submodules: `access` (crate-private: the mappings and their raw loads and stores, the only
+//! `unsafe` here), [`dirty`] (the live-migration dirty log), [`sigbus`] (surviving a guest file
+//! that shrinks under its mapping).
+
+pub(crate) mod access;
+pub mod dirty;
+pub mod sigbus;
 
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use crate::access::Mapping;
+use crate::mem::access::Mapping;
 
 /// A guest memory access that failed its checks. Hot path: `Copy`, no allocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -245,7 +253,7 @@ impl GuestMemory {
         &self.regions
     }
 
-    /// Whether a region's file shrank under the switch (see [`crate::sigbus`]): what the memory
+    /// Whether a region's file shrank under the switch (see [`crate::mem::sigbus`]): what the memory
     /// holds is no longer the guest's, and the queues on it must stop. One atomic load per region.
     #[inline]
     pub fn lost(&self) -> bool {
