@@ -504,8 +504,13 @@ impl<P: Portal> CopyEngine for DsaEngine<P> {
                     if b & status::MASK == status::NONE {
                         break;
                     }
-                    // The batch is done and this op has no record: it never ran.
-                    raw = if b & status::MASK == status::BATCH_FAIL { status::BATCH_FAIL } else { b };
+                    // The device writes a batch's record after those of its descriptors, so after
+                    // the batch record's Acquire a second look at the op's record is final.
+                    raw = self.comps[slot].raw_status();
+                    if raw & status::MASK == status::NONE {
+                        // The batch is done and this op has no record: it never ran.
+                        raw = if b & status::MASK == status::BATCH_FAIL { status::BATCH_FAIL } else { b };
+                    }
                 } else if last && b & status::MASK == status::NONE {
                     break;
                 }
