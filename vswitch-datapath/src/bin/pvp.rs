@@ -2,7 +2,7 @@
 //! back -> southbound -> sink, on one PMD thread, through the copy engine of your choice.
 //!
 //! ```text
-//! cargo run --release --bin pvp -- [--engine memcpy|worker|dmadev:<name>] [--size 64|1518|MIN-MAX]
+//! cargo run --release --bin pvp -- [--engine memcpy|worker|dmadev:<name>|dsa:<wq>|dsa:model] [--size 64|1518|MIN-MAX]
 //!     [--duration SECS] [--cpu-below BYTES] [--no-mergeable] [--eal-args "..."]
 //! ```
 //!
@@ -18,7 +18,7 @@ use copy_engine_cpu::{MemcpyEngine, WorkerConfig, WorkerEngine};
 use vswitch_datapath::loopguest::{LoopGuest, LoopGuestConfig};
 use vswitch_datapath::{Northbound, Notifier, PacketPool, Pmd, Southbound, TrafficConfig, TrafficPort, VhostPort};
 
-const USAGE: &str = "usage: pvp [--engine memcpy|worker|dmadev:<name>] [--size BYTES|MIN-MAX] [--duration SECS] \
+const USAGE: &str = "usage: pvp [--engine memcpy|worker|dmadev:<name>|dsa:<wq>|dsa:model] [--size BYTES|MIN-MAX] [--duration SECS] \
                      [--cpu-below BYTES] [--no-mergeable] [--no-adaptive] [--eal-args \"...\"]";
 
 #[derive(Debug)]
@@ -95,6 +95,7 @@ fn main() -> ExitCode {
             Err(e) => Err(format!("worker engine: {e}")),
         },
         other if other.starts_with("dmadev:") => dmadev(&other["dmadev:".len()..], policy, &args),
+        other if other.strip_prefix("dsa:").is_some_and(|n| !n.is_empty()) => dsa(&other["dsa:".len()..], policy, &args),
         other => Err(format!("unknown engine {other:?}\n{USAGE}")),
     };
     match result {
@@ -123,6 +124,24 @@ fn dmadev(name: &str, policy: Policy, args: &Args) -> Result<bool, String> {
 #[cfg(not(feature = "dmadev"))]
 fn dmadev(_name: &str, _policy: Policy, _args: &Args) -> Result<bool, String> {
     Err("this build has no dmadev engine: rebuild with `--features dmadev` (needs libdpdk-dev)".into())
+}
+
+/// `dsa:<wq>` opens a user work queue through the kernel's idxd driver; `dsa:model` runs the
+/// software device model instead (no hardware).
+#[cfg(feature = "dsa")]
+fn dsa(wq: &str, policy: Policy, args: &Args) -> Result<bool, String> {
+    use copy_engine_dsa::{DsaConfig, DsaEngine, ModelConfig};
+    if wq == "model" {
+        let engine = DsaEngine::model(ModelConfig::default(), DsaConfig::default()).map_err(|e| e.to_string())?;
+        return run(Channel::new(engine, policy), args);
+    }
+    let engine = DsaEngine::open(wq, DsaConfig::default()).map_err(|e| format!("dsa {wq:?}: {e}"))?;
+    run(Channel::new(engine, policy), args)
+}
+
+#[cfg(not(feature = "dsa"))]
+fn dsa(_wq: &str, _policy: Policy, _args: &Args) -> Result<bool, String> {
+    Err("this build has no DSA engine: rebuild with `--features dsa`".into())
 }
 
 fn run<E: CopyEngine>(chan: Channel<E>, args: &Args) -> Result<bool, String> {

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! vswitch --port vhost-user:<socket path>|sink|source:<bytes> [--port ...]
-//!     --engine memcpy|worker|dmadev:<name> [--eal-args "..."] [--pmd-cores 0,1] [--mac-learning]
+//!     --engine memcpy|worker|dmadev:<name>|dsa:<wq>|dsa:model [--eal-args "..."] [--pmd-cores 0,1] [--mac-learning]
 //!     [--stats-interval SECS] [--duration SECS] [--no-adaptive]
 //! ```
 //!
@@ -31,7 +31,7 @@ use vswitch_datapath::vhost_user::{DeviceConfig, VhostUserServer};
 use vswitch_datapath::{PacketPool, Pmd, Port, PortStats, SinkPort, SourcePort, VhostPort};
 
 const USAGE: &str = "usage: vswitch --port vhost-user:<socket path>|sink|source:<bytes> [--port ...] \
-                     --engine memcpy|worker|dmadev:<name> [--eal-args \"...\"] [--pmd-cores 0,1] [--mac-learning] \
+                     --engine memcpy|worker|dmadev:<name>|dsa:<wq>|dsa:model [--eal-args \"...\"] [--pmd-cores 0,1] [--mac-learning] \
                      [--stats-interval SECS] [--duration SECS] [--no-adaptive]\n\
                      ports are cross-connected in pairs (0,1), (2,3), ...; sink: counts and frees what it is sent; \
                      source:<bytes>: makes packets of that size (42..=9216) as fast as its peer port takes them; \
@@ -145,7 +145,8 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         "" => return Err("--engine is needed".into()),
         "memcpy" | "worker" => {}
         e if e.strip_prefix("dmadev:").is_some_and(|n| !n.is_empty()) => {}
-        e => return Err(format!("--engine: expected memcpy, worker or dmadev:<name>, got {e:?}")),
+        e if e.strip_prefix("dsa:").is_some_and(|n| !n.is_empty()) => {}
+        e => return Err(format!("--engine: expected memcpy, worker, dmadev:<name> or dsa:<wq>, got {e:?}")),
     }
     Ok(a)
 }
@@ -181,6 +182,7 @@ fn main() -> ExitCode {
             Ok(e) => run(Channel::new(e, policy), &args, &stop),
             Err(e) => Err(format!("worker engine: {e}")),
         },
+        other if other.starts_with("dsa:") => dsa(&other["dsa:".len()..], policy, &args, &stop),
         other => dmadev(other.strip_prefix("dmadev:").unwrap_or(other), policy, &args, &stop),
     };
     match result {
@@ -210,6 +212,24 @@ fn dmadev(name: &str, _policy: Policy, _args: &Args, _stop: &AtomicBool) -> Resu
     Err(format!(
         "dmadev {name:?}: this build has no dmadev engine: rebuild with `--features dmadev` (needs libdpdk-dev)"
     ))
+}
+
+/// `dsa:<wq>` opens a user work queue through the kernel's idxd driver; `dsa:model` runs the
+/// software device model instead (no hardware).
+#[cfg(feature = "dsa")]
+fn dsa(wq: &str, policy: Policy, args: &Args, stop: &AtomicBool) -> Result<(), String> {
+    use copy_engine_dsa::{DsaConfig, DsaEngine, ModelConfig};
+    if wq == "model" {
+        let engine = DsaEngine::model(ModelConfig::default(), DsaConfig::default()).map_err(|e| e.to_string())?;
+        return run(Channel::new(engine, policy), args, stop);
+    }
+    let engine = DsaEngine::open(wq, DsaConfig::default()).map_err(|e| format!("dsa {wq:?}: {e}"))?;
+    run(Channel::new(engine, policy), args, stop)
+}
+
+#[cfg(not(feature = "dsa"))]
+fn dsa(wq: &str, _policy: Policy, _args: &Args, _stop: &AtomicBool) -> Result<(), String> {
+    Err(format!("dsa {wq:?}: this build has no DSA engine: rebuild with `--features dsa`"))
 }
 
 /// Pins the calling thread to `core`.
@@ -391,6 +411,9 @@ mod tests {
         assert!(p("--port vhost-user:/tmp/a").unwrap_err().contains("--engine"));
         assert!(p("--port vhost-user:/tmp/a --engine dma").unwrap_err().contains("dmadev:<name>"));
         assert!(p("--port vhost-user:/tmp/a --engine dmadev:").is_err());
+        assert!(p("--port vhost-user:/tmp/a --engine dsa:").is_err());
+        assert_eq!(p("--port vhost-user:/tmp/a --engine dsa:wq0.0").unwrap().engine, "dsa:wq0.0");
+        assert_eq!(p("--port vhost-user:/tmp/a --engine dsa:model").unwrap().engine, "dsa:model");
         assert!(p("--port vhost-user:/tmp/a --port vhost-user:/tmp/a --engine memcpy").is_err());
         assert!(p("--engine memcpy").unwrap_err().contains("--port"));
         assert!(p("--port vhost-user:/tmp/a --engine memcpy --duration -1").is_err());
