@@ -32,8 +32,8 @@ use core::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use copy_engine::{
-    check_copy, Capabilities, ControlError, CopyEngine, EngineControl, EngineInfo, EngineStats, EnqueueError,
-    FailedOp, OpFlags, OpStatus, Reaped, Ticket,
+    check_copy, Capabilities, ControlError, CopyEngine, EngineControl, EngineInfo, EngineStats, EnqueueError, FailedOp,
+    OpFlags, OpStatus, Reaped, Ticket,
 };
 
 use crate::desc::{flags, status, CompletionRecord, DescSlot, HwDesc};
@@ -461,7 +461,8 @@ impl<P: Portal> CopyEngine for DsaEngine<P> {
         }
         let t = self.next;
         let slot = self.slot(t);
-        self.meta[slot] = OpMeta { src: src as u64, dst: dst as u64, len: len as u32, fence: flags.contains(OpFlags::FENCE) };
+        self.meta[slot] =
+            OpMeta { src: src as u64, dst: dst as u64, len: len as u32, fence: flags.contains(OpFlags::FENCE) };
         let rec = &self.comps[slot];
         rec.clear();
         let comp = rec as *const CompletionRecord as u64;

@@ -49,7 +49,8 @@ pub struct WqInfo {
 /// Lists the user-type, enabled work queues under `sysfs_root` (normally [`SYSFS_ROOT`]), sorted
 /// by name. Queues that are not usable are left out; [`find_wq`] says why a named one is not.
 pub fn list_wqs(sysfs_root: &Path, dev_root: &Path) -> Vec<WqInfo> {
-    let mut out: Vec<WqInfo> = wq_names(sysfs_root).iter().filter_map(|n| read_wq(sysfs_root, dev_root, n).ok()).collect();
+    let mut out: Vec<WqInfo> =
+        wq_names(sysfs_root).iter().filter_map(|n| read_wq(sysfs_root, dev_root, n).ok()).collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }

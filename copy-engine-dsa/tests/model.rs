@@ -6,9 +6,7 @@
 
 use copy_engine::conformance::Rng;
 use copy_engine::{CopyEngine, EnqueueError, FailedOp, OpFlags, OpStatus, Ticket};
-use copy_engine_dsa::{
-    BatchPolicy, DsaConfig, DsaEngine, DsaError, ModelConfig, ModelFaults, ModelPortal, WqMode,
-};
+use copy_engine_dsa::{BatchPolicy, DsaConfig, DsaEngine, DsaError, ModelConfig, ModelFaults, ModelPortal, WqMode};
 
 struct Bufs {
     src: Vec<Vec<u8>>,

@@ -88,7 +88,8 @@ fn dsa_model_under_injected_ring_full_keeps_packet_order() {
     let faults = ModelFaults { page_fault: 0.02, seed: 5, ..ModelFaults::default() };
     let m = ModelConfig { wq_size: 8, faults, ..ModelConfig::default() };
     let inner = model(m, DsaConfig { ring_size: 128, ..DsaConfig::default() });
-    let fcfg = FaultConfig { ring_full_every: 40, ring_full_burst: 6, delay_polls: 1, seed: 3, ..FaultConfig::default() };
+    let fcfg =
+        FaultConfig { ring_full_every: 40, ring_full_burst: 6, delay_polls: 1, seed: 3, ..FaultConfig::default() };
     let pmd = pvp(Channel::new(FaultEngine::new(inner, fcfg), Policy::default()), 64, 4000, 2000);
     let injected = pmd.channel().with_engine(|f| f.injected());
     assert!(injected.ring_full > 0);

@@ -18,7 +18,8 @@ use copy_engine_cpu::{MemcpyEngine, WorkerConfig, WorkerEngine};
 use vswitch_datapath::loopguest::{LoopGuest, LoopGuestConfig};
 use vswitch_datapath::{Northbound, Notifier, PacketPool, Pmd, Southbound, TrafficConfig, TrafficPort, VhostPort};
 
-const USAGE: &str = "usage: pvp [--engine memcpy|worker|dmadev:<name>|dsa:<wq>|dsa:model] [--size BYTES|MIN-MAX] [--duration SECS] \
+const USAGE: &str =
+    "usage: pvp [--engine memcpy|worker|dmadev:<name>|dsa:<wq>|dsa:model] [--size BYTES|MIN-MAX] [--duration SECS] \
                      [--cpu-below BYTES] [--no-mergeable] [--no-adaptive] [--eal-args \"...\"]";
 
 #[derive(Debug)]
@@ -95,7 +96,9 @@ fn main() -> ExitCode {
             Err(e) => Err(format!("worker engine: {e}")),
         },
         other if other.starts_with("dmadev:") => dmadev(&other["dmadev:".len()..], policy, &args),
-        other if other.strip_prefix("dsa:").is_some_and(|n| !n.is_empty()) => dsa(&other["dsa:".len()..], policy, &args),
+        other if other.strip_prefix("dsa:").is_some_and(|n| !n.is_empty()) => {
+            dsa(&other["dsa:".len()..], policy, &args)
+        }
         other => Err(format!("unknown engine {other:?}\n{USAGE}")),
     };
     match result {
