@@ -3,6 +3,10 @@
 //!
 //! This module only asks the CPU; it submits nothing.
 
+// `__cpuid` is an `unsafe fn` before Rust 1.87 and safe after: the block below is needed on the
+// workspace's minimum Rust and redundant on newer ones.
+#![allow(unsafe_code)]
+
 /// What the CPU offers for submitting descriptors.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuSupport {
@@ -16,11 +20,16 @@ pub struct CpuSupport {
 pub fn detect() -> CpuSupport {
     #[cfg(target_arch = "x86_64")]
     {
-        let max_leaf = core::arch::x86_64::__cpuid(0).eax;
+        #[allow(unused_unsafe)]
+        // SAFETY: CPUID exists on every x86_64 CPU; leaf 7 is asked for only when leaf 0 says it
+        // exists, and CPUID has no other precondition.
+        let (max_leaf, ecx) = unsafe {
+            let max = core::arch::x86_64::__cpuid(0).eax;
+            (max, if max >= 7 { core::arch::x86_64::__cpuid_count(7, 0).ecx } else { 0 })
+        };
         if max_leaf < 7 {
             return CpuSupport::default();
         }
-        let ecx = core::arch::x86_64::__cpuid_count(7, 0).ecx;
         CpuSupport { movdir64b: ecx & (1 << 28) != 0, enqcmd: ecx & (1 << 29) != 0 }
     }
     #[cfg(not(target_arch = "x86_64"))]
