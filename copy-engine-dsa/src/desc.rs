@@ -246,6 +246,7 @@ impl CompletionRecord {
     /// Clears the record before its descriptor is (re)submitted.
     #[inline]
     pub fn clear(&self) {
+        self.result.store(0, Ordering::Relaxed);
         self.bytes_completed.store(0, Ordering::Relaxed);
         self.fault_addr.store(0, Ordering::Relaxed);
         self.status.store(status::NONE, Ordering::Relaxed);

@@ -521,8 +521,12 @@ impl<P: Portal> CopyEngine for DsaEngine<P> {
             let outcome = match raw & status::MASK {
                 status::SUCCESS => None,
                 status::PAGE_FAULT_NOBOF => {
-                    let done = self.comps[slot].bytes_completed.load(core::sync::atomic::Ordering::Relaxed);
-                    if self.finish_on_cpu(slot, done) {
+                    let rec = &self.comps[slot];
+                    let done = rec.bytes_completed.load(core::sync::atomic::Ordering::Relaxed);
+                    // `result` 1 means the device copied backwards (only for overlapping buffers,
+                    // which enqueue refuses): then the done bytes are at the end, not the start.
+                    let forward = rec.result.load(core::sync::atomic::Ordering::Relaxed) == 0;
+                    if forward && self.finish_on_cpu(slot, done) {
                         None
                     } else {
                         Some(map_status(raw))
