@@ -381,3 +381,27 @@ fn opening_a_real_wq_without_dsa_is_a_typed_error() {
     }
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn stop_drains_the_device_or_says_it_could_not() {
+    use copy_engine::EngineControl;
+    let cfg = DsaConfig { drain_timeout: std::time::Duration::from_millis(200), ..DsaConfig::default() };
+    let mut e = DsaEngine::model(ModelConfig::default(), cfg).unwrap();
+    let mut rng = Rng::new(14);
+    let mut b = Bufs::new(&mut rng, 40, 1, 5000);
+    for i in 0..40 {
+        enqueue(&mut e, &mut b, i, OpFlags::empty()).unwrap();
+    }
+    futures::executor::block_on(e.stop()).expect("stop drains");
+    assert_eq!(e.in_flight(), 0);
+    assert!((0..40).all(|i| b.copied(i)));
+    // A device that never answers: stop reports it instead of hanging.
+    let dev = e.model_handle().clone();
+    dev.pause();
+    enqueue(&mut e, &mut b, 0, OpFlags::SUBMIT).unwrap();
+    let err = futures::executor::block_on(e.stop()).unwrap_err();
+    assert!(err.to_string().contains("still with the device"), "{err}");
+    dev.resume();
+    futures::executor::block_on(e.stop()).expect("drains once the device answers");
+    assert_clean(&e);
+}
