@@ -29,12 +29,13 @@ struct Args {
     eal_args: Option<String>,
 }
 
-/// `--engine`: memcpy, worker or dmadev:<name>.
+/// `--engine`: memcpy, worker, dmadev:<name>, dsa:<wq> or dsa:model.
 fn engine(v: &str) -> Result<String, String> {
     match v {
         "memcpy" | "worker" => Ok(v.to_string()),
         e if e.strip_prefix("dmadev:").is_some_and(|n| !n.is_empty()) => Ok(v.to_string()),
-        _ => Err(format!("expected memcpy, worker or dmadev:<name>, got {v:?}")),
+        e if e.strip_prefix("dsa:").is_some_and(|n| !n.is_empty()) => Ok(v.to_string()),
+        _ => Err(format!("expected memcpy, worker, dmadev:<name>, dsa:<wq> or dsa:model, got {v:?}")),
     }
 }
 
@@ -69,8 +70,8 @@ Exit codes:
 #[derive(Debug, clap::Parser)]
 #[command(name = "pvp", version, after_help = EXIT_CODES)]
 struct Cli {
-    /// The copy engine: memcpy, worker or dmadev:<name> (dmadev needs a build with the `dmadev`
-    /// feature).
+    /// The copy engine: memcpy, worker, dmadev:<name> (needs a build with the `dmadev` feature),
+    /// dsa:<wq> (an idxd work queue, e.g. dsa:wq0.0) or dsa:model (the DSA device model).
     #[arg(long, default_value = "worker", value_parser = engine)]
     engine: String,
     /// Packet size in bytes, or a range MIN-MAX (16..=9216).
@@ -125,6 +126,9 @@ fn main() -> ExitCode {
             Err(e) => Err(format!("worker engine: {e}")),
         },
         other if other.starts_with("dmadev:") => dmadev(&other["dmadev:".len()..], policy, &args),
+        other if other.strip_prefix("dsa:").is_some_and(|n| !n.is_empty()) => {
+            dsa(&other["dsa:".len()..], policy, &args)
+        }
         other => Err(format!("unknown engine {other:?}")),
     };
     match result {
@@ -153,6 +157,24 @@ fn dmadev(name: &str, policy: Policy, args: &Args) -> Result<bool, String> {
 #[cfg(not(feature = "dmadev"))]
 fn dmadev(_name: &str, _policy: Policy, _args: &Args) -> Result<bool, String> {
     Err("this build has no dmadev engine: rebuild with `--features dmadev` (needs libdpdk-dev)".into())
+}
+
+/// `dsa:<wq>` opens a user work queue through the kernel's idxd driver; `dsa:model` runs the
+/// software device model instead (no hardware).
+#[cfg(feature = "dsa")]
+fn dsa(wq: &str, policy: Policy, args: &Args) -> Result<bool, String> {
+    use copy_engine_dsa::{DsaConfig, DsaEngine, ModelConfig};
+    if wq == "model" {
+        let engine = DsaEngine::model(ModelConfig::default(), DsaConfig::default()).map_err(|e| e.to_string())?;
+        return run(Channel::new(engine, policy), args);
+    }
+    let engine = DsaEngine::open(wq, DsaConfig::default()).map_err(|e| format!("dsa {wq:?}: {e}"))?;
+    run(Channel::new(engine, policy), args)
+}
+
+#[cfg(not(feature = "dsa"))]
+fn dsa(_wq: &str, _policy: Policy, _args: &Args) -> Result<bool, String> {
+    Err("this build has no DSA engine: rebuild with `--features dsa`".into())
 }
 
 fn run<E: CopyEngine>(chan: Channel<E>, args: &Args) -> Result<bool, String> {

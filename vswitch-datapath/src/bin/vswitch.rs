@@ -84,6 +84,8 @@ enum EngineSpec {
     Worker,
     /// `dmadev:<name>`: a DPDK dmadev.
     Dmadev(String),
+    /// `dsa:<wq>`: an idxd work queue (e.g. `dsa:wq0.0`), or `dsa:model`, the DSA device model.
+    Dsa(String),
 }
 
 impl std::str::FromStr for EngineSpec {
@@ -93,9 +95,10 @@ impl std::str::FromStr for EngineSpec {
         match v {
             "memcpy" => Ok(EngineSpec::Memcpy),
             "worker" => Ok(EngineSpec::Worker),
-            e => match e.strip_prefix("dmadev:") {
-                Some(n) if !n.is_empty() => Ok(EngineSpec::Dmadev(n.to_string())),
-                _ => Err(format!("expected memcpy, worker or dmadev:<name>, got {v:?}")),
+            e => match (e.strip_prefix("dmadev:"), e.strip_prefix("dsa:")) {
+                (Some(n), _) if !n.is_empty() => Ok(EngineSpec::Dmadev(n.to_string())),
+                (_, Some(n)) if !n.is_empty() => Ok(EngineSpec::Dsa(n.to_string())),
+                _ => Err(format!("expected memcpy, worker, dmadev:<name>, dsa:<wq> or dsa:model, got {v:?}")),
             },
         }
     }
@@ -158,7 +161,8 @@ struct Args {
     /// ports; a socket path may not repeat.
     #[arg(long = "port", value_name = "SPEC", required = true)]
     ports: Vec<PortSpec>,
-    /// The copy engine: memcpy, worker or dmadev:<name> (dmadev needs a build with the `dmadev`
+    /// The copy engine: memcpy, worker, dsa:<wq> (an idxd work queue), dsa:model (the DSA device
+    /// model) or dmadev:<name> (dmadev needs a build with the `dmadev`
     /// feature).
     #[arg(long, value_name = "ENGINE", required = true)]
     engine: Option<EngineSpec>,
@@ -318,6 +322,9 @@ impl Args {
             if matches!(self.engine, Some(EngineSpec::Dmadev(_))) {
                 return Err("dmadev with several PMDs (a vchan each) is not supported yet".into());
             }
+            if matches!(self.engine, Some(EngineSpec::Dsa(_))) {
+                return Err("dsa with several PMDs (a work queue each) is not supported yet".into());
+            }
         }
         Ok(())
     }
@@ -398,6 +405,7 @@ fn main() -> ExitCode {
             Err(e) => Err(format!("worker engine: {e}")),
         },
         EngineSpec::Dmadev(name) => dmadev(name, policy, &args, &stop),
+        EngineSpec::Dsa(wq) => dsa(wq, policy, &args, &stop),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -426,6 +434,24 @@ fn dmadev(name: &str, _policy: Policy, _args: &Args, _stop: &AtomicBool) -> Resu
     Err(format!(
         "dmadev {name:?}: this build has no dmadev engine: rebuild with `--features dmadev` (needs libdpdk-dev)"
     ))
+}
+
+/// `dsa:<wq>` opens a user work queue through the kernel's idxd driver; `dsa:model` runs the
+/// software device model instead (no hardware).
+#[cfg(feature = "dsa")]
+fn dsa(wq: &str, policy: Policy, args: &Args, stop: &AtomicBool) -> Result<(), String> {
+    use copy_engine_dsa::{DsaConfig, DsaEngine, ModelConfig};
+    if wq == "model" {
+        let engine = DsaEngine::model(ModelConfig::default(), DsaConfig::default()).map_err(|e| e.to_string())?;
+        return run(Channel::new(engine, policy), args, stop);
+    }
+    let engine = DsaEngine::open(wq, DsaConfig::default()).map_err(|e| format!("dsa {wq:?}: {e}"))?;
+    run(Channel::new(engine, policy), args, stop)
+}
+
+#[cfg(not(feature = "dsa"))]
+fn dsa(wq: &str, _policy: Policy, _args: &Args, _stop: &AtomicBool) -> Result<(), String> {
+    Err(format!("dsa {wq:?}: this build has no DSA engine: rebuild with `--features dsa`"))
 }
 
 /// Pins the calling thread to `core`.
@@ -765,6 +791,9 @@ mod tests {
         assert_eq!("worker".parse(), Ok(EngineSpec::Worker));
         assert_eq!("dmadev:dma_skeleton0".parse(), Ok(EngineSpec::Dmadev("dma_skeleton0".into())));
         assert!("dmadev:".parse::<EngineSpec>().is_err());
+        assert_eq!("dsa:wq0.0".parse(), Ok(EngineSpec::Dsa("wq0.0".into())));
+        assert_eq!("dsa:model".parse(), Ok(EngineSpec::Dsa("model".into())));
+        assert!("dsa:".parse::<EngineSpec>().is_err());
         assert!("quantum".parse::<EngineSpec>().is_err());
     }
 
