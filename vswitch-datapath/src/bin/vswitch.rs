@@ -311,10 +311,8 @@ impl Args {
                 return Err(format!("--port-pmd {port}:{pmd}: there are {} ports and {pmds} PMDs", self.ports.len()));
             }
         }
-        if pmds > 1 {
-            if matches!(self.engine, Some(EngineSpec::Dmadev(_))) {
-                return Err("dmadev with several PMDs (a vchan each) is not supported yet".into());
-            }
+        if pmds > 1 && matches!(self.engine, Some(EngineSpec::Dmadev(_))) {
+            return Err("dmadev with several PMDs (a vchan each) is not supported yet".into());
         }
         Ok(())
     }
