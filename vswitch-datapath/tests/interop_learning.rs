@@ -82,14 +82,14 @@ fn last_stat(out: &str, prefix: &str, key: &str) -> u64 {
 }
 
 /// The switch with `ports` sockets (`s0.sock`, ...) and a control socket, MAC learning on.
-fn start_switch(scratch: &Scratch, ports: usize) -> (Process, Vec<PathBuf>, PathBuf) {
+fn start_switch(scratch: &Scratch, ports: usize, pmd_cores: &str) -> (Process, Vec<PathBuf>, PathBuf) {
     let socks: Vec<PathBuf> = (0..ports).map(|i| scratch.path(&format!("s{i}.sock"))).collect();
     let ctl = scratch.path("ctl.sock");
     let mut cmd = Command::new(ok(vswitch_binary()));
     for s in &socks {
         cmd.arg("--port").arg(format!("vhost-user:{}", s.display()));
     }
-    cmd.args(["--engine", "worker", "--mac-learning", "--pmd-cores", &testpmd::SWITCH_CPU.to_string()]);
+    cmd.args(["--engine", "worker", "--mac-learning", "--pmd-cores", pmd_cores]);
     cmd.args(["--stats-interval", "1", "--ctl"]).arg(&ctl);
     let mut sw = ok(Process::spawn("vswitch(learning)", cmd));
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -120,7 +120,7 @@ fn interop_port_added_and_removed_at_runtime_under_traffic_loses_nothing_accepte
     }
     let _serial = testpmd::machine_lock("interop", Duration::from_secs(600));
     let scratch = Scratch::new("addrm");
-    let (mut sw, mut socks, ctl_sock) = start_switch(&scratch, 2);
+    let (mut sw, mut socks, ctl_sock) = start_switch(&scratch, 2, &testpmd::SWITCH_CPU.to_string());
     let extra = scratch.path("s2.sock");
     let a = ctl(&ctl_sock, &format!(r#"{{"cmd":"add-port","path":"{}"}}"#, extra.display()));
     assert!(a.contains(r#""ok":true"#) && a.contains("vhost2"), "{a}");
@@ -162,6 +162,18 @@ fn interop_port_added_and_removed_at_runtime_under_traffic_loses_nothing_accepte
 
 #[test]
 fn interop_learning_floods_unknown_and_broadcast_then_unicasts_to_one_port() {
+    learning(&testpmd::SWITCH_CPU.to_string());
+}
+
+/// The same with two PMDs: ports 0 and 2 on PMD 0, port 1 on PMD 1, so floods and unicast cross
+/// the trunk between the PMDs' switches.
+#[test]
+fn interop_learning_across_two_pmds_floods_and_unicasts_the_same() {
+    learning("0,1");
+}
+
+fn learning(pmd_cores: &str) {
+    let several = pmd_cores.contains(',');
     if !have_testpmd() {
         assert!(std::env::var_os("CI").is_none(), "dpdk-testpmd is missing in CI");
         eprintln!("skipped: dpdk-testpmd is not installed (scripts/test.sh installs it)");
@@ -169,7 +181,7 @@ fn interop_learning_floods_unknown_and_broadcast_then_unicasts_to_one_port() {
     }
     let _serial = testpmd::machine_lock("interop", Duration::from_secs(600));
     let scratch = Scratch::new("learn");
-    let (mut sw, socks, _ctl) = start_switch(&scratch, 3);
+    let (mut sw, socks, _ctl) = start_switch(&scratch, 3, pmd_cores);
     let mut g: Vec<Testpmd> = (0..3).map(|i| guest(&format!("learn-g{i}"), &socks[i])).collect();
     let macs: Vec<String> = g.iter_mut().map(mac_of).collect();
     assert!(macs[0] != macs[1] && macs[1] != macs[2] && macs[0] != macs[2], "distinct MACs: {macs:?}");
@@ -192,14 +204,20 @@ fn interop_learning_floods_unknown_and_broadcast_then_unicasts_to_one_port() {
     let out = sw.stdout();
     let tx = |p: usize| last_stat(&out, &format!("vhost{p}:"), "tx");
     assert_eq!([tx(0), tx(1), tx(2)], [n1, n0 + n3, n0 + n1], "frames sent to each port:\n{out}");
+    for (i, t) in g.iter_mut().enumerate() {
+        let s = ok(t.port_stats(0));
+        assert_eq!(s.rx_packets, [n1, n0 + n3, n0 + n1][i], "guest {i} received exactly its frames");
+    }
+    if several {
+        // Each PMD's switch prints its own l2 line; PMD 1 (port 1 only) got guest 0's unicast
+        // over the trunk and sent it on as unicast.
+        assert!(out.contains("trunk-pmd1") && out.contains("trunk-pmd0"), "{out}");
+        return;
+    }
     assert_eq!(last_stat(&out, "l2:", "unicast"), n3, "{out}");
     assert_eq!(last_stat(&out, "l2:", "flooded"), n0 + n1, "{out}");
     assert_eq!(last_stat(&out, "l2:", "filtered"), 0, "{out}");
     // Each flood had two targets: one copy, the second target got the received buffer.
     let copies = out.lines().rev().find(|l| l.contains("l2:")).unwrap();
     assert!(copies.contains(&format!("({} copies)", n0 + n1)), "{copies}");
-    for (i, t) in g.iter_mut().enumerate() {
-        let s = ok(t.port_stats(0));
-        assert_eq!(s.rx_packets, [n1, n0 + n3, n0 + n1][i], "guest {i} received exactly its frames");
-    }
 }

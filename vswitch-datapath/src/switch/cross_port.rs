@@ -2,7 +2,8 @@
 //! packet, standing for a port another PMD owns, and a [`CrossRxPort`] on that other PMD, feeding
 //! the real port. Between them an [`xring`](crate::switch::xring) (one per direction of a link, so
 //! each ring has one producer and one consumer thread). A frame costs one copy into the ring and
-//! one out of it, on the CPU: the pools of two PMDs never share a buffer. This module must not
+//! one out of it, on the CPU: the pools of two PMDs never share a buffer. A [`TrunkPort`] is both
+//! ends at once, for MAC learning across PMDs. This module must not
 //! know virtio or copy engines.
 
 use copy_engine::CopyEngine;
@@ -124,6 +125,54 @@ impl<E: CopyEngine> Port<E> for CrossRxPort {
 
     fn stats(&self) -> PortStats {
         self.stats
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+/// A trunk to another PMD's L2 switch: receives what that PMD sends here, sends to it (one ring
+/// each way). See [`crate::switch::l2`].
+#[derive(Debug)]
+pub struct TrunkPort {
+    name: String,
+    tx: CrossTxPort,
+    rx: CrossRxPort,
+}
+
+impl TrunkPort {
+    /// A trunk named `name`: frames go out on `to`, come in on `from`.
+    pub fn new(name: impl Into<String>, to: XProducer, from: XConsumer) -> Self {
+        let name = name.into();
+        TrunkPort { tx: CrossTxPort::new(name.clone(), to), rx: CrossRxPort::new(name.clone(), from), name }
+    }
+}
+
+impl<E: CopyEngine> Port<E> for TrunkPort {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn rx_burst(&mut self, cx: &mut PortCtx<'_, E>, out: &mut Burst, max: usize) -> usize {
+        self.rx.rx_burst(cx, out, max)
+    }
+
+    fn tx_burst(&mut self, cx: &mut PortCtx<'_, E>, pkts: &mut Burst) -> usize {
+        self.tx.tx_burst(cx, pkts)
+    }
+
+    fn stats(&self) -> PortStats {
+        let (t, r) = (<CrossTxPort as Port<E>>::stats(&self.tx), <CrossRxPort as Port<E>>::stats(&self.rx));
+        PortStats { rx_packets: r.rx_packets, rx_bytes: r.rx_bytes, ..t }
+    }
+
+    fn is_trunk(&self) -> bool {
+        true
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

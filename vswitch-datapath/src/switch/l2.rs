@@ -6,6 +6,10 @@
 //! unicast are flooded to every other port that is up. A flood of `n` targets costs `n - 1`
 //! copies: the last target gets the received buffer itself.
 //!
+//! With several PMDs, each runs its own switch over its own ports plus one trunk port per other
+//! PMD (a pair of cross-PMD rings): a MAC behind another PMD is learned on that trunk, and a frame
+//! that came in on a trunk is flooded to local ports only.
+//!
 //! Order and push back: each port has a receive burst (packets not yet distributed, in arrival
 //! order) and a transmit queue (packets waiting for that port, in the order they were
 //! distributed; at most [`BURST`] so it never allocates). A packet is distributed only when every
@@ -198,7 +202,8 @@ impl L2Switch {
                     self.tx[j].push(pkt);
                 }
                 Targets::Flood => {
-                    let up = |j: usize| j != i && ports[j].is_up();
+                    let from_trunk = ports[i].is_trunk();
+                    let up = |j: usize| j != i && ports[j].is_up() && !(from_trunk && ports[j].is_trunk());
                     let count = (0..ports.len()).filter(|&j| up(j)).count();
                     if count == 0 {
                         self.stats.no_target += 1;
@@ -280,6 +285,7 @@ mod tests {
     struct Wire {
         name: String,
         up: bool,
+        trunk: bool,
         take: usize,
         to_send: VecDeque<Vec<u8>>,
         got: Vec<Vec<u8>>,
@@ -315,6 +321,9 @@ mod tests {
         fn is_up(&self) -> bool {
             self.up
         }
+        fn is_trunk(&self) -> bool {
+            self.trunk
+        }
         fn as_any(&self) -> &dyn std::any::Any {
             self
         }
@@ -343,8 +352,14 @@ mod tests {
     fn switch(ports: usize, cfg: LearningConfig) -> Pmd<MemcpyEngine> {
         let mut pmd = Pmd::new(Channel::new(MemcpyEngine::default(), Policy::default()), PacketPool::new(POOL, 2048));
         for i in 0..ports {
-            let w =
-                Wire { name: format!("w{i}"), up: true, take: usize::MAX, to_send: VecDeque::new(), got: Vec::new() };
+            let w = Wire {
+                name: format!("w{i}"),
+                up: true,
+                trunk: false,
+                take: usize::MAX,
+                to_send: VecDeque::new(),
+                got: Vec::new(),
+            };
             pmd.add_port(Box::new(w));
         }
         pmd.enable_learning(cfg);
@@ -507,5 +522,22 @@ mod tests {
         assert_eq!(taken + removed.drops, s.flood_copies, "port 2's share: taken {taken}, dropped {}", removed.drops);
         assert!(s.flood_copies < 200, "floods after the removal made no copy");
         assert_eq!(pmd.pool().available(), POOL, "every buffer back, the removed port's too");
+    }
+
+    #[test]
+    fn a_frame_from_a_trunk_floods_to_local_ports_only_and_a_mac_behind_a_trunk_is_learned_on_it() {
+        let mut pmd = switch(4, LearningConfig::default());
+        wire(&mut pmd, 0).trunk = true;
+        wire(&mut pmd, 1).trunk = true;
+        let from_trunk = frame(BROADCAST_MAC, mac(5), 0);
+        send(&mut pmd, 0, from_trunk.clone());
+        assert_eq!(settle(&mut pmd), [vec![], vec![], vec![from_trunk.clone()], vec![from_trunk]], "split horizon");
+        let local = frame(BROADCAST_MAC, mac(6), 1);
+        send(&mut pmd, 2, local.clone());
+        assert_eq!(settle(&mut pmd), [vec![local.clone()], vec![local.clone()], vec![], vec![local]]);
+        // mac(5) lives behind trunk 0: unicast to it goes there only.
+        let to_5 = frame(mac(5), mac(6), 2);
+        send(&mut pmd, 3, to_5.clone());
+        assert_eq!(settle(&mut pmd), [vec![to_5], vec![], vec![], vec![]]);
     }
 }

@@ -80,6 +80,13 @@ pub trait Port<E: CopyEngine> {
         true
     }
 
+    /// Whether the port is a trunk to another PMD's L2 switch: a frame received on one trunk is
+    /// never flooded to another (split horizon: the PMDs form a full mesh, and each floods to its
+    /// own ports).
+    fn is_trunk(&self) -> bool {
+        false
+    }
+
     /// Stops the port: afterwards no copy of it is in flight.
     fn stop(&mut self, _cx: &mut PortCtx<'_, E>) {}
 

@@ -2,7 +2,8 @@
 //! own copy engine and channel, its own packet pool and its own ports; ports are cross-connected in
 //! pairs as with one PMD. A link between ports of two PMDs goes through a lock-free frame ring
 //! (one per direction), so no PMD ever touches another's state and no lock is taken on the hot
-//! path. Each PMD prints its own stats block (`pmdK t=...`). With `--ctl`, every request goes to
+//! path. With MAC learning each PMD runs its own L2 switch over its ports and one trunk per other
+//! PMD (see `switch::l2`). Each PMD prints its own stats block (`pmdK t=...`). With `--ctl`, every request goes to
 //! every PMD and the answers are joined.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,12 +13,12 @@ use std::time::{Duration, Instant};
 use copy_engine::{Channel, CopyEngine, Policy};
 use copy_engine_cpu::{MemcpyEngine, WorkerConfig, WorkerEngine};
 use vswitch_datapath::switch::control::{self, CtlRequest, CtlServer};
-use vswitch_datapath::switch::cross_port::{CrossRxPort, CrossTxPort};
+use vswitch_datapath::switch::cross_port::{CrossRxPort, CrossTxPort, TrunkPort};
 use vswitch_datapath::switch::xring::{xring, XConsumer, XProducer};
 use vswitch_datapath::vhost_user::{DeviceConfig, VhostUserServer};
-use vswitch_datapath::{PacketPool, Pmd, Port, PortCommand, SinkPort, SourcePort, VhostPort};
+use vswitch_datapath::{LearningConfig, PacketPool, Pmd, Port, PortCommand, SinkPort, SourcePort, VhostPort};
 
-use super::{pin_to, Args, EngineSpec, PortSpec, CHECK_EVERY, DATA_ROOM, POOL_PACKETS};
+use super::{pin_to, Args, EngineSpec, ForwardMode, PortSpec, CHECK_EVERY, DATA_ROOM, POOL_PACKETS};
 
 /// Frames a cross-PMD ring holds.
 const RING_SLOTS: usize = 512;
@@ -29,6 +30,7 @@ enum Build {
     Source(String, usize),
     CrossTx(String, XProducer),
     CrossRx(String, XConsumer),
+    Trunk(String, XProducer, XConsumer),
 }
 
 /// What one PMD thread runs: its core, its ports (in index order) and its links.
@@ -74,7 +76,19 @@ pub(super) fn run(args: &Args, policy: Policy, stop: &AtomicBool) -> Result<(), 
         }
     }
     drop(senders);
-    for pair in (0..args.ports.len()).collect::<Vec<_>>().chunks_exact(2) {
+    let learning = args.forward() == ForwardMode::Learning;
+    if learning {
+        // A full mesh of trunks: one per pair of PMDs, a ring each way.
+        for x in 0..n {
+            for y in x + 1..n {
+                let (to_y, from_x) = xring(RING_SLOTS, DATA_ROOM);
+                let (to_x, from_y) = xring(RING_SLOTS, DATA_ROOM);
+                plans[x].ports.push(Build::Trunk(format!("trunk-pmd{y}"), to_y, from_y));
+                plans[y].ports.push(Build::Trunk(format!("trunk-pmd{x}"), to_x, from_x));
+            }
+        }
+    }
+    for pair in (0..args.ports.len()).collect::<Vec<_>>().chunks_exact(2).filter(|_| !learning) {
         for (from, to) in [(pair[0], pair[1]), (pair[1], pair[0])] {
             let ((kf, lf), (kt, lt)) = (at[from], at[to]);
             if kf == kt {
@@ -98,7 +112,8 @@ pub(super) fn run(args: &Args, policy: Policy, stop: &AtomicBool) -> Result<(), 
         Some(path) => Some(start_ctl(path, &mut plans)?),
         None => None,
     };
-    println!("vswitch: engine {engine}, {n} PMD threads, ports cross-connected in pairs:");
+    let mode = if learning { "MAC learning on each, trunks between them" } else { "ports cross-connected in pairs" };
+    println!("vswitch: engine {engine}, {n} PMD threads, {mode}:");
     for (i, &(k, _)) in at.iter().enumerate() {
         println!("  port {i} on pmd{k} (core {})", args.pmd_cores[k]);
     }
@@ -211,11 +226,18 @@ fn serve<E: CopyEngine>(
             Build::Source(name, len) => Box::new(SourcePort::new(name, len)),
             Build::CrossTx(name, p) => Box::new(CrossTxPort::new(name, p)),
             Build::CrossRx(name, c) => Box::new(CrossRxPort::new(name, c)),
+            Build::Trunk(name, p, c) => Box::new(TrunkPort::new(name, p, c)),
         };
         pmd.add_port(port);
     }
     for &(from, to) in &plan.links {
         pmd.connect(from, to);
+    }
+    if args.forward() == ForwardMode::Learning {
+        pmd.enable_learning(LearningConfig {
+            table_size: args.mac_table_size as usize,
+            aging: Duration::from_secs_f64(args.mac_aging),
+        });
     }
     let every = args.stats_interval();
     let mut next_stats = every.map(|d| start + d);
@@ -268,6 +290,23 @@ fn print_stats<E: CopyEngine>(k: usize, pmd: &Pmd<E>, t: Duration) {
         pmd.channel().in_flight(),
         pmd.stats().forwarded,
     );
+    if let Some(l2) = pmd.l2() {
+        let (s, t) = (l2.stats(), l2.table().stats());
+        out += &format!(
+            "  l2: {} MACs, unicast {}, flooded {} ({} copies), filtered {}, no target {}, runts {}, learned {}, \
+             moved {}, evicted {}\n",
+            l2.table().len(l2.now_ms()),
+            s.unicast,
+            s.flooded,
+            s.flood_copies,
+            s.filtered,
+            s.no_target,
+            s.runts,
+            t.learned,
+            t.moves,
+            t.evictions
+        );
+    }
     for (name, st) in pmd.port_stats() {
         out += &format!(
             "  {name}: rx {} pkts {} bytes, tx {} pkts {} bytes, drops {}, pushed back {}, in flight {}\n",
