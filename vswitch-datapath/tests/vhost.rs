@@ -304,44 +304,48 @@ fn a_hostile_guest_breaks_only_its_own_port() {
 }
 
 /// Stopping a queue with copies in flight (a slow engine) waits for them: after `stop` returns,
-/// the guest's memory no longer changes, and every packet it was given is complete.
+/// the guest's memory no longer changes, and every packet it was given is complete, in order.
+/// Split and packed rings.
 #[test]
 fn no_copy_lands_after_stop_returns() {
-    let g = TestGuest::new();
-    let mut rxd = g.add_queue(64, RingFeatures::empty());
-    for _ in 0..32 {
-        rxd.post_rx(&g, 2048, 1);
+    let packed = RingFeatures::PACKED.union(RingFeatures::EVENT_IDX);
+    for features in [RingFeatures::empty(), packed] {
+        let g = TestGuest::new();
+        let mut rxd = g.add_queue(64, features);
+        for _ in 0..32 {
+            rxd.post_rx(&g, 2048, 1);
+        }
+        let north = Northbound::new(rxd.virtqueue(&g), HDR, true, Notifier::Polling);
+        let txd = g.add_queue(16, features);
+        let south = Southbound::new(txd.virtqueue(&g), HDR, Notifier::Polling);
+        let mut port = VhostPort::new("p", north, south);
+        let cfg = FaultConfig { delay_polls: 50, ..FaultConfig::default() };
+        let engine = FaultEngine::new(WorkerEngine::new(WorkerConfig::default()).unwrap(), cfg);
+        let chan = Channel::new(engine, Policy::offload_all());
+        let mut pool = PacketPool::new(64, 2048);
+        let mut cx = PortCtx { chan: &chan, pool: &mut pool };
+        let mut burst = Burst::new();
+        for i in 0..32u8 {
+            let mut p = cx.pool.alloc().unwrap();
+            cx.pool.set_len(&mut p, 1500);
+            cx.pool.data_mut(&mut p).fill(i + 1);
+            burst.push(p);
+        }
+        assert_eq!(Port::tx_burst(&mut port, &mut cx, &mut burst), 32);
+        chan.submit();
+        assert!(chan.in_flight() > 0, "copies still in flight before stop ({features:?})");
+        Port::stop(&mut port, &mut cx);
+        let after_stop = g.snapshot();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(g.snapshot(), after_stop, "guest memory changed after stop returned ({features:?})");
+        let used: Vec<_> = std::iter::from_fn(|| rxd.pop_used(&g)).collect();
+        assert_eq!(used.len(), 32);
+        for (i, u) in used.iter().enumerate() {
+            let data = rxd.read_written(&g, u.id as u16, u.len as usize);
+            assert!(data[HDR..].iter().all(|&b| b == i as u8 + 1), "packet {i} incomplete at stop ({features:?})");
+        }
+        assert_eq!(cx.pool.available(), 64, "every packet freed");
     }
-    let north = Northbound::new(rxd.device(&g), HDR, true, Notifier::Polling);
-    let txd = g.add_queue(16, RingFeatures::empty());
-    let south = Southbound::new(txd.device(&g), HDR, Notifier::Polling);
-    let mut port = VhostPort::new("p", north, south);
-    let cfg = FaultConfig { delay_polls: 50, ..FaultConfig::default() };
-    let chan =
-        Channel::new(FaultEngine::new(WorkerEngine::new(WorkerConfig::default()).unwrap(), cfg), Policy::offload_all());
-    let mut pool = PacketPool::new(64, 2048);
-    let mut cx = PortCtx { chan: &chan, pool: &mut pool };
-    let mut burst = Burst::new();
-    for i in 0..32u8 {
-        let mut p = cx.pool.alloc().unwrap();
-        cx.pool.set_len(&mut p, 1500);
-        cx.pool.data_mut(&mut p).fill(i + 1);
-        burst.push(p);
-    }
-    assert_eq!(Port::tx_burst(&mut port, &mut cx, &mut burst), 32);
-    chan.submit();
-    assert!(chan.in_flight() > 0, "copies still in flight before stop");
-    Port::stop(&mut port, &mut cx);
-    let after_stop = g.snapshot();
-    std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(g.snapshot(), after_stop, "guest memory changed after stop returned");
-    let used: Vec<_> = std::iter::from_fn(|| rxd.pop_used(&g)).collect();
-    assert_eq!(used.len(), 32);
-    for (i, u) in used.iter().enumerate() {
-        let data = rxd.read_written(&g, u.id as u16, u.len as usize);
-        assert!(data[HDR..].iter().all(|&b| b == i as u8 + 1), "packet {i} incomplete at stop");
-    }
-    assert_eq!(cx.pool.available(), 64, "every packet freed");
 }
 
 /// A guest that sets NO_INTERRUPT gets no notification; one that asks gets them.
