@@ -190,7 +190,7 @@ impl<E: CopyEngine> Channel<E> {
     /// The contract of [`CopyEngine::enqueue`]: both buffers stay valid, and nothing else touches
     /// them, until the returned ticket is retired ([`retired`](Self::retired) passes it), or the
     /// channel is drained ([`drain`](Self::drain)) or dropped.
-    #[inline]
+    #[inline(always)]
     pub unsafe fn enqueue(
         &self,
         src: *const u8,

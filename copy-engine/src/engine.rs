@@ -122,13 +122,15 @@ pub fn check_copy(src: *const u8, dst: *mut u8, len: usize, max_len: usize) -> R
         return Ok(());
     }
     let (s, d) = (src as usize, dst as usize);
-    let (s_end, s_wraps) = s.overflowing_add(len);
-    let (d_end, d_wraps) = d.overflowing_add(len);
-    // Non-short-circuit `|` and `&`: one branch for the rare error instead of one per test.
-    if (s == 0) | (d == 0) | s_wraps | d_wraps {
+    // Written without `s + len` and `d + len`: in a loop over buffers those would be two more
+    // induction variables for the compiler to carry (and spill) per copy.
+    let last = usize::MAX - len;
+    // Non-short-circuit `|`: one branch for the rare error instead of one per test.
+    if (s == 0) | (d == 0) | (s > last) | (d > last) {
         return Err(EnqueueError::BadAddress);
     }
-    if (s < d_end) & (d < s_end) {
+    // Neither range wraps, so they overlap exactly when their starts are less than `len` apart.
+    if s.abs_diff(d) < len {
         return Err(EnqueueError::Overlap);
     }
     Ok(())
@@ -170,5 +172,44 @@ mod tests {
         assert_eq!(check_copy(p, p.wrapping_add(32), 65, 64), Err(EnqueueError::TooLong { len: 65, max: 64 }));
         assert_eq!(check_copy(core::ptr::null(), p, 4, 64), Err(EnqueueError::BadAddress));
         assert_eq!(check_copy(core::ptr::null(), core::ptr::null_mut(), 0, 64), Ok(()));
+    }
+
+    /// The checks written the obvious way (ends computed with overflow), to hold the shorter
+    /// form in `check_copy` to.
+    fn reference(s: usize, d: usize, len: usize) -> Result<(), EnqueueError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let (s_end, s_wraps) = s.overflowing_add(len);
+        let (d_end, d_wraps) = d.overflowing_add(len);
+        if s == 0 || d == 0 || s_wraps || d_wraps {
+            return Err(EnqueueError::BadAddress);
+        }
+        if s < d_end && d < s_end {
+            return Err(EnqueueError::Overlap);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn address_checks_agree_with_the_obvious_form_at_both_ends_of_the_address_space() {
+        let top = usize::MAX - 12;
+        for base in [0usize, 4096, top] {
+            for s in base..base + 12 {
+                for d in base..base + 12 {
+                    for len in 0..14 {
+                        let got = check_copy(s as *const u8, d as *mut u8, len, usize::MAX);
+                        assert_eq!(got, reference(s, d, len), "src {s:#x} dst {d:#x} len {len}");
+                    }
+                }
+            }
+        }
+        // Adjacent ranges are disjoint; one shared byte is an overlap; ending at the very top of
+        // the address space wraps.
+        assert_eq!(check_copy(64 as *const u8, 72 as *mut u8, 8, 64), Ok(()));
+        assert_eq!(check_copy(72 as *const u8, 64 as *mut u8, 8, 64), Ok(()));
+        assert_eq!(check_copy(64 as *const u8, 71 as *mut u8, 8, 64), Err(EnqueueError::Overlap));
+        assert_eq!(check_copy((usize::MAX - 7) as *const u8, 64 as *mut u8, 8, 64), Err(EnqueueError::BadAddress));
+        assert_eq!(check_copy((usize::MAX - 8) as *const u8, 64 as *mut u8, 8, 64), Ok(()));
     }
 }
