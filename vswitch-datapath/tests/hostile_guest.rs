@@ -54,6 +54,13 @@ impl Scene {
         let before = g.snapshot();
         let mut c = DescChain::new();
 
+        // The prefetch hints read whatever the guest wrote, bad heads and addresses included:
+        // they must neither fault, nor write, nor change what the next pop finds.
+        vq.prefetch(2 * SIZE as usize);
+        for ahead in 0..2 * SIZE {
+            vq.prefetch_buffer(ahead);
+        }
+        assert!(g.snapshot() == before, "a prefetch hint wrote to guest memory");
         assert_eq!(vq.pop(&mut c), Err(expected));
         assert!(vq.is_broken());
         assert_eq!(vq.broken(), Some(expected));

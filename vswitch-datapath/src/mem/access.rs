@@ -97,6 +97,47 @@ pub fn prefetch_host(addr: usize) {
     let _ = addr;
 }
 
+/// Whether the CPU has PREFETCHW (CPUID 0x8000_0001, ECX bit 8), asked once.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn has_prefetchw() -> bool {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static KNOWN: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 no, 2 yes
+    match KNOWN.load(Ordering::Relaxed) {
+        0 => {
+            #[allow(unused_unsafe)] // `__cpuid` is safe on newer toolchains
+            // SAFETY: CPUID is available on every x86_64 CPU; leaf 0x8000_0000 gives the highest
+            // extended leaf, so 0x8000_0001 is asked only where it exists.
+            let yes = unsafe {
+                use core::arch::x86_64::__cpuid;
+                __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0
+            };
+            KNOWN.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+            yes
+        }
+        k => k == 2,
+    }
+}
+
+/// Hints the CPU to bring the cache line holding host address `addr` in for writing (a guest
+/// buffer about to be filled), so the line's ownership is on its way before the first store.
+/// Any address is allowed, as for [`prefetch_host`].
+#[inline]
+pub fn prefetch_host_write(addr: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if has_prefetchw() {
+        // SAFETY: the CPU has PREFETCHW (checked above); a prefetch has no architectural effect:
+        // it loads no value and never faults, even for an unmapped address.
+        unsafe {
+            core::arch::asm!("prefetchw byte ptr [{0}]", in(reg) addr, options(nostack, preserves_flags, readonly))
+        };
+    } else {
+        prefetch_host(addr);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
+}
+
 fn round_up(v: usize, to: usize) -> Option<usize> {
     v.checked_add(to - 1).map(|x| x & !(to - 1))
 }

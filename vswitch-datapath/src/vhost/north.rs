@@ -24,6 +24,13 @@ use crate::virtio::chain::DescChain;
 use crate::virtio::net::NetHdr;
 use crate::virtio::queue::Virtqueue;
 
+/// How many chains ahead of the one being filled a guest RX buffer is prefetched for writing.
+/// The first store into a guest buffer misses (the guest's core owns the line, having just
+/// posted it); with the line's ownership requested this far ahead the misses overlap instead of
+/// stalling the PMD one packet at a time. DPDK virtio-user guest, 64 B host -> guest, split ring:
+/// 11.9 Mpps without, 16.6-18.3 with 2 to 16 ahead (see the README's performance notes).
+const BUFFER_PREFETCH_AHEAD: u16 = 8;
+
 /// One accepted packet: its used entries (the first here, any more in `used`) wait until `end`
 /// retires.
 #[derive(Debug)]
@@ -99,6 +106,7 @@ impl Northbound {
         self.q.prefetch(pkts.len());
         let mut iter = std::mem::take(pkts).into_iter();
         for pkt in iter.by_ref() {
+            self.q.prefetch_buffer(BUFFER_PREFETCH_AHEAD);
             match self.enqueue_one(chan, pool, pkt) {
                 Ok(None) => accepted += 1,
                 Ok(Some(back)) => {

@@ -151,6 +151,12 @@ impl Virtqueue {
         each!(self, q => q.prefetch(n))
     }
 
+    /// Write-prefetch hint for the buffer `ahead` chains (slots, on a packed ring) past the next.
+    #[inline]
+    pub fn prefetch_buffer(&mut self, ahead: u16) {
+        each!(self, q => q.prefetch_buffer(ahead))
+    }
+
     /// Takes the next available chain (see [`SplitQueue::pop`], [`PackedQueue::pop`]).
     #[inline]
     pub fn pop(&mut self, chain: &mut DescChain) -> Result<bool, VirtqError> {
