@@ -190,7 +190,7 @@ fn switch_on<E: CopyEngine>(chan: Channel<E>) -> (Pmd<E>, VhostUserServer, PathB
     let (tx, rx) = mpsc::channel();
     pmd.set_commands(rx);
     let sock = unique("sock");
-    let dcfg = DeviceConfig { name: "vhost0".into(), port: v, pmd: tx, detach_timeout: Duration::from_secs(10) };
+    let dcfg = DeviceConfig::new("vhost0", v, tx, Duration::from_secs(10));
     let server = VhostUserServer::start(&sock, dcfg).unwrap();
     (pmd, server, sock)
 }
@@ -306,7 +306,7 @@ fn a_second_server_on_a_live_socket_is_refused_and_a_stale_one_is_replaced() {
     let _serial = serial();
     let (_pmd, server, sock) = switch(0);
     let (tx, _rx) = mpsc::channel();
-    let cfg = DeviceConfig { name: "dup".into(), port: 1, pmd: tx, detach_timeout: Duration::from_secs(1) };
+    let cfg = DeviceConfig::new("dup", 1, tx, Duration::from_secs(1));
     let err = VhostUserServer::start(&sock, cfg.clone()).unwrap_err();
     assert!(err.to_string().contains("in use"), "{err}");
     // A stale socket file (nobody listening) is replaced.
