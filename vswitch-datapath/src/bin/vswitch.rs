@@ -278,7 +278,10 @@ fn ctl_request(words: &[String]) -> Result<String, String> {
             [v] => vec![("path".to_string(), v.clone().into())],
             [v, k] => vec![
                 ("path".to_string(), v.clone().into()),
-                ("pmd".to_string(), k.parse::<u64>().map_err(|_| format!("add-port: PMD {k:?} is not an index"))?.into()),
+                (
+                    "pmd".to_string(),
+                    k.parse::<u64>().map_err(|_| format!("add-port: PMD {k:?} is not an index"))?.into(),
+                ),
             ],
             _ => return Err(format!("{cmd} takes a socket path and, optionally, a PMD")),
         },
@@ -553,9 +556,9 @@ fn run<E: CopyEngine>(chan: Channel<E>, args: &Args, stop: &AtomicBool) -> Resul
             PortSpec::VhostUser(path) => {
                 let name = format!("vhost{i}");
                 let port = pmd.add_port(Box::new(VhostPort::unattached(name.clone())));
-                let cfg =
-                    DeviceConfig::new(name.clone(), port, tx.clone(), Duration::from_secs(10));
-                let server = VhostUserServer::start_with_queue_pairs(path, cfg, args.queue_pairs).map_err(|e| format!("port {i} ({path}): {e}"))?;
+                let cfg = DeviceConfig::new(name.clone(), port, tx.clone(), Duration::from_secs(10));
+                let server = VhostUserServer::start_with_queue_pairs(path, cfg, args.queue_pairs)
+                    .map_err(|e| format!("port {i} ({path}): {e}"))?;
                 servers.push(Some(server));
             }
             PortSpec::Sink => {

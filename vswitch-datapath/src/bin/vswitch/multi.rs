@@ -204,8 +204,7 @@ pub(super) fn run(args: &Args, policy: Policy, stop: &AtomicBool) -> Result<(), 
                 let (k0, l0) = here[0];
                 let mut cfg = DeviceConfig::new(format!("vhost{i}"), l0, senders[k0].clone(), Duration::from_secs(10));
                 cfg.shards = here[1..].iter().map(|&(k, l)| Shard { pmd: senders[k].clone(), port: l }).collect();
-                cfg.pair_shard =
-                    pair_pmds[i].iter().map(|k| shards.iter().position(|s| s == k).unwrap_or(0)).collect();
+                cfg.pair_shard = pair_pmds[i].iter().map(|k| shards.iter().position(|s| s == k).unwrap_or(0)).collect();
                 Some(
                     VhostUserServer::start_with_queue_pairs(path, cfg, args.queue_pairs)
                         .map_err(|e| format!("port {i} ({path}): {e}"))?,
@@ -268,8 +267,7 @@ pub(super) fn run(args: &Args, policy: Policy, stop: &AtomicBool) -> Result<(), 
         let k = here[0].0;
         let mut line = format!("  port {i} on pmd{k} (core {})", args.pmd_cores[k]);
         if matches!(args.ports[i], PortSpec::VhostUser(_)) {
-            let by: Vec<String> =
-                pair_pmds[i].iter().enumerate().map(|(j, k)| format!("pair {j} on pmd{k}")).collect();
+            let by: Vec<String> = pair_pmds[i].iter().enumerate().map(|(j, k)| format!("pair {j} on pmd{k}")).collect();
             line += &format!(", queue pairs: {}", by.join(", "));
         }
         println!("{line}");
@@ -422,9 +420,11 @@ impl Dispatcher {
                 json!({ "ok": true, "port": name, "index": i, "pmd": k, "index_on_pmd": local })
             }
             Err(e) => {
-                // The port stands empty: take it out again.
+                // The port stands empty: take it out again (a removed stand-in keeps its index on
+                // the PMD, and its name is not given again).
                 let (tx, _rx) = mpsc::channel();
                 let _ = self.pmds[k].send(ToPmd::RemovePort(name, tx));
+                self.servers.lock().expect("not poisoned").push(None);
                 control::error_answer(format!("add-port {path}: {e}"))
             }
         }
