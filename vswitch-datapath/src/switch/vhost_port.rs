@@ -10,7 +10,8 @@
 //!
 //! # Several queue pairs (virtio-net multiqueue)
 //!
-//! Pairs attach and detach independently; one PMD thread serves them all. `rx_burst` polls the
+//! Pairs attach and detach independently; one PMD thread serves all the pairs of a port (or of a
+//! shard, see below). `rx_burst` polls the
 //! attached pairs' TX queues round-robin (the first pair polled moves on by one each call, so a
 //! busy pair cannot starve the others). `tx_burst` spreads packets over the attached pairs' RX
 //! queues by a hash of the Ethernet header (and of the IPv4 protocol and addresses): every
