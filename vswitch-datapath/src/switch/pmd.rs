@@ -294,3 +294,32 @@ impl<E: CopyEngine> Pmd<E> {
         self.stats
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use copy_engine::{Channel, Policy};
+    use copy_engine_cpu::MemcpyEngine;
+
+    use super::*;
+    use crate::switch::null_port::{SinkPort, SourcePort};
+
+    #[test]
+    fn a_link_to_a_shard_with_no_pair_attached_spills_to_its_ring_and_nothing_waits() {
+        let mut pmd = Pmd::new(Channel::new(MemcpyEngine::default(), Policy::default()), PacketPool::new(256, 2048));
+        let src = pmd.add_port(Box::new(SourcePort::new("source", 64)));
+        // A shard of a guest whose pairs are all on another PMD: down.
+        let shard = pmd.add_port(Box::new(VhostPort::unattached("vhost1")));
+        // Stands for the ring to the PMD that serves the guest.
+        let ring = pmd.add_port(Box::new(SinkPort::new("to-pmd1-port1")));
+        pmd.connect_with_spill(src, shard, ring);
+        for _ in 0..100 {
+            pmd.run_once();
+        }
+        let (s, r) = (pmd.port(shard).stats(), pmd.port(ring).stats());
+        assert_eq!((s.tx_packets, s.tx_pushed_back), (0, 0), "nothing offered to the shard while it is down");
+        assert!(r.tx_packets >= 100 * BURST as u64 - BURST as u64, "everything went to the ring: {r:?}");
+        assert_eq!(pmd.stats().forwarded, r.tx_packets);
+        assert!(pmd.stats().busy_ns > 0 && pmd.stats().busy_ns_per_packet().is_some());
+        pmd.stop();
+    }
+}
