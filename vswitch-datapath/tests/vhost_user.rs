@@ -525,7 +525,6 @@ fn each_queue_pair_attaches_and_detaches_on_the_pmd_that_owns_it() {
     });
     assert_eq!((guest.tx.used_idx(&guest.g), guest.more[0].1.used_idx(&guest.g)), (16, 16));
     // The frontend stops pair 1: only PMD 1's shard detaches.
-    let mut frontend = frontend;
     let asker = std::thread::spawn(move || {
         let bases = (frontend.get_vring_base(2).unwrap(), frontend.get_vring_base(3).unwrap());
         (frontend, bases)
