@@ -31,4 +31,4 @@ echo "== dmadev backend on DPDK's dma_skeleton (--no-huge --no-pci)"
 cargo test -p copy-engine-dmadev --features dmadev
 
 echo "== the vhost datapath on dma_skeleton"
-cargo test -p vswitch-datapath --features dmadev --test dmadev_pvp
+cargo test -p vswitch-datapath --features dmadev --test dmadev_pvp --test dmadev_pmds

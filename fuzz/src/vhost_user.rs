@@ -894,7 +894,7 @@ pub fn run(data: &[u8]) {
     let (front, back) = UnixStream::pair().expect("socket pair");
     let (front2, back2) = UnixStream::pair().expect("socket pair");
     let (done_tx, done_rx) = mpsc::channel();
-    let cfg = DeviceConfig { name: "fuzz".into(), port: 0, pmd: pmd(), detach_timeout: Duration::from_secs(5) };
+    let cfg = DeviceConfig::new("fuzz", 0, pmd(), Duration::from_secs(5));
     let device = std::thread::Builder::new()
         .name("fuzz-vhost-user".into())
         .spawn(move || {

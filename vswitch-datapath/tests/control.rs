@@ -264,5 +264,89 @@ fn with_two_pmds_show_and_stats_cover_both_and_their_engines() {
     assert_eq!(r["ok"], true, "{r}");
     let show = c.ask(r#"{"cmd":"show"}"#);
     assert!(show["pmds"].as_array().unwrap().iter().all(|p| p["cpu_below"] == 128), "set on every PMD: {show}");
-    assert_eq!(c.ask(r#"{"cmd":"remove-port","port":"sink1"}"#)["ok"], false, "one PMD only");
+    let r = c.ask(r#"{"cmd":"remove-port","port":"sink1"}"#);
+    assert_eq!(r["ok"], false, "with several PMDs only vhost-user ports come and go: {r}");
+    assert_eq!(c.ask(r#"{"cmd":"add-port","path":"/tmp/x.sock"}"#)["ok"], false, "add-port needs MAC learning");
+}
+
+#[test]
+fn with_two_pmds_ports_are_added_to_the_named_or_next_pmd_and_removed_drained() {
+    let tag = format!("vs-ctl-pmds-ports-{}", std::process::id());
+    let sock = std::env::temp_dir().join(format!("{tag}.sock"));
+    let _ = std::fs::remove_file(&sock);
+    let child = Command::new(env!("CARGO_BIN_EXE_vswitch"))
+        .args(["--port", "source:64", "--port", "sink", "--engine", "worker", "--pmd-cores", "0,1"])
+        .args(["--mac-learning", "--stats-interval", "0", "--ctl"])
+        .arg(&sock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sw = Switch { child, sock };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sw.sock.exists() {
+        assert!(Instant::now() < deadline, "the switch did not open its control socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = Client::connect(&sw.sock);
+    let path = |n: &str| std::env::temp_dir().join(format!("{tag}-{n}.sock"));
+    let (a, b) = (path("a"), path("b"));
+    let _ = (std::fs::remove_file(&a), std::fs::remove_file(&b));
+    // Named: PMD 1. Not named: round robin, the next after the two ports of the command line.
+    let r = c.ask(&format!(r#"{{"cmd":"add-port","path":"{}","pmd":1}}"#, a.display()));
+    assert_eq!((r["ok"].clone(), r["port"].clone(), r["pmd"].clone()), (true.into(), "vhost2".into(), 1.into()), "{r}");
+    let r = c.ask(&format!(r#"{{"cmd":"add-port","path":"{}"}}"#, b.display()));
+    assert_eq!((r["ok"].clone(), r["port"].clone(), r["pmd"].clone()), (true.into(), "vhost3".into(), 0.into()), "{r}");
+    assert!(a.exists() && b.exists(), "both listen");
+    let r = c.ask(r#"{"cmd":"add-port","path":"/tmp/never.sock","pmd":2}"#);
+    assert!(r["ok"] == false && r["error"].as_str().unwrap().contains("no PMD 2"), "{r}");
+    let r = c.ask(&format!(r#"{{"cmd":"add-port","path":"{}"}}"#, a.display()));
+    assert_eq!(r["ok"], false, "a socket in use is refused: {r}");
+    let show = c.ask(r#"{"cmd":"show"}"#);
+    let find = |show: &Value, name: &str| -> Vec<Value> {
+        show["ports"].as_array().unwrap().iter().filter(|p| p["name"] == name).cloned().collect()
+    };
+    let v2 = find(&show, "vhost2");
+    assert_eq!(v2.len(), 1, "one PMD holds it: {show}");
+    assert_eq!(
+        (v2[0]["pmd"].clone(), v2[0]["kind"].clone(), v2[0]["up"].clone()),
+        (1.into(), "vhost-user".into(), false.into())
+    );
+    assert_eq!(find(&show, "vhost3")[0]["pmd"], 0, "{show}");
+    // A failed add leaves only a removed stand-in (vhost4, on PMD 1: round robin moves on only
+    // when a port was added).
+    let v4 = find(&show, "vhost4");
+    assert_eq!((v4.len(), v4[0]["kind"].clone()), (1, "removed".into()), "{show}");
+
+    let r = c.ask(r#"{"cmd":"remove-port","port":"vhost2"}"#);
+    assert_eq!((r["ok"].clone(), r["pmds"].clone()), (true.into(), serde_json::json!([1])), "{r}");
+    assert_eq!(c.ask(r#"{"cmd":"remove-port","port":"vhost2"}"#)["ok"], false, "removed once only");
+    let r = c.ask(r#"{"cmd":"remove-port","port":"3"}"#);
+    assert_eq!((r["ok"].clone(), r["port"].clone()), (true.into(), "vhost3".into()), "by index: {r}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a.exists() || b.exists() {
+        assert!(Instant::now() < deadline, "the removed ports' sockets are closed and removed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let show = c.ask(r#"{"cmd":"show"}"#);
+    assert_eq!(
+        (find(&show, "vhost2")[0]["kind"].clone(), find(&show, "vhost3")[0]["kind"].clone()),
+        ("removed".into(), "removed".into())
+    );
+    // The source on PMD 0 goes on feeding the sink on PMD 1 over the trunk.
+    let sink = |c: &mut Client| -> u64 {
+        let s = c.ask(r#"{"cmd":"stats"}"#);
+        s["ports"].as_array().unwrap().iter().find(|p| p["name"] == "sink1").unwrap()["tx_packets"].as_u64().unwrap()
+    };
+    let before = sink(&mut c);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sink(&mut c) == before {
+        assert!(Instant::now() < deadline, "sink1 still receives");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Busy time is measured per PMD: the source's PMD reports a per-packet cost.
+    let s = c.ask(r#"{"cmd":"stats"}"#);
+    let p0 = &s["pmds"][0];
+    assert!(p0["busy_ns"].as_u64().unwrap() > 0 && p0["busy_ns_per_packet"].as_f64().unwrap() > 0.0, "{p0}");
 }

@@ -202,7 +202,20 @@ fn learning(pmd_cores: &str) {
     sw.signal(libc::SIGINT);
     assert!(sw.wait_exit(Duration::from_secs(15)).is_some_and(|s| s.success()), "clean stop:\n{}", sw.output());
     let out = sw.stdout();
-    let tx = |p: usize| last_stat(&out, &format!("vhost{p}:"), "tx");
+    // With several PMDs each prints a shard of every port (pairs it does not serve: none
+    // attached): a port's frames are the sum over the PMDs' last blocks.
+    let tx = |p: usize| -> u64 {
+        if !several {
+            return last_stat(&out, &format!("vhost{p}:"), "tx");
+        }
+        (0..2)
+            .map(|k| {
+                let at = out.rfind(&format!("pmd{k} t=")).unwrap_or_else(|| panic!("no pmd{k} block:\n{out}"));
+                let block: Vec<&str> = out[at..].lines().skip(1).take_while(|l| l.starts_with("  ")).collect();
+                last_stat(&block.join("\n"), &format!("vhost{p}:"), "tx")
+            })
+            .sum()
+    };
     assert_eq!([tx(0), tx(1), tx(2)], [n1, n0 + n3, n0 + n1], "frames sent to each port:\n{out}");
     for (i, t) in g.iter_mut().enumerate() {
         let s = ok(t.port_stats(0));

@@ -190,7 +190,7 @@ fn switch_on<E: CopyEngine>(chan: Channel<E>) -> (Pmd<E>, VhostUserServer, PathB
     let (tx, rx) = mpsc::channel();
     pmd.set_commands(rx);
     let sock = unique("sock");
-    let dcfg = DeviceConfig { name: "vhost0".into(), port: v, pmd: tx, detach_timeout: Duration::from_secs(10) };
+    let dcfg = DeviceConfig::new("vhost0", v, tx, Duration::from_secs(10));
     let server = VhostUserServer::start(&sock, dcfg).unwrap();
     (pmd, server, sock)
 }
@@ -306,7 +306,7 @@ fn a_second_server_on_a_live_socket_is_refused_and_a_stale_one_is_replaced() {
     let _serial = serial();
     let (_pmd, server, sock) = switch(0);
     let (tx, _rx) = mpsc::channel();
-    let cfg = DeviceConfig { name: "dup".into(), port: 1, pmd: tx, detach_timeout: Duration::from_secs(1) };
+    let cfg = DeviceConfig::new("dup", 1, tx, Duration::from_secs(1));
     let err = VhostUserServer::start(&sock, cfg.clone()).unwrap_err();
     assert!(err.to_string().contains("in use"), "{err}");
     // A stale socket file (nobody listening) is replaced.
@@ -460,6 +460,88 @@ fn two_queue_pairs_carry_traffic_and_get_vring_base_on_pair_1_drains_only_it() {
     run_until(&mut pmd, "detach", |p| !attached(p));
     pmd.stop();
     drop(pmd);
+    server.stop();
+}
+
+/// Two PMDs, pair 0 of the port on one and pair 1 on the other (a shard each): the device
+/// attaches each pair on the PMD that owns it, GET_VRING_BASE on pair 1 detaches only the other
+/// PMD's shard, and the frontend going away detaches both. Each shard's flag in the shared set
+/// follows its attach and detach. Both PMDs carry the guest's traffic.
+#[test]
+fn each_queue_pair_attaches_and_detaches_on_the_pmd_that_owns_it() {
+    use vswitch_datapath::switch::vhost_port::ShardSet;
+    use vswitch_datapath::vhost_user::Shard;
+    let _serial = serial();
+    let set = ShardSet::new(2);
+    let mut pmds: Vec<Pmd<WorkerEngine>> = Vec::new();
+    let mut txs = Vec::new();
+    for k in 0..2 {
+        let chan = Channel::new(WorkerEngine::new(WorkerConfig::default()).unwrap(), Policy::offload_all());
+        let mut pmd = Pmd::new(chan, PacketPool::new(512, 2048));
+        let cfg = TrafficConfig { budget: None, ..TrafficConfig::fixed(1000) };
+        let t = pmd.add_port(Box::new(TrafficPort::new("traffic", cfg)));
+        let v = pmd.add_port(Box::new(VhostPort::shard("vhost0", set.clone(), k).with_assigned_pairs(vec![k])));
+        pmd.connect(t, v);
+        pmd.connect(v, t);
+        let (tx, rx) = mpsc::channel();
+        pmd.set_commands(rx);
+        txs.push(tx);
+        pmds.push(pmd);
+    }
+    let sock = unique("shards");
+    let mut dcfg = DeviceConfig::new("vhost0", 1, txs[0].clone(), Duration::from_secs(10));
+    dcfg.shards = vec![Shard { pmd: txs[1].clone(), port: 1 }];
+    dcfg.pair_shard = vec![0, 1];
+    let server = VhostUserServer::start(&sock, dcfg).unwrap();
+    let shard = |pmd: &Pmd<WorkerEngine>| pmd.port(1).as_any().downcast_ref::<VhostPort>().unwrap().attached_pairs();
+    let received = |pmd: &Pmd<WorkerEngine>| pmd.port(1).stats().rx_packets;
+    let run = |pmds: &mut [Pmd<WorkerEngine>], what: &str, cond: &mut dyn FnMut(&[Pmd<WorkerEngine>]) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cond(pmds) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            for p in pmds.iter_mut() {
+                p.run_once();
+            }
+        }
+    };
+    let mut guest = Guest::with_pairs(2);
+    for _ in 0..64 {
+        guest.rx.post_rx(&guest.g, 2048, 1);
+        guest.more[0].0.post_rx(&guest.g, 2048, 1);
+    }
+    for i in 0..16u8 {
+        guest.tx.post_tx(&guest.g, &tx_frame(i), 1, false);
+        guest.more[0].1.post_tx(&guest.g, &tx_frame(i), 1, false);
+    }
+    let (frontend, _fds) = guest.connect(&sock);
+    run(&mut pmds, "each pair on its PMD", &mut |p| shard(&p[0]) == [0] && shard(&p[1]) == [1]);
+    assert!(set.is_up(0) && set.is_up(1));
+    // Each PMD received its pair's 16 frames and sent into its pair's RX queue only.
+    run(&mut pmds, "traffic on both PMDs", &mut |p| {
+        received(&p[0]) == 16
+            && received(&p[1]) == 16
+            && guest.rx.used_idx(&guest.g) >= 8
+            && guest.more[0].0.used_idx(&guest.g) >= 8
+    });
+    assert_eq!((guest.tx.used_idx(&guest.g), guest.more[0].1.used_idx(&guest.g)), (16, 16));
+    // The frontend stops pair 1: only PMD 1's shard detaches.
+    let asker = std::thread::spawn(move || {
+        let bases = (frontend.get_vring_base(2).unwrap(), frontend.get_vring_base(3).unwrap());
+        (frontend, bases)
+    });
+    run(&mut pmds, "the GET_VRING_BASE answers", &mut |_| asker.is_finished());
+    let (frontend, (_, tx_base)) = asker.join().unwrap();
+    assert_eq!(tx_base, 16, "pair 1's TX ring stopped where PMD 1 left it");
+    assert_eq!((shard(&pmds[0]), shard(&pmds[1])), (vec![0], vec![]), "pair 0 stays on PMD 0");
+    assert!(set.is_up(0) && !set.is_up(1), "PMD 1's shard is down");
+    // The frontend goes away: a device-wide detach reaches both PMDs.
+    drop(frontend);
+    run(&mut pmds, "every shard detached", &mut |p| shard(&p[0]).is_empty() && shard(&p[1]).is_empty());
+    assert!(!set.is_up(0) && !set.is_up(1));
+    for p in &mut pmds {
+        p.stop();
+    }
+    drop(pmds);
     server.stop();
 }
 

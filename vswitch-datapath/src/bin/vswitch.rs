@@ -29,7 +29,7 @@ use copy_engine_cpu::{MemcpyEngine, WorkerConfig, WorkerEngine};
 use log::{error, info, warn};
 use vswitch_datapath::null_port::{SOURCE_HEADER, SOURCE_MAX};
 use vswitch_datapath::switch::control::{self, CtlServer, Request};
-use vswitch_datapath::vhost_user::{DeviceConfig, VhostUserServer};
+use vswitch_datapath::vhost_user::{DeviceConfig, VhostUserServer, DEFAULT_MAX_QUEUE_PAIRS};
 use vswitch_datapath::{
     LearningConfig, PacketPool, Pmd, Port, PortCommand, PortStats, RemovedPort, SinkPort, SourcePort, VhostPort,
 };
@@ -121,6 +121,24 @@ fn port_pmd(v: &str) -> Result<(usize, usize), String> {
     Ok((a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?))
 }
 
+/// `PORT:PAIR:PMD`.
+fn qp_pmd(v: &str) -> Result<(usize, usize, usize), String> {
+    let bad = || format!("expected PORT:PAIR:PMD (three indexes), got {v:?}");
+    let mut it = v.split(':').map(|x| x.parse::<usize>().map_err(|_| bad()));
+    match (it.next(), it.next(), it.next(), it.next()) {
+        (Some(a), Some(b), Some(c), None) => Ok((a?, b?, c?)),
+        _ => Err(bad()),
+    }
+}
+
+/// A number of queue pairs, 1..=64.
+fn queue_pairs(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if (1..=64).contains(&n) => Ok(n),
+        _ => Err(format!("expected a number of queue pairs in 1..=64, got {v:?}")),
+    }
+}
+
 /// Seconds, as a finite number in 0..=1e9.
 fn secs(v: &str) -> Result<f64, String> {
     match v.parse::<f64>() {
@@ -162,22 +180,34 @@ struct Args {
     #[arg(long = "port", value_name = "SPEC", required = true)]
     ports: Vec<PortSpec>,
     /// The copy engine: memcpy, worker, dsa:<wq> (an idxd work queue), dsa:model (the DSA device
-    /// model) or dmadev:<name> (dmadev needs a build with the `dmadev`
-    /// feature).
+    /// model) or dmadev:<name> (dmadev needs a build with the `dmadev` feature). With several
+    /// --pmd-cores every PMD gets its own engine: worker and dsa:model one each; dmadev and dsa
+    /// need one device per PMD, comma separated, in PMD order (dmadev:dma_skeleton0,dma_skeleton1
+    /// or dsa:wq0.0,wq0.1).
     #[arg(long, value_name = "ENGINE", required = true)]
     engine: Option<EngineSpec>,
     /// EAL arguments for a dmadev engine (default: DPDK's dma_skeleton, --no-huge --no-pci).
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     eal_args: Option<String>,
     /// Cores for PMD threads, comma separated: one PMD thread per core, each with its own copy
-    /// engine (channel) and its own ports (pairs forwarding; packets between ports of two PMDs
-    /// cross on lock-free rings).
+    /// engine (channel) and its own queue pairs (see --port-pmd for how they are assigned); a
+    /// port whose pairs several PMDs serve is served by each of them, a PMD sending to it uses
+    /// the pairs it serves itself; packets between ports of two PMDs cross on lock-free rings.
     #[arg(long, value_name = "CORES", value_delimiter = ',')]
     pmd_cores: Vec<usize>,
-    /// With several --pmd-cores: run port PORT (its index, from 0) on PMD PMD (the index of its
-    /// core in --pmd-cores). Repeatable; ports not named go round robin (port i on PMD i % n).
+    /// With several --pmd-cores: every queue pair of port PORT (its index, from 0) on PMD PMD
+    /// (the index of its core in --pmd-cores). Repeatable. Queue pairs not pinned go round robin:
+    /// pair j of port i on PMD (i + j) % n, so one-queue guests spread over the PMDs and the pairs
+    /// of a multiqueue guest land on different PMDs. A sink or source port is one pair.
     #[arg(long = "port-pmd", value_name = "PORT:PMD", value_parser = port_pmd)]
     port_pmd: Vec<(usize, usize)>,
+    /// With several --pmd-cores: queue pair PAIR of vhost-user port PORT on PMD PMD (overrides
+    /// --port-pmd for that pair). Repeatable.
+    #[arg(long = "qp-pmd", value_name = "PORT:PAIR:PMD", value_parser = qp_pmd)]
+    qp_pmd: Vec<(usize, usize, usize)>,
+    /// Queue pairs each vhost-user port offers (virtio-net multiqueue); a frontend may use fewer.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_QUEUE_PAIRS, value_parser = queue_pairs)]
+    queue_pairs: usize,
     /// How ports are connected.
     #[arg(long = "forward", value_enum, default_value_t = ForwardMode::Pairs)]
     forward: ForwardMode,
@@ -215,7 +245,7 @@ struct Args {
 enum Sub {
     /// Send one command to a running switch's control socket and print its answer (one JSON
     /// line). Commands: show | stats | mac-table | set-cpu-below BYTES | set-fallback cpu|push-back
-    /// | add-port SOCKET | remove-port NAME|INDEX, or a raw JSON request ('{"cmd":"show"}'). Exit codes: 0 the switch answered ok, 1 it
+    /// | add-port SOCKET [PMD] | remove-port NAME|INDEX, or a raw JSON request ('{"cmd":"show"}'). Exit codes: 0 the switch answered ok, 1 it
     /// answered with an error, 2 no answer (no such socket, bad usage).
     #[command(after_help = "")]
     Ctl {
@@ -244,8 +274,19 @@ fn ctl_request(words: &[String]) -> Result<String, String> {
     let args = match cmd.as_str() {
         "set-cpu-below" => vec![arg("bytes")?],
         "set-fallback" => vec![arg("policy")?],
-        "add-port" | "remove-port" => match rest {
-            [v] => vec![(if cmd == "add-port" { "path" } else { "port" }.to_string(), v.clone().into())],
+        "add-port" => match rest {
+            [v] => vec![("path".to_string(), v.clone().into())],
+            [v, k] => vec![
+                ("path".to_string(), v.clone().into()),
+                (
+                    "pmd".to_string(),
+                    k.parse::<u64>().map_err(|_| format!("add-port: PMD {k:?} is not an index"))?.into(),
+                ),
+            ],
+            _ => return Err(format!("{cmd} takes a socket path and, optionally, a PMD")),
+        },
+        "remove-port" => match rest {
+            [v] => vec![("port".to_string(), v.clone().into())],
             _ => return Err(format!("{cmd} takes one argument")),
         },
         _ => rest
@@ -315,19 +356,54 @@ impl Args {
                 return Err(format!("--port-pmd {port}:{pmd}: there are {} ports and {pmds} PMDs", self.ports.len()));
             }
         }
-        if pmds > 1 && matches!(self.engine, Some(EngineSpec::Dmadev(_))) {
-            return Err("dmadev with several PMDs (a vchan each) is not supported yet".into());
+        for &(port, pair, pmd) in &self.qp_pmd {
+            let pairs = self.pairs_of(port);
+            if port >= self.ports.len() || pair >= pairs || pmd >= pmds {
+                return Err(format!(
+                    "--qp-pmd {port}:{pair}:{pmd}: there are {} ports, port {port} has {pairs} queue pair(s) \
+                     (--queue-pairs {} for a vhost-user port) and {pmds} PMDs",
+                    self.ports.len(),
+                    self.queue_pairs
+                ));
+            }
         }
-        if pmds > 1 && matches!(self.engine, Some(EngineSpec::Dsa(_))) {
-            return Err("dsa with several PMDs (a work queue each) is not supported yet".into());
+        let resources = match &self.engine {
+            Some(EngineSpec::Dmadev(names)) => Some(("dmadev", names.split(',').count())),
+            Some(EngineSpec::Dsa(wqs)) if wqs != "model" => Some(("dsa", wqs.split(',').count())),
+            _ => None,
+        };
+        if let Some((kind, given)) = resources {
+            if given != pmds {
+                return Err(format!(
+                    "--engine {kind}: {given} device(s) for {pmds} PMD(s): give one per PMD, comma separated"
+                ));
+            }
         }
         Ok(())
     }
 
-    /// The PMD port `port` runs on.
-    fn pmd_of(&self, port: usize) -> usize {
+    /// Queue pairs of port `port`: `--queue-pairs` for a vhost-user port, 1 for a sink or source.
+    fn pairs_of(&self, port: usize) -> usize {
+        match self.ports.get(port) {
+            Some(PortSpec::VhostUser(_)) => self.queue_pairs,
+            Some(_) => 1,
+            None => 0,
+        }
+    }
+
+    /// The PMD queue pair `pair` of port `port` runs on: `--qp-pmd` if it names the pair (the last
+    /// one given), else `--port-pmd` if it names the port, else round robin, `(port + pair) % n`.
+    fn pmd_of_pair(&self, port: usize, pair: usize) -> usize {
         let n = self.pmd_cores.len().max(1);
-        self.port_pmd.iter().rev().find(|(p, _)| *p == port).map_or(port % n, |&(_, m)| m)
+        if let Some(&(_, _, m)) = self.qp_pmd.iter().rev().find(|(p, q, _)| (*p, *q) == (port, pair)) {
+            return m;
+        }
+        self.port_pmd.iter().rev().find(|(p, _)| *p == port).map_or((port + pair) % n, |&(_, m)| m)
+    }
+
+    /// Per port, the PMD of each of its queue pairs (one for a sink or a source).
+    fn pair_pmds(&self) -> Vec<Vec<usize>> {
+        (0..self.ports.len()).map(|i| (0..self.pairs_of(i)).map(|j| self.pmd_of_pair(i, j)).collect()).collect()
     }
 
     fn forward(&self) -> ForwardMode {
@@ -480,9 +556,9 @@ fn run<E: CopyEngine>(chan: Channel<E>, args: &Args, stop: &AtomicBool) -> Resul
             PortSpec::VhostUser(path) => {
                 let name = format!("vhost{i}");
                 let port = pmd.add_port(Box::new(VhostPort::unattached(name.clone())));
-                let cfg =
-                    DeviceConfig { name: name.clone(), port, pmd: tx.clone(), detach_timeout: Duration::from_secs(10) };
-                let server = VhostUserServer::start(path, cfg).map_err(|e| format!("port {i} ({path}): {e}"))?;
+                let cfg = DeviceConfig::new(name.clone(), port, tx.clone(), Duration::from_secs(10));
+                let server = VhostUserServer::start_with_queue_pairs(path, cfg, args.queue_pairs)
+                    .map_err(|e| format!("port {i} ({path}): {e}"))?;
                 servers.push(Some(server));
             }
             PortSpec::Sink => {
@@ -605,20 +681,18 @@ fn change_ports<E: CopyEngine>(
 ) -> serde_json::Value {
     use serde_json::json;
     match request {
-        Request::AddPort { path } => {
+        Request::AddPort { path, pmd: which } => {
+            if let Some(k) = which.filter(|&k| k != 0) {
+                return control::error_answer(format!("add-port: no PMD {k} (there is one PMD)"));
+            }
             if args.forward() != ForwardMode::Learning {
                 return control::error_answer("add-port needs --forward learning (pairs are fixed at start)");
             }
             let i = pmd.port_count();
             let name = format!("vhost{i}");
-            let cfg = DeviceConfig {
-                name: name.clone(),
-                port: i,
-                pmd: port_tx.clone(),
-                detach_timeout: Duration::from_secs(10),
-            };
+            let cfg = DeviceConfig::new(name.clone(), i, port_tx.clone(), Duration::from_secs(10));
             // The server first: if the socket cannot be served, no port is added.
-            match VhostUserServer::start(path, cfg) {
+            match VhostUserServer::start_with_queue_pairs(path, cfg, args.queue_pairs) {
                 Ok(server) => {
                     pmd.add_port(Box::new(VhostPort::unattached(name.clone())));
                     servers.push(Some(server));
@@ -756,9 +830,57 @@ mod tests {
         assert!(p("--port vhost-user:/tmp/a --engine memcpy --pmd-cores x").is_err());
         assert!(p("--port vhost-user:/tmp/a --engine memcpy --bogus").unwrap_err().contains("--bogus"));
         let a = p("--port sink --port sink --port sink --engine memcpy --pmd-cores 0,1 --port-pmd 2:1").unwrap();
-        assert_eq!([a.pmd_of(0), a.pmd_of(1), a.pmd_of(2)], [0, 1, 1]);
+        assert_eq!(a.pair_pmds(), [vec![0], vec![1], vec![1]]);
         assert!(p("--port sink --engine memcpy --pmd-cores 0,1 --port-pmd 0:2").is_err(), "no PMD 2");
         assert!(p("--port sink --engine memcpy --pmd-cores 0,1 --port-pmd x").is_err());
+    }
+
+    #[test]
+    fn queue_pairs_go_round_robin_and_pins_override_it() {
+        let a = p("--port vhost-user:/a --port vhost-user:/b --port sink --engine memcpy --pmd-cores 0,1 \
+                   --queue-pairs 2")
+        .unwrap();
+        // Pair j of port i on PMD (i + j) % 2: both pairs of a 2-queue guest on different PMDs,
+        // pair 0 of consecutive ports too.
+        assert_eq!(a.pair_pmds(), [vec![0, 1], vec![1, 0], vec![0]]);
+        let a = p("--port vhost-user:/a --port vhost-user:/b --engine memcpy --pmd-cores 3,4,5").unwrap();
+        assert_eq!(a.pair_pmds(), [vec![0, 1, 2, 0], vec![1, 2, 0, 1]], "4 pairs by default, 3 PMDs");
+        // --port-pmd pins every pair of a port; --qp-pmd one pair, over --port-pmd.
+        let a = p("--port vhost-user:/a --port vhost-user:/b --engine memcpy --pmd-cores 0,1 --queue-pairs 3 \
+                   --port-pmd 1:0 --qp-pmd 1:2:1 --qp-pmd 0:0:1")
+        .unwrap();
+        assert_eq!(a.pair_pmds(), [vec![1, 1, 0], vec![0, 0, 1]]);
+        // One PMD: everything on it.
+        let a = p("--port vhost-user:/a --engine memcpy --queue-pairs 2").unwrap();
+        assert_eq!(a.pair_pmds(), [vec![0, 0]]);
+    }
+
+    #[test]
+    fn bad_queue_pair_pins_are_refused_with_the_reason() {
+        let base = "--port vhost-user:/a --port sink --engine memcpy --pmd-cores 0,1 --queue-pairs 2";
+        let e = p(&format!("{base} --qp-pmd 0:2:0")).unwrap_err();
+        assert!(e.contains("--qp-pmd 0:2:0") && e.contains("port 0 has 2 queue pair(s)"), "{e}");
+        assert!(p(&format!("{base} --qp-pmd 0:1:2")).unwrap_err().contains("2 PMDs"), "no PMD 2");
+        assert!(p(&format!("{base} --qp-pmd 2:0:0")).unwrap_err().contains("2 ports"), "no port 2");
+        assert!(p(&format!("{base} --qp-pmd 1:1:0")).is_err(), "a sink has one pair");
+        for bad in ["0:1", "0:1:2:3", "a:1:0", "0:-1:0", ":"] {
+            assert!(p(&format!("{base} --qp-pmd {bad}")).unwrap_err().contains("PORT:PAIR:PMD"), "{bad}");
+        }
+        assert!(p("--port vhost-user:/a --engine memcpy --queue-pairs 0").is_err());
+        assert!(p("--port vhost-user:/a --engine memcpy --queue-pairs 65").is_err());
+    }
+
+    #[test]
+    fn dmadev_and_dsa_need_a_device_per_pmd() {
+        let base = "--port vhost-user:/a --port vhost-user:/b --pmd-cores 0,1";
+        assert!(p(&format!("{base} --engine dmadev:dma_skeleton0,dma_skeleton1")).is_ok());
+        assert!(p(&format!("{base} --engine dsa:wq0.0,wq0.1")).is_ok());
+        assert!(p(&format!("{base} --engine dsa:model")).is_ok(), "a model per PMD");
+        let e = p(&format!("{base} --engine dmadev:dma_skeleton0")).unwrap_err();
+        assert!(e.contains("1 device(s) for 2 PMD(s)"), "{e}");
+        assert!(p(&format!("{base} --engine dsa:wq0.0")).unwrap_err().contains("one per PMD"));
+        assert!(p("--port sink --engine dmadev:a,b").unwrap_err().contains("2 device(s) for 1 PMD(s)"));
+        assert!(p("--port sink --engine dmadev:a").is_ok());
     }
 
     #[test]
@@ -774,6 +896,11 @@ mod tests {
         assert!(ctl_request(&w("set-cpu-below")).is_err());
         assert_eq!(ctl_request(&w("remove-port 3")).unwrap(), r#"{"cmd":"remove-port","port":"3"}"#);
         assert_eq!(ctl_request(&w("add-port /tmp/a.sock")).unwrap(), r#"{"cmd":"add-port","path":"/tmp/a.sock"}"#);
+        assert_eq!(
+            ctl_request(&w("add-port /tmp/a.sock 1")).unwrap(),
+            r#"{"cmd":"add-port","path":"/tmp/a.sock","pmd":1}"#
+        );
+        assert!(ctl_request(&w("add-port /tmp/a.sock one")).is_err());
         let a = p("ctl /tmp/x.sock mac-table").unwrap();
         assert!(matches!(a.sub, Some(Sub::Ctl { ref command, .. }) if command == &["mac-table"]));
         assert!(p("ctl /tmp/x.sock").is_err(), "a command is needed");
@@ -820,6 +947,8 @@ mod tests {
             "--no-adaptive",
             "--ctl",
             "--port-pmd",
+            "--qp-pmd",
+            "--queue-pairs",
             "Exit codes",
         ] {
             assert!(help.contains(flag), "--help does not mention {flag}:\n{help}");

@@ -69,9 +69,13 @@ pub enum Request {
         policy: Fallback,
     },
     /// Adds a vhost-user port serving a socket at `path` (MAC learning only: pairs are fixed).
+    /// With several PMDs every queue pair of it goes to PMD `pmd`, or round robin when not given.
     AddPort {
         /// The socket path.
         path: String,
+        /// The PMD that serves it (several PMDs only).
+        #[serde(default)]
+        pmd: Option<usize>,
     },
     /// Removes a port, draining it first (see [`Pmd::remove_port`]).
     RemovePort {
@@ -306,6 +310,7 @@ fn show<E: CopyEngine>(pmd: &Pmd<E>, info: &Value) -> Value {
                 "kind": kind,
                 "up": p.is_up(),
                 "queue_pairs": vhost.map(|v| v.attached_pairs()),
+                "queue_pairs_assigned": vhost.and_then(|v| v.assigned_pairs()),
                 "pmd": pmd_id,
             })
         })
@@ -343,6 +348,7 @@ fn stats<E: CopyEngine>(pmd: &Pmd<E>, info: &Value) -> Value {
                 .unwrap_or_default();
             json!({
                 "name": p.name(),
+                "pmd": info.get("pmd").cloned().unwrap_or(Value::from(0)),
                 "rx_packets": s.rx_packets, "rx_bytes": s.rx_bytes,
                 "tx_packets": s.tx_packets, "tx_bytes": s.tx_bytes,
                 "tx_pushed_back": s.tx_pushed_back, "drops": s.drops, "errors": s.errors,
@@ -354,11 +360,8 @@ fn stats<E: CopyEngine>(pmd: &Pmd<E>, info: &Value) -> Value {
         .collect();
     let c = pmd.channel().stats();
     let m = pmd.stats();
-    // Busy time estimated from the share of iterations that moved something (the loop reads no
-    // clock per iteration), over the uptime the caller gives.
-    let uptime = info.get("uptime_s").and_then(Value::as_f64).unwrap_or(0.0);
-    let busy_ns = if m.iterations == 0 { 0.0 } else { uptime * 1e9 * m.busy_iterations as f64 / m.iterations as f64 };
-    let per_packet = if m.forwarded == 0 { Value::Null } else { json!(busy_ns / m.forwarded as f64) };
+    // Busy time measured by the loop (a clock read per iteration, one more per busy one).
+    let per_packet = m.busy_ns_per_packet().map_or(Value::Null, |ns| json!(ns));
     let l2 = pmd.l2().map(|l2| {
         let (s, t) = (l2.stats(), l2.table().stats());
         json!({
@@ -374,6 +377,7 @@ fn stats<E: CopyEngine>(pmd: &Pmd<E>, info: &Value) -> Value {
             "id": info.get("pmd").cloned().unwrap_or(Value::from(0)),
             "iterations": m.iterations,
             "busy_iterations": m.busy_iterations,
+            "busy_ns": m.busy_ns,
             "forwarded": m.forwarded,
             "busy_ns_per_packet": per_packet,
             "copies": {

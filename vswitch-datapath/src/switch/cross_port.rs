@@ -143,13 +143,21 @@ pub struct TrunkPort {
     name: String,
     tx: CrossTxPort,
     rx: CrossRxPort,
+    peer: Option<usize>,
 }
 
 impl TrunkPort {
     /// A trunk named `name`: frames go out on `to`, come in on `from`.
     pub fn new(name: impl Into<String>, to: XProducer, from: XConsumer) -> Self {
         let name = name.into();
-        TrunkPort { tx: CrossTxPort::new(name.clone(), to), rx: CrossRxPort::new(name.clone(), from), name }
+        TrunkPort { tx: CrossTxPort::new(name.clone(), to), rx: CrossRxPort::new(name.clone(), from), name, peer: None }
+    }
+
+    /// The same trunk, knowing that PMD `pmd` is at its other end (so that a port with queue
+    /// pairs on both PMDs is not flooded twice: see [`crate::switch::l2`]).
+    pub fn with_peer(mut self, pmd: usize) -> Self {
+        self.peer = Some(pmd);
+        self
     }
 }
 
@@ -173,6 +181,10 @@ impl<E: CopyEngine> Port<E> for TrunkPort {
 
     fn is_trunk(&self) -> bool {
         true
+    }
+
+    fn trunk_peer(&self) -> Option<usize> {
+        self.peer
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

@@ -10,6 +10,13 @@
 //! PMD (a pair of cross-PMD rings): a MAC behind another PMD is learned on that trunk, and a frame
 //! that came in on a trunk is flooded to local ports only.
 //!
+//! A guest whose queue pairs several PMDs serve is a port (a shard) on each of them. What one PMD
+//! floods reaches its own shard of that guest there, so a PMD at the other end of the trunk does
+//! not flood it to its shard as well (the guest would get it twice, or get back its own frame);
+//! and a MAC learned on a local shard stays there when the same source comes in on the trunk from
+//! a PMD that serves the same guest (the guest's frames come in on both; moving the MAC to and fro
+//! would send one flow two ways and could reorder it).
+//!
 //! Order and push back: each port has a receive burst (packets not yet distributed, in arrival
 //! order) and a transmit queue (packets waiting for that port, in the order they were
 //! distributed; at most [`BURST`] so it never allocates). A packet is distributed only when every
@@ -139,9 +146,24 @@ impl L2Switch {
         self.tick();
     }
 
-    fn targets(&mut self, in_port: usize, frame: &[u8]) -> Option<Targets> {
+    fn targets<E: CopyEngine>(
+        &mut self,
+        in_port: usize,
+        from_peer: Option<usize>,
+        ports: &[Box<dyn Port<E>>],
+        frame: &[u8],
+    ) -> Option<Targets> {
         let (dst, src) = macs(frame)?;
-        self.table.learn(src, in_port as u16, self.now_ms);
+        let mut learn_on = in_port as u16;
+        if let Some(x) = from_peer {
+            // Seen on a local shard of a guest that PMD `x` serves too: it stays learned there.
+            if let Some(p) = self.table.lookup(&src, self.now_ms) {
+                if ports.get(p as usize).is_some_and(|q| q.shard_up_on(x)) {
+                    learn_on = p;
+                }
+            }
+        }
+        self.table.learn(src, learn_on, self.now_ms);
         if is_group(&dst) {
             return Some(Targets::Flood);
         }
@@ -177,8 +199,9 @@ impl L2Switch {
 
     fn distribute<E: CopyEngine>(&mut self, i: usize, ports: &[Box<dyn Port<E>>], cx: &mut PortCtx<'_, E>) {
         let mut it = std::mem::take(&mut self.rx[i]).into_iter();
+        let from_peer = ports[i].trunk_peer();
         while let Some(pkt) = it.next() {
-            let Some(t) = self.targets(i, cx.pool.data(&pkt)) else {
+            let Some(t) = self.targets(i, from_peer, ports, cx.pool.data(&pkt)) else {
                 self.stats.runts += 1;
                 cx.pool.free(pkt);
                 continue;
@@ -203,7 +226,12 @@ impl L2Switch {
                 }
                 Targets::Flood => {
                     let from_trunk = ports[i].is_trunk();
-                    let up = |j: usize| j != i && ports[j].is_up() && !(from_trunk && ports[j].is_trunk());
+                    let up = |j: usize| {
+                        j != i
+                            && ports[j].is_up()
+                            && !(from_trunk && ports[j].is_trunk())
+                            && !from_peer.is_some_and(|x| ports[j].shard_up_on(x))
+                    };
                     let count = (0..ports.len()).filter(|&j| up(j)).count();
                     if count == 0 {
                         self.stats.no_target += 1;
@@ -286,6 +314,10 @@ mod tests {
         name: String,
         up: bool,
         trunk: bool,
+        /// A trunk: the PMD at its other end.
+        peer: Option<usize>,
+        /// A shard of a guest: the PMDs whose shard of it is up.
+        shard_up_on: Vec<usize>,
         take: usize,
         to_send: VecDeque<Vec<u8>>,
         got: Vec<Vec<u8>>,
@@ -324,6 +356,12 @@ mod tests {
         fn is_trunk(&self) -> bool {
             self.trunk
         }
+        fn trunk_peer(&self) -> Option<usize> {
+            self.peer
+        }
+        fn shard_up_on(&self, pmd: usize) -> bool {
+            self.shard_up_on.contains(&pmd)
+        }
         fn as_any(&self) -> &dyn std::any::Any {
             self
         }
@@ -356,6 +394,8 @@ mod tests {
                 name: format!("w{i}"),
                 up: true,
                 trunk: false,
+                peer: None,
+                shard_up_on: Vec::new(),
                 take: usize::MAX,
                 to_send: VecDeque::new(),
                 got: Vec::new(),
@@ -539,5 +579,40 @@ mod tests {
         let to_5 = frame(mac(5), mac(6), 2);
         send(&mut pmd, 3, to_5.clone());
         assert_eq!(settle(&mut pmd), [vec![to_5], vec![], vec![], vec![]]);
+    }
+
+    #[test]
+    fn a_guest_served_by_two_pmds_gets_each_flood_once_and_its_mac_stays_on_the_local_shard() {
+        // Port 0: the trunk to PMD 1; port 1: this PMD's shard of a guest whose other shard PMD 1
+        // serves (up); port 2: a local guest.
+        let mut pmd = switch(3, LearningConfig::default());
+        wire(&mut pmd, 0).trunk = true;
+        wire(&mut pmd, 0).peer = Some(1);
+        wire(&mut pmd, 1).shard_up_on = vec![1];
+        // PMD 1 flooded a broadcast (from the guest itself, or from another of its ports): its own
+        // shard of the guest had it there, so here it goes to the local guest only.
+        let b = frame(BROADCAST_MAC, mac(7), 0);
+        send(&mut pmd, 0, b.clone());
+        assert_eq!(settle(&mut pmd), [vec![], vec![], vec![b]], "not to the shard: it has it from PMD 1");
+        // The guest (mac 1) speaks on this PMD's pairs: learned on the shard.
+        let hello = frame(BROADCAST_MAC, mac(1), 1);
+        send(&mut pmd, 1, hello.clone());
+        assert_eq!(settle(&mut pmd), [vec![hello.clone()], vec![], vec![hello]]);
+        // Then on PMD 1's pairs: its frames come in on the trunk. The MAC stays on the shard, so
+        // a flow to it from here keeps one way (unicast to the shard, never to the trunk).
+        send(&mut pmd, 0, frame(mac(2), mac(1), 2));
+        settle(&mut pmd);
+        for seq in 3..6 {
+            send(&mut pmd, 2, frame(mac(1), mac(2), seq));
+        }
+        let got = settle(&mut pmd);
+        assert_eq!(got[0], Vec::<Vec<u8>>::new(), "nothing for the guest goes back over the trunk");
+        assert_eq!(got[1], (3..6).map(|s| frame(mac(1), mac(2), s)).collect::<Vec<_>>(), "in order, on the shard");
+        // Once PMD 1's shard is down (its pairs detached), PMD 1 no longer delivers its floods to
+        // the guest: this PMD does.
+        wire(&mut pmd, 1).shard_up_on.clear();
+        let b2 = frame(BROADCAST_MAC, mac(7), 6);
+        send(&mut pmd, 0, b2.clone());
+        assert_eq!(settle(&mut pmd), [vec![], vec![b2.clone()], vec![b2]]);
     }
 }

@@ -87,6 +87,17 @@ pub trait Port<E: CopyEngine> {
         false
     }
 
+    /// For a trunk: the PMD at its other end.
+    fn trunk_peer(&self) -> Option<usize> {
+        None
+    }
+
+    /// Whether this port is a shard of a port whose queue pairs several PMDs serve, and its shard
+    /// on PMD `pmd` has a pair attached (so what `pmd` flooded, the port already got there).
+    fn shard_up_on(&self, _pmd: usize) -> bool {
+        false
+    }
+
     /// Stops the port: afterwards no copy of it is in flight.
     fn stop(&mut self, _cx: &mut PortCtx<'_, E>) {}
 

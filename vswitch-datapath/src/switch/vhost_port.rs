@@ -10,14 +10,26 @@
 //!
 //! # Several queue pairs (virtio-net multiqueue)
 //!
-//! Pairs attach and detach independently; one PMD thread serves them all. `rx_burst` polls the
+//! Pairs attach and detach independently; one PMD thread serves all the pairs of a port (or of a
+//! shard, see below). `rx_burst` polls the
 //! attached pairs' TX queues round-robin (the first pair polled moves on by one each call, so a
 //! busy pair cannot starve the others). `tx_burst` spreads packets over the attached pairs' RX
 //! queues by a hash of the Ethernet header (and of the IPv4 protocol and addresses): every
 //! packet of one flow goes to the same pair, so a flow stays in order. What the pairs cannot take
 //! stays in the burst in its original order.
+//!
+//! # Shards (queue pairs on several PMDs)
+//!
+//! With several PMD threads each queue pair of a guest belongs to one PMD, and every PMD that owns
+//! a pair holds its own `VhostPort` for the guest, a *shard*, with only its pairs attached
+//! ([`VhostPort::shard`]). The shards of one port share a [`ShardSet`]: one flag per PMD, set
+//! while that PMD's shard has a pair attached. It is written when a pair attaches or detaches and
+//! read, without a lock, by the other PMDs' L2 switches (a frame another PMD flooded was already
+//! given to that PMD's shard of the port, so it is not given to this one too).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 
 use copy_engine::CopyEngine;
 use smallvec::SmallVec;
@@ -83,6 +95,31 @@ pub enum PortCommand {
     },
 }
 
+/// Which PMDs serve some of a port's queue pairs now: one flag per PMD, set while that PMD's
+/// shard of the port has at least one pair attached (see the module docs).
+#[derive(Debug)]
+pub struct ShardSet {
+    up: Box<[AtomicBool]>,
+}
+
+impl ShardSet {
+    /// A set for a switch of `pmds` PMD threads, every shard down.
+    pub fn new(pmds: usize) -> Arc<Self> {
+        Arc::new(ShardSet { up: (0..pmds).map(|_| AtomicBool::new(false)).collect() })
+    }
+
+    /// Whether PMD `pmd`'s shard has a queue pair attached.
+    pub fn is_up(&self, pmd: usize) -> bool {
+        self.up.get(pmd).is_some_and(|f| f.load(Ordering::Relaxed))
+    }
+
+    fn set(&self, pmd: usize, up: bool) {
+        if let Some(f) = self.up.get(pmd) {
+            f.store(up, Ordering::Relaxed);
+        }
+    }
+}
+
 /// One attached queue pair.
 #[derive(Debug)]
 struct QueuePair {
@@ -111,6 +148,10 @@ pub struct VhostPort {
     attaches: u64,
     /// Packets a drained pair had received and not yet handed on, in order (see `rx_burst`).
     pending: Vec<Packet>,
+    /// With several PMDs: the port's shards, and the PMD this one runs on.
+    shard: Option<(Arc<ShardSet>, usize)>,
+    /// The queue pairs this port (shard) is to serve, when the switch assigned them.
+    assigned: Option<Vec<usize>>,
 }
 
 impl VhostPort {
@@ -133,6 +174,40 @@ impl VhostPort {
             last_error: None,
             attaches: 0,
             pending: Vec::new(),
+            shard: None,
+            assigned: None,
+        }
+    }
+
+    /// An unattached shard of a port whose queue pairs several PMDs serve: this one runs on PMD
+    /// `pmd`, and keeps its flag in `set` (shared with the port's other shards) up to date.
+    pub fn shard(name: impl Into<String>, set: Arc<ShardSet>, pmd: usize) -> Self {
+        let mut p = Self::unattached(name);
+        p.shard = Some((set, pmd));
+        p
+    }
+
+    /// The same port, recording the queue pairs the switch assigned to it (what `show` reports;
+    /// the vhost-user device attaches only those here).
+    pub fn with_assigned_pairs(mut self, pairs: Vec<usize>) -> Self {
+        self.assigned = Some(pairs);
+        self
+    }
+
+    /// The queue pairs the switch assigned to this port (shard), if it said.
+    pub fn assigned_pairs(&self) -> Option<&[usize]> {
+        self.assigned.as_deref()
+    }
+
+    /// Whether another shard of this port, on PMD `pmd`, has a queue pair attached.
+    pub fn shard_up_on(&self, pmd: usize) -> bool {
+        self.shard.as_ref().is_some_and(|(set, me)| *me != pmd && set.is_up(pmd))
+    }
+
+    /// Publishes whether this shard has a pair attached (after an attach or a detach).
+    fn publish_up(&self) {
+        if let Some((set, me)) = &self.shard {
+            set.set(*me, !self.pairs.is_empty());
         }
     }
 
@@ -199,6 +274,7 @@ impl VhostPort {
         if self.pairs.len() == 1 {
             self.last_error = None;
         }
+        self.publish_up();
     }
 
     /// Detaches every queue pair (see [`detach_pair`](Self::detach_pair)); returns each one's
@@ -237,6 +313,8 @@ impl VhostPort {
     ) -> Option<DetachedBases> {
         let at = self.pairs.iter().position(|qp| qp.index == pair)?;
         let QueuePair { mut north, mut south, .. } = self.pairs.remove(at);
+        // Down before the drain: another PMD's flood no longer counts on this shard.
+        self.publish_up();
         match mode {
             DetachMode::Drain => {
                 if let Err(e) = north.drain(cx.chan, cx.pool) {
@@ -487,6 +565,10 @@ impl<E: CopyEngine> Port<E> for VhostPort {
 
     fn is_up(&self) -> bool {
         self.is_attached()
+    }
+
+    fn shard_up_on(&self, pmd: usize) -> bool {
+        VhostPort::shard_up_on(self, pmd)
     }
 
     fn poll(&mut self, cx: &mut PortCtx<'_, E>) {

@@ -17,6 +17,14 @@
 //! disconnect (clear: the guest is gone, its rings are not touched). The old memory table is
 //! dropped only after the detach answer, so no copy can land in unmapped memory. This module runs
 //! on the control thread; it never touches guest memory.
+//!
+//! # Queue pairs on several PMDs
+//!
+//! Each queue pair belongs to one PMD thread ([`DeviceConfig::pair_shard`]); every PMD that owns
+//! at least one pair of the port holds a *shard* of it (a [`VhostPort`](crate::VhostPort) with only
+//! its pairs). A command about one pair goes to the PMD that owns it; a command about the whole
+//! device (a detach of every pair before a new memory table, new features, a reset or a
+//! disconnect) goes to every shard, and the device waits for every answer before it goes on.
 
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
@@ -40,17 +48,53 @@ use crate::virtio::{RingFeatures, MAX_QUEUE_SIZE};
 /// How many queue pairs a device offers unless told otherwise.
 pub const DEFAULT_MAX_QUEUE_PAIRS: usize = 4;
 
-/// How a device talks to its PMD thread.
+/// Where some of a port's queue pairs are served: a PMD thread's command channel and the port's
+/// index (its shard's index) in that PMD.
+#[derive(Clone, Debug)]
+pub struct Shard {
+    /// The PMD thread's command channel.
+    pub pmd: Sender<PortCommand>,
+    /// The shard's port index in that PMD.
+    pub port: usize,
+}
+
+/// How a device talks to its PMD thread(s).
 #[derive(Clone, Debug)]
 pub struct DeviceConfig {
     /// The port's name (for log lines).
     pub name: String,
-    /// The port's index in the PMD.
+    /// The port's index in the PMD (shard 0).
     pub port: usize,
-    /// The PMD thread's command channel.
+    /// The PMD thread's command channel (shard 0).
     pub pmd: Sender<PortCommand>,
     /// How long to wait for the PMD to detach a queue pair.
     pub detach_timeout: Duration,
+    /// Shards 1, 2, ...: other PMDs that serve some of the port's queue pairs. Empty when one PMD
+    /// serves them all.
+    pub shards: Vec<Shard>,
+    /// Per queue pair, the shard that serves it (0: `port` on `pmd`, `i`: `shards[i - 1]`). A pair
+    /// beyond the list, or naming no shard, is served by shard 0.
+    pub pair_shard: Vec<usize>,
+}
+
+impl DeviceConfig {
+    /// A port served by one PMD: every queue pair on `pmd`, as port `port` there.
+    pub fn new(name: impl Into<String>, port: usize, pmd: Sender<PortCommand>, detach_timeout: Duration) -> Self {
+        DeviceConfig { name: name.into(), port, pmd, detach_timeout, shards: Vec::new(), pair_shard: Vec::new() }
+    }
+
+    /// Every shard, shard 0 first.
+    fn all_shards(&self) -> impl Iterator<Item = (&Sender<PortCommand>, usize)> {
+        std::iter::once((&self.pmd, self.port)).chain(self.shards.iter().map(|s| (&s.pmd, s.port)))
+    }
+
+    /// The shard that serves queue pair `pair`: its PMD's channel and the port's index there.
+    pub fn shard_of(&self, pair: usize) -> (&Sender<PortCommand>, usize) {
+        match self.pair_shard.get(pair).copied().unwrap_or(0) {
+            0 => (&self.pmd, self.port),
+            i => self.shards.get(i - 1).map_or((&self.pmd, self.port), |s| (&s.pmd, s.port)),
+        }
+    }
 }
 
 /// Ring addresses as the frontend gave them (its user virtual addresses).
@@ -184,17 +228,32 @@ impl VhostUserDevice {
         if !any {
             return Ok(());
         }
-        let (tx, rx) = mpsc::channel();
-        let cmd = PortCommand::Detach { port: self.cfg.port, pair, mode, reply: tx, owner: Some(self.session) };
-        if self.cfg.pmd.send(cmd).is_err() {
-            // No PMD: nothing serves the queues any more (they were dropped with it).
-            return Err(VhostUserError::PmdGone);
-        }
-        let bases = match rx.recv_timeout(self.cfg.detach_timeout) {
-            Ok(b) => b,
-            Err(mpsc::RecvTimeoutError::Timeout) => return Err(VhostUserError::PmdTimeout(self.cfg.detach_timeout)),
-            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(VhostUserError::PmdGone),
+        // One detach per shard that may hold the pair(s), all sent before any answer is awaited:
+        // the PMDs drain in parallel.
+        let targets: Vec<(&Sender<PortCommand>, usize)> = match pair {
+            Some(k) => vec![self.cfg.shard_of(k)],
+            None => self.cfg.all_shards().collect(),
         };
+        let mut waits = Vec::with_capacity(targets.len());
+        for (pmd, port) in targets {
+            let (tx, rx) = mpsc::channel();
+            let cmd = PortCommand::Detach { port, pair, mode, reply: tx, owner: Some(self.session) };
+            if pmd.send(cmd).is_err() {
+                // No PMD: nothing serves the queues any more (they were dropped with it).
+                return Err(VhostUserError::PmdGone);
+            }
+            waits.push(rx);
+        }
+        let mut bases = Vec::new();
+        for rx in waits {
+            match rx.recv_timeout(self.cfg.detach_timeout) {
+                Ok(b) => bases.extend(b),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(VhostUserError::PmdTimeout(self.cfg.detach_timeout))
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(VhostUserError::PmdGone),
+            }
+        }
         for (k, b) in bases {
             if let Some([rx, tx]) = self.vrings.get_mut(2 * k..2 * k + 2) {
                 rx.base = b.rx;
@@ -270,9 +329,8 @@ impl VhostUserDevice {
         let hdr_len = net_hdr_len(self.acked);
         let north = Northbound::new(rxq, hdr_len, features::mergeable(self.acked), self.notifier(rx)?);
         let south = Southbound::new(txq, hdr_len, self.notifier(tx)?);
-        self.cfg
-            .pmd
-            .send(PortCommand::Attach { port: self.cfg.port, pair: k, north, south, owner: self.session })
+        let (pmd, port) = self.cfg.shard_of(k);
+        pmd.send(PortCommand::Attach { port, pair: k, north, south, owner: self.session })
             .map_err(|_| VhostUserError::PmdGone)?;
         self.attached[k] = true;
         self.attaches += 1;

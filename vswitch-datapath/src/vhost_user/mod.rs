@@ -37,7 +37,7 @@ pub mod wire;
 
 use std::path::PathBuf;
 
-pub use device::{DeviceConfig, VhostUserDevice, DEFAULT_MAX_QUEUE_PAIRS};
+pub use device::{DeviceConfig, Shard, VhostUserDevice, DEFAULT_MAX_QUEUE_PAIRS};
 pub use memtable::{AddressMap, MemTable, UserRegion};
 pub use server::VhostUserServer;
 

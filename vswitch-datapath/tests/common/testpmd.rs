@@ -1147,7 +1147,8 @@ impl Drop for Testpmd {
 pub enum SwitchKind {
     /// DPDK's vhost back-end (testpmd, two `net_vhost` ports, io 0<->1): the reference.
     DpdkVhost,
-    /// Our `vswitch` binary with this `--engine` (memcpy, worker, dmadev:<name>).
+    /// Our `vswitch` binary with this `--engine` (memcpy, worker, dmadev:<name>), and after it,
+    /// space separated, any other arguments (`"memcpy --pmd-cores 0,1"`).
     Vswitch(String),
 }
 
@@ -1254,8 +1255,15 @@ impl Switch {
                 for s in &sw.sockets {
                     cmd.arg("--port").arg(format!("vhost-user:{}", s.display()));
                 }
+                // The engine, then (space separated) any other arguments, e.g. "memcpy --pmd-cores 0,1".
+                let mut words = engine.split_whitespace();
+                let engine = words.next().unwrap_or_default();
+                let extra: Vec<&str> = words.collect();
                 cmd.arg("--engine").arg(engine);
-                cmd.arg("--pmd-cores").arg(SWITCH_CPU.to_string());
+                if !extra.contains(&"--pmd-cores") {
+                    cmd.arg("--pmd-cores").arg(SWITCH_CPU.to_string());
+                }
+                cmd.args(&extra);
                 cmd.arg("--stats-interval").arg("1");
                 if trace {
                     cmd.env("VSWITCH_VHOST_TRACE", "1");
