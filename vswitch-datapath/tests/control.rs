@@ -26,11 +26,19 @@ impl Drop for Switch {
 }
 
 fn start(tag: &str) -> Switch {
+    start_with(
+        tag,
+        &["--port", "source:64", "--port", "sink", "--port", "sink", "--engine", "memcpy", "--mac-learning"],
+    )
+}
+
+/// A switch with `args` (ports, engine, forwarding) and a control socket, once it listens.
+fn start_with(tag: &str, args: &[&str]) -> Switch {
     let sock = std::env::temp_dir().join(format!("vs-ctl-{tag}-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&sock);
     let child = Command::new(env!("CARGO_BIN_EXE_vswitch"))
-        .args(["--port", "source:64", "--port", "sink", "--port", "sink", "--engine", "memcpy"])
-        .args(["--mac-learning", "--stats-interval", "0", "--ctl"])
+        .args(args)
+        .args(["--stats-interval", "0", "--ctl"])
         .arg(&sock)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -207,24 +215,9 @@ fn ports_are_added_and_removed_at_runtime_and_the_rest_forwards_on() {
 
 #[test]
 fn with_two_pmds_show_and_stats_cover_both_and_their_engines() {
-    let sock = std::env::temp_dir().join(format!("vs-ctl-pmds-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&sock);
-    let child = Command::new(env!("CARGO_BIN_EXE_vswitch"))
-        .args(["--port", "source:64", "--port", "sink", "--port", "source:64", "--port", "sink"])
-        .args(["--engine", "worker", "--pmd-cores", "0,1", "--port-pmd", "2:1", "--port-pmd", "3:0"])
-        .args(["--stats-interval", "0", "--ctl"])
-        .arg(&sock)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let sw = Switch { child, sock };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !sw.sock.exists() {
-        assert!(Instant::now() < deadline, "the switch did not open its control socket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let ports = ["--port", "source:64", "--port", "sink", "--port", "source:64", "--port", "sink"];
+    let pmds = ["--engine", "worker", "--pmd-cores", "0,1", "--port-pmd", "2:1", "--port-pmd", "3:0"];
+    let sw = start_with("pmds", &[&ports[..], &pmds[..]].concat());
     let mut c = Client::connect(&sw.sock);
     let show = c.ask(r#"{"cmd":"show"}"#);
     assert_eq!(show["ok"], true, "{show}");
@@ -272,23 +265,10 @@ fn with_two_pmds_show_and_stats_cover_both_and_their_engines() {
 #[test]
 fn with_two_pmds_ports_are_added_to_the_named_or_next_pmd_and_removed_drained() {
     let tag = format!("vs-ctl-pmds-ports-{}", std::process::id());
-    let sock = std::env::temp_dir().join(format!("{tag}.sock"));
-    let _ = std::fs::remove_file(&sock);
-    let child = Command::new(env!("CARGO_BIN_EXE_vswitch"))
-        .args(["--port", "source:64", "--port", "sink", "--engine", "worker", "--pmd-cores", "0,1"])
-        .args(["--mac-learning", "--stats-interval", "0", "--ctl"])
-        .arg(&sock)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let sw = Switch { child, sock };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !sw.sock.exists() {
-        assert!(Instant::now() < deadline, "the switch did not open its control socket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let sw = start_with(
+        &tag,
+        &["--port", "source:64", "--port", "sink", "--engine", "worker", "--pmd-cores", "0,1", "--mac-learning"],
+    );
     let mut c = Client::connect(&sw.sock);
     let path = |n: &str| std::env::temp_dir().join(format!("{tag}-{n}.sock"));
     let (a, b) = (path("a"), path("b"));
