@@ -350,4 +350,19 @@ fn a_read_only_queue_ignores_write_flags_as_dpdk_leaves_them_on_tx_tables() {
     let mut q = rx.packed_device(&g);
     post(&rx);
     assert_eq!(q.pop(&mut c), Err(VirtqError::ReadableAfterWritable { index: 1 }));
+
+    // The one-descriptor fast path of `pop` keeps the rule: a lone WRITE-flagged buffer on a TX
+    // queue is read, on an RX queue written.
+    for (read_only, id) in [(true, 3), (false, 4)] {
+        let dq = g.add_queue(8, PACKED);
+        let mut q = dq.packed_device(&g);
+        q.set_read_only(read_only);
+        let (slot, avail) = dq.packed_next();
+        dq.write_packed_desc(&g, slot, RawPackedDesc { addr: d, len: 900, id, flags: write | avail });
+        assert_eq!(q.pop(&mut c), Ok(true));
+        let (r, w) = if read_only { (900, 0) } else { (0, 900) };
+        assert_eq!((c.head(), c.readable_len(), c.writable_len()), (id, r, w));
+        let segs = if read_only { c.readable() } else { c.writable() };
+        assert_eq!(gather(&g, segs, 900), data);
+    }
 }

@@ -444,6 +444,23 @@ impl PackedQueue {
         let ctx = DescContext { table_len: size as u32, in_indirect: false, indirect_negotiated };
         let ring = self.ring();
         let mut slot = self.last_avail;
+        // The common case first: one direct descriptor (no NEXT, no INDIRECT) whose buffer lies
+        // in one region. `translate_one` refuses a zero length and a range leaving its region (so
+        // no overflow): every descriptor the checks below would refuse falls through to them.
+        if free != 0 {
+            if let Some(raw) = ring.read_u64_pair(self.slot_off(slot)).map(RawPackedDesc::from_le_words) {
+                if raw.flags & (DescFlags::NEXT | DescFlags::INDIRECT).bits() == 0 {
+                    if let Some(seg) = self.mem.translate_one(raw.addr, raw.len, hint) {
+                        let writable = !self.read_only && raw.flags & DescFlags::WRITE.bits() != 0;
+                        chain.set_single(raw.id, seg, writable);
+                        if log && writable {
+                            chain.writable_gpa.push((raw.addr, raw.len));
+                        }
+                        return Ok((raw.id, 1));
+                    }
+                }
+            }
+        }
         let mut slots: u16 = 0;
         loop {
             if slots == free {
