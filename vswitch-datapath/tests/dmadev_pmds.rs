@@ -144,7 +144,11 @@ fn vswitch_runs_one_dmadev_per_pmd_and_refuses_too_few() {
     assert!(stdout.contains("engine dmadev dma_skeleton0,dma_skeleton1 (one per PMD), 2 PMD threads"), "{stdout}");
     // Each PMD forwarded its source to a sink across the other PMD's ring.
     for k in 0..2 {
-        let line = stdout.lines().rev().find(|l| l.starts_with(&format!("pmd{k} t="))).unwrap_or_default();
+        let line = stdout
+            .lines()
+            .rev()
+            .find(|l| l.starts_with(&format!("pmd{k} t=")))
+            .unwrap_or_else(|| panic!("no stats line of pmd{k}: {stdout}"));
         assert!(!line.contains(" 0 forwarded"), "pmd{k}: {line}");
     }
     let out = Command::new(bin)

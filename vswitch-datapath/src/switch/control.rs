@@ -360,7 +360,8 @@ fn stats<E: CopyEngine>(pmd: &Pmd<E>, info: &Value) -> Value {
         .collect();
     let c = pmd.channel().stats();
     let m = pmd.stats();
-    // Busy time measured by the loop (a clock read per iteration, one more per busy one).
+    // Busy time measured by the loop (one clock read per iteration; a busy one is charged up to
+    // the next one's start).
     let per_packet = m.busy_ns_per_packet().map_or(Value::Null, |ns| json!(ns));
     let l2 = pmd.l2().map(|l2| {
         let (s, t) = (l2.stats(), l2.table().stats());

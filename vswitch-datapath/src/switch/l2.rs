@@ -158,7 +158,8 @@ impl L2Switch {
         if let Some(x) = from_peer {
             // Seen on a local shard of a guest that PMD `x` serves too: it stays learned there.
             if let Some(p) = self.table.lookup(&src, self.now_ms) {
-                if ports.get(p as usize).is_some_and(|q| q.shard_up_on(x)) {
+                // Only while the local shard can still deliver: else the MAC follows the trunk.
+                if ports.get(p as usize).is_some_and(|q| q.is_up() && q.shard_up_on(x)) {
                     learn_on = p;
                 }
             }
@@ -230,7 +231,7 @@ impl L2Switch {
                         j != i
                             && ports[j].is_up()
                             && !(from_trunk && ports[j].is_trunk())
-                            && !from_peer.is_some_and(|x| ports[j].shard_up_on(x))
+                            && !from_peer.is_some_and(|x| ports[j].flood_delivered_elsewhere(x))
                     };
                     let count = (0..ports.len()).filter(|&j| up(j)).count();
                     if count == 0 {
@@ -316,8 +317,10 @@ mod tests {
         trunk: bool,
         /// A trunk: the PMD at its other end.
         peer: Option<usize>,
-        /// A shard of a guest: the PMDs whose shard of it is up.
+        /// A shard of a guest: the PMDs whose shard of it is up (not counting this one).
         shard_up_on: Vec<usize>,
+        /// A shard of a guest: the PMD it is on.
+        me: usize,
         take: usize,
         to_send: VecDeque<Vec<u8>>,
         got: Vec<Vec<u8>>,
@@ -362,6 +365,9 @@ mod tests {
         fn shard_up_on(&self, pmd: usize) -> bool {
             self.shard_up_on.contains(&pmd)
         }
+        fn flood_delivered_elsewhere(&self, pmd: usize) -> bool {
+            self.shard_up_on.contains(&pmd) || self.shard_up_on.iter().any(|&k| k != pmd && k < self.me)
+        }
         fn as_any(&self) -> &dyn std::any::Any {
             self
         }
@@ -396,6 +402,7 @@ mod tests {
                 trunk: false,
                 peer: None,
                 shard_up_on: Vec::new(),
+                me: 0,
                 take: usize::MAX,
                 to_send: VecDeque::new(),
                 got: Vec::new(),
@@ -614,5 +621,46 @@ mod tests {
         let b2 = frame(BROADCAST_MAC, mac(7), 6);
         send(&mut pmd, 0, b2.clone());
         assert_eq!(settle(&mut pmd), [vec![], vec![b2.clone()], vec![b2]]);
+    }
+
+    #[test]
+    fn with_three_pmds_a_flood_from_a_pmd_without_the_guest_reaches_it_once() {
+        // This is PMD 1. Port 0: the trunk to PMD 2, which holds no up shard of the guest;
+        // port 1: this PMD's shard of it; port 2: a local guest. PMD 0 has an up shard too.
+        let mut pmd = switch(3, LearningConfig::default());
+        wire(&mut pmd, 0).trunk = true;
+        wire(&mut pmd, 0).peer = Some(2);
+        wire(&mut pmd, 1).me = 1;
+        wire(&mut pmd, 1).shard_up_on = vec![0];
+        // PMD 2's flood reaches PMDs 0 and 1: PMD 0, the lowest with an up shard, delivers it.
+        let b = frame(BROADCAST_MAC, mac(7), 0);
+        send(&mut pmd, 0, b.clone());
+        assert_eq!(settle(&mut pmd), [vec![], vec![], vec![b]], "PMD 0's shard delivers it");
+        // As PMD 0 (its shard the lowest up one), the same flood is delivered here.
+        wire(&mut pmd, 1).me = 0;
+        wire(&mut pmd, 1).shard_up_on = vec![1];
+        let b = frame(BROADCAST_MAC, mac(7), 1);
+        send(&mut pmd, 0, b.clone());
+        assert_eq!(settle(&mut pmd), [vec![], vec![b.clone()], vec![b]], "the lowest up shard delivers it");
+    }
+
+    #[test]
+    fn a_mac_seen_through_a_trunk_leaves_a_local_shard_that_went_down() {
+        // Port 0: the trunk to PMD 1; port 1: this PMD's shard of a guest (mac 1) that PMD 1
+        // serves too; port 2: a local guest (mac 2).
+        let mut pmd = switch(3, LearningConfig::default());
+        wire(&mut pmd, 0).trunk = true;
+        wire(&mut pmd, 0).peer = Some(1);
+        wire(&mut pmd, 1).shard_up_on = vec![1];
+        send(&mut pmd, 1, frame(BROADCAST_MAC, mac(1), 0));
+        settle(&mut pmd);
+        // This shard's pairs go away; the guest keeps talking on PMD 1's pairs.
+        wire(&mut pmd, 1).up = false;
+        send(&mut pmd, 0, frame(mac(2), mac(1), 1));
+        settle(&mut pmd);
+        let to_guest = frame(mac(1), mac(2), 2);
+        send(&mut pmd, 2, to_guest.clone());
+        assert_eq!(settle(&mut pmd), [vec![to_guest], vec![], vec![]], "unicast follows the guest over the trunk");
+        assert_eq!(pmd.l2().unwrap().stats().no_target, 0, "nothing dropped for want of a target");
     }
 }

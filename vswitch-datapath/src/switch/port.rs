@@ -98,6 +98,14 @@ pub trait Port<E: CopyEngine> {
         false
     }
 
+    /// Whether a flood that PMD `pmd` sent reaches this port's guest through another shard, so
+    /// this one must not deliver it: `pmd`'s own shard when that is up, else the up shard on the
+    /// lowest-numbered PMD when that is not this one (every PMD gets every flood, so exactly one
+    /// shard delivers it).
+    fn flood_delivered_elsewhere(&self, _pmd: usize) -> bool {
+        false
+    }
+
     /// Stops the port: afterwards no copy of it is in flight.
     fn stop(&mut self, _cx: &mut PortCtx<'_, E>) {}
 

@@ -204,6 +204,13 @@ impl VhostPort {
         self.shard.as_ref().is_some_and(|(set, me)| *me != pmd && set.is_up(pmd))
     }
 
+    /// See [`Port::flood_delivered_elsewhere`].
+    pub fn flood_delivered_elsewhere(&self, pmd: usize) -> bool {
+        self.shard
+            .as_ref()
+            .is_some_and(|(set, me)| *me != pmd && (set.is_up(pmd) || (0..*me).any(|k| k != pmd && set.is_up(k))))
+    }
+
     /// Publishes whether this shard has a pair attached (after an attach or a detach).
     fn publish_up(&self) {
         if let Some((set, me)) = &self.shard {
@@ -569,6 +576,10 @@ impl<E: CopyEngine> Port<E> for VhostPort {
 
     fn shard_up_on(&self, pmd: usize) -> bool {
         VhostPort::shard_up_on(self, pmd)
+    }
+
+    fn flood_delivered_elsewhere(&self, pmd: usize) -> bool {
+        VhostPort::flood_delivered_elsewhere(self, pmd)
     }
 
     fn poll(&mut self, cx: &mut PortCtx<'_, E>) {

@@ -28,7 +28,8 @@ use crate::virtio::queue::Virtqueue;
 /// The first store into a guest buffer misses (the guest's core owns the line, having just
 /// posted it); with the line's ownership requested this far ahead the misses overlap instead of
 /// stalling the PMD one packet at a time. DPDK virtio-user guest, 64 B host -> guest, split ring:
-/// 11.9 Mpps without, 16.6-18.3 with 2 to 16 ahead (see the README's performance notes).
+/// 11.9 Mpps without, 16.6-18.3 with 2 to 16 ahead (alternated 5 s runs, 2026-12-03); in
+/// peer-bench 0.60x -> 1.01x DPDK (README, "Against DPDK's own vhost backend").
 const BUFFER_PREFETCH_AHEAD: u16 = 8;
 
 /// One accepted packet: its used entries (the first here, any more in `used`) wait until `end`

@@ -234,24 +234,32 @@ impl VhostUserDevice {
             Some(k) => vec![self.cfg.shard_of(k)],
             None => self.cfg.all_shards().collect(),
         };
+        // Every answer that comes is applied, even when another shard failed: a shard that did
+        // detach reported where its rings stopped, and dropping that would restart them from
+        // stale positions on the next attach. The first failure is returned afterwards.
+        let mut first_err = None;
         let mut waits = Vec::with_capacity(targets.len());
         for (pmd, port) in targets {
             let (tx, rx) = mpsc::channel();
             let cmd = PortCommand::Detach { port, pair, mode, reply: tx, owner: Some(self.session) };
             if pmd.send(cmd).is_err() {
                 // No PMD: nothing serves the queues any more (they were dropped with it).
-                return Err(VhostUserError::PmdGone);
+                first_err.get_or_insert(VhostUserError::PmdGone);
+                continue;
             }
             waits.push(rx);
         }
+        let deadline = std::time::Instant::now() + self.cfg.detach_timeout;
         let mut bases = Vec::new();
         for rx in waits {
-            match rx.recv_timeout(self.cfg.detach_timeout) {
+            match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
                 Ok(b) => bases.extend(b),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    return Err(VhostUserError::PmdTimeout(self.cfg.detach_timeout))
+                    first_err.get_or_insert(VhostUserError::PmdTimeout(self.cfg.detach_timeout));
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(VhostUserError::PmdGone),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    first_err.get_or_insert(VhostUserError::PmdGone);
+                }
             }
         }
         for (k, b) in bases {
@@ -260,7 +268,7 @@ impl VhostUserDevice {
                 tx.base = b.tx;
             }
         }
-        Ok(())
+        first_err.map_or(Ok(()), Err)
     }
 
     /// Runs `change` with queue pair `pair` (`None`: every pair) detached (drained), then
