@@ -384,10 +384,8 @@ fn received_on(pmd: &Pmd<SlowEngine>, pair: usize) -> u64 {
     vhost_port(pmd).pair(pair).map_or(0, |(_, s)| s.stats().packets)
 }
 
-#[test]
-fn two_queue_pairs_carry_traffic_and_get_vring_base_on_pair_1_drains_only_it() {
-    let _serial = serial();
-    let (mut pmd, server, sock) = switch(100);
+/// A guest with two queue pairs, each with 64 RX buffers and frames 0..16 posted for TX.
+fn two_pairs_posted() -> Guest {
     let mut guest = Guest::with_pairs(2);
     for _ in 0..64 {
         guest.rx.post_rx(&guest.g, 2048, 1);
@@ -397,6 +395,14 @@ fn two_queue_pairs_carry_traffic_and_get_vring_base_on_pair_1_drains_only_it() {
         guest.tx.post_tx(&guest.g, &tx_frame(i), 1, false);
         guest.more[0].1.post_tx(&guest.g, &tx_frame(i), 1, false);
     }
+    guest
+}
+
+#[test]
+fn two_queue_pairs_carry_traffic_and_get_vring_base_on_pair_1_drains_only_it() {
+    let _serial = serial();
+    let (mut pmd, server, sock) = switch(100);
+    let mut guest = two_pairs_posted();
     let (mut frontend, _fds) = guest.connect(&sock);
     // GET_QUEUE_NUM answers queue pairs: 4 by default.
     assert_eq!(frontend.get_queue_num().unwrap(), 4);
@@ -504,15 +510,7 @@ fn each_queue_pair_attaches_and_detaches_on_the_pmd_that_owns_it() {
             }
         }
     };
-    let mut guest = Guest::with_pairs(2);
-    for _ in 0..64 {
-        guest.rx.post_rx(&guest.g, 2048, 1);
-        guest.more[0].0.post_rx(&guest.g, 2048, 1);
-    }
-    for i in 0..16u8 {
-        guest.tx.post_tx(&guest.g, &tx_frame(i), 1, false);
-        guest.more[0].1.post_tx(&guest.g, &tx_frame(i), 1, false);
-    }
+    let guest = two_pairs_posted();
     let (frontend, _fds) = guest.connect(&sock);
     run(&mut pmds, "each pair on its PMD", &mut |p| shard(&p[0]) == [0] && shard(&p[1]) == [1]);
     assert!(set.is_up(0) && set.is_up(1));
