@@ -132,13 +132,44 @@ unsafe fn cpu_copy(src: usize, dst: usize, len: usize) {
 }
 
 /// Copies `len` bytes, `N <= len <= 2 * N`, as the first `N` and the last `N` (overlapping when
-/// `len < 2 * N`): both loads before both stores, each an unaligned fixed-size move.
+/// `len < 2 * N`): all loads before all stores, each an unaligned fixed-size move held in
+/// registers (16-byte ones on x86-64: a `[u8; 32]` temporary went through the stack).
 ///
 /// # Safety
 /// `s .. s + len` readable, `d .. d + len` writable, the two disjoint, `N <= len <= 2 * N`.
 #[inline(always)]
 unsafe fn head_tail<const N: usize>(s: *const u8, d: *mut u8, len: usize) {
     debug_assert!(N <= len && len <= 2 * N);
+    #[cfg(target_arch = "x86_64")]
+    if N == 32 {
+        use core::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_storeu_si128};
+        // SAFETY: `32 <= len <= 64`: the four 16-byte moves at 0, 16, len - 32 and len - 16 stay
+        // inside the ranges the caller vouches for; `loadu`/`storeu` need no alignment, and SSE2
+        // is part of the x86-64 baseline.
+        unsafe {
+            let (h0, h1) = (_mm_loadu_si128(s.cast::<__m128i>()), _mm_loadu_si128(s.add(16).cast::<__m128i>()));
+            let t0 = _mm_loadu_si128(s.add(len - 32).cast::<__m128i>());
+            let t1 = _mm_loadu_si128(s.add(len - 16).cast::<__m128i>());
+            _mm_storeu_si128(d.cast::<__m128i>(), h0);
+            _mm_storeu_si128(d.add(16).cast::<__m128i>(), h1);
+            _mm_storeu_si128(d.add(len - 32).cast::<__m128i>(), t0);
+            _mm_storeu_si128(d.add(len - 16).cast::<__m128i>(), t1);
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if N == 16 {
+        use core::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_storeu_si128};
+        // SAFETY: `16 <= len <= 32`: the two 16-byte moves at 0 and len - 16 stay inside the
+        // ranges the caller vouches for; no alignment needed; SSE2 is x86-64 baseline.
+        unsafe {
+            let h = _mm_loadu_si128(s.cast::<__m128i>());
+            let t = _mm_loadu_si128(s.add(len - 16).cast::<__m128i>());
+            _mm_storeu_si128(d.cast::<__m128i>(), h);
+            _mm_storeu_si128(d.add(len - 16).cast::<__m128i>(), t);
+        }
+        return;
+    }
     // SAFETY: `0 <= len - N` and `len - N + N = len`, so all four moves are inside the ranges the
     // caller vouches for; `read_unaligned`/`write_unaligned` need no alignment.
     unsafe {
@@ -401,6 +432,8 @@ impl<E: CopyEngine> Channel<E> {
     /// The policy layer's counters.
     pub fn stats(&self) -> PolicyStats {
         let mut s = self.inner.borrow().stats;
+        // Channel tickets start at zero and retire in order, so the watermark is the count.
+        s.completed = self.retired.get().get();
         s.ops = s.offloaded + s.cpu_small + s.cpu_ring_full + s.cpu_refused;
         s.bytes = s.offloaded_bytes + s.cpu_bytes;
         s
@@ -487,7 +520,6 @@ impl<E: CopyEngine> Inner<E> {
             let newest = self.engine.next_ticket().get() - 1;
             self.shadow[Ticket::new(newest).ring_index(self.mask)].cpu_after += 1;
         } else {
-            self.stats.completed += 1;
             retired.set(self.next);
         }
         chan
@@ -583,7 +615,6 @@ impl<E: CopyEngine> Inner<E> {
         let last = self.shadow[Ticket::new(self.eng_done.get() - 1).ring_index(self.mask)];
         let watermark = last.chan.add(1 + last.cpu_after);
         let newly = watermark.since(retired.get());
-        self.stats.completed += newly;
         retired.set(watermark);
         newly
     }

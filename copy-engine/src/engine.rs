@@ -122,11 +122,13 @@ pub fn check_copy(src: *const u8, dst: *mut u8, len: usize, max_len: usize) -> R
         return Ok(());
     }
     let (s, d) = (src as usize, dst as usize);
-    // Written without `s + len` and `d + len`: in a loop over buffers those would be two more
-    // induction variables for the compiler to carry (and spill) per copy.
+    // Null or running past the end of the address space: `x - 1 >= usize::MAX - len` holds for
+    // `x == 0` (it wraps to `usize::MAX`) and for every `x > usize::MAX - len`, and for no other
+    // `x`. Written without `s + len` and `d + len`: in a loop over buffers those would be two more
+    // induction variables for the compiler to carry (and spill) per copy. Non-short-circuit `|`:
+    // one branch for the rare error instead of one per test.
     let last = usize::MAX - len;
-    // Non-short-circuit `|`: one branch for the rare error instead of one per test.
-    if (s == 0) | (d == 0) | (s > last) | (d > last) {
+    if (s.wrapping_sub(1) >= last) | (d.wrapping_sub(1) >= last) {
         return Err(EnqueueError::BadAddress);
     }
     // Neither range wraps, so they overlap exactly when their starts are less than `len` apart.
