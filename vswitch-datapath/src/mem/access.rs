@@ -119,9 +119,9 @@ fn has_prefetchw() -> bool {
     }
 }
 
-/// Hints the CPU to bring the cache line holding host address `addr` in for writing (a guest
-/// buffer about to be filled), so the line's ownership is on its way before the first store.
-/// Any address is allowed, as for [`prefetch_host`].
+/// Hints the CPU to bring the first two cache lines at host address `addr` in for writing (a
+/// guest buffer about to be filled: the header and the start of the packet), so their ownership
+/// is on its way before the first store. Any address is allowed, as for [`prefetch_host`].
 #[inline]
 pub fn prefetch_host_write(addr: usize) {
     #[cfg(target_arch = "x86_64")]
@@ -129,10 +129,16 @@ pub fn prefetch_host_write(addr: usize) {
         // SAFETY: the CPU has PREFETCHW (checked above); a prefetch has no architectural effect:
         // it loads no value and never faults, even for an unmapped address.
         unsafe {
-            core::arch::asm!("prefetchw byte ptr [{0}]", in(reg) addr, options(nostack, preserves_flags, readonly))
+            core::arch::asm!(
+                "prefetchw byte ptr [{0}]",
+                "prefetchw byte ptr [{0} + 64]",
+                in(reg) addr,
+                options(nostack, preserves_flags, readonly)
+            )
         };
     } else {
         prefetch_host(addr);
+        prefetch_host(addr.wrapping_add(64));
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = addr;

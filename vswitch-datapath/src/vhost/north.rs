@@ -201,7 +201,10 @@ impl Northbound {
                 .expect("header buffer fits the header")
                 .set_num_buffers(chains as u16);
         }
-        if let Err(e) = self.q.memory().scatter(&hdr[..self.hdr_len], segs) {
+        // The whole array when the header is 12 bytes (VERSION_1 or mergeable: nearly always), a
+        // constant-length copy once inlined instead of a call to `memcpy`.
+        let hdr = if self.hdr_len == hdr.len() { &hdr[..] } else { &hdr[..self.hdr_len] };
+        if let Err(e) = self.q.memory().scatter(hdr, segs) {
             self.used.truncate(used_mark);
             return Err((Some(pkt), self.broke(VhostError::Memory(e))));
         }

@@ -96,23 +96,15 @@ impl Southbound {
             }
             let want = want.min(pool.available());
             self.q.prefetch(want);
-            let mut got = 0;
-            let mut stop = false;
-            while got < want {
-                match self.q.pop(&mut chains[got]) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        stop = true;
-                        break;
-                    }
-                    Err(e) => {
-                        self.stats.broken += 1;
-                        result = Err(e.into());
-                        stop = true;
-                        break;
-                    }
-                }
-                if let Some(s) = chains[got].readable().first() {
+            let (got, popped) = self.q.pop_burst(&mut chains[..want]);
+            let mut stop = got < want;
+            if let Err(e) = popped {
+                self.stats.broken += 1;
+                result = Err(e.into());
+            }
+            let packed = self.q.is_packed();
+            for chain in &chains[..got] {
+                if let Some(s) = chain.readable().first() {
                     // The header's line; on a packed ring also the next one when the segment
                     // reaches it (after a 12-byte header even a 64-byte payload ends there, and
                     // the copy stalls on that line, which the guest's core wrote moments ago).
@@ -121,11 +113,10 @@ impl Southbound {
                     // so split rings keep the one prefetch (why split loses is not understood).
                     let a = s.host_addr();
                     prefetch_host(a);
-                    if self.q.is_packed() && (a & 63) + s.len() as usize > 64 {
+                    if packed && (a & 63) + s.len() as usize > 64 {
                         prefetch_host(a + 64);
                     }
                 }
-                got += 1;
             }
             // Every chain taken is copied (or returned), in order. If the channel refuses one
             // (a stopped device), the chains after it are given back untouched, as if never taken.

@@ -60,7 +60,7 @@ impl DescChain {
         Self::default()
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn reset(&mut self, head: u16) {
         self.head = head;
         self.readable.clear();
@@ -72,7 +72,7 @@ impl DescChain {
     }
 
     /// Makes this the chain of one direct descriptor `head` whose buffer is `seg`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn set_single(&mut self, head: u16, seg: HostSeg, writable: bool) {
         self.reset(head);
         self.descriptors = 1;

@@ -543,7 +543,6 @@ impl PackedQueue {
         };
         if let Some(seg) = self.mem.translate_one(addr, 1, &mut self.hint) {
             prefetch_host_write(seg.host_addr());
-            prefetch_host_write(seg.host_addr() + 64);
         }
     }
 

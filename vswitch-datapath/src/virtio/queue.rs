@@ -163,6 +163,26 @@ impl Virtqueue {
         each!(self, q => q.pop(chain))
     }
 
+    /// Takes up to `chains.len()` available chains into the front of `chains`, as that many
+    /// [`pop`](Self::pop)s would (see [`SplitQueue::pop_burst`]): returns how many were taken and
+    /// whether the burst ended on a guest error (the chains taken before it are good).
+    #[inline]
+    pub fn pop_burst(&mut self, chains: &mut [DescChain]) -> (usize, Result<(), VirtqError>) {
+        match self {
+            Virtqueue::Split(q) => q.pop_burst(chains),
+            Virtqueue::Packed(q) => {
+                for (n, chain) in chains.iter_mut().enumerate() {
+                    match q.pop(chain) {
+                        Ok(true) => {}
+                        Ok(false) => return (n, Ok(())),
+                        Err(e) => return (n, Err(e)),
+                    }
+                }
+                (chains.len(), Ok(()))
+            }
+        }
+    }
+
     /// The current take position, to [`rewind`](Self::rewind) to.
     #[inline]
     pub fn mark(&self) -> AvailMark {

@@ -375,6 +375,53 @@ impl SplitQueue {
         Ok(true)
     }
 
+    /// Takes up to `chains.len()` available chains into the front of `chains`: the same chains,
+    /// checks, errors and state as that many [`pop`](Self::pop)s, with the per-call work (the
+    /// broken check, the avail cache test, the call itself) done once per burst. Returns how many
+    /// were taken (`n`: `chains[..n]` are filled) and `Err` when a guest error ended the burst
+    /// (the queue breaks as with `pop`; the `n` chains before it are good and taken).
+    pub fn pop_burst(&mut self, chains: &mut [DescChain]) -> (usize, Result<(), VirtqError>) {
+        if let Err(e) = self.check() {
+            return (0, Err(e));
+        }
+        let log = self.log.is_some();
+        let mut n = 0;
+        while n < chains.len() {
+            if self.avail_cache == self.last_avail {
+                if let Err(e) = self.refresh_avail() {
+                    return (n, Err(self.fail(e)));
+                }
+                if self.avail_cache == self.last_avail {
+                    break;
+                }
+            }
+            let ready = (self.avail_cache.wrapping_sub(self.last_avail) as usize).min(chains.len() - n);
+            for chain in &mut chains[n..n + ready] {
+                let slot = (self.last_avail & self.mask) as usize;
+                let Some(head) = self.avail_map().load_u16(self.avail.offset + AVAIL_RING + 2 * slot) else {
+                    let addr = self.cfg.avail_ring;
+                    return (n, Err(self.fail(MemoryError::NotContiguous { addr }.into())));
+                };
+                if !self.pop_single(head, log, chain) {
+                    let mut hint = self.hint;
+                    let r =
+                        walk_chain(&self.mem, self.desc, self.cfg.size, self.cfg.features, &mut hint, head, log, chain);
+                    self.hint = hint;
+                    if let Err(e) = r {
+                        return (n, Err(self.fail(e)));
+                    }
+                }
+                self.last_avail = self.last_avail.wrapping_add(1);
+                self.in_flight += 1;
+                if log {
+                    self.record_written(chain);
+                }
+                n += 1;
+            }
+        }
+        (n, Ok(()))
+    }
+
     /// The fast path of [`pop`](Self::pop): a direct descriptor without `NEXT` or `INDIRECT`
     /// whose buffer lies in one region (what DPDK's virtio driver and Linux's mergeable RX post)
     /// becomes `chain` and `true`. Anything else, including every descriptor the checks of
@@ -382,7 +429,7 @@ impl SplitQueue {
     /// gives the same chain for a valid descriptor and the typed error for a bad one.
     ///
     /// With `log_gpa`, a writable buffer's guest-physical range is recorded too (dirty logging).
-    #[inline]
+    #[inline(always)]
     fn pop_single(&mut self, head: u16, log_gpa: bool, chain: &mut DescChain) -> bool {
         if head >= self.cfg.size {
             return false;
@@ -456,7 +503,6 @@ impl SplitQueue {
         };
         if let Some(seg) = self.mem.translate_one(addr, 1, &mut self.hint) {
             prefetch_host_write(seg.host_addr());
-            prefetch_host_write(seg.host_addr() + 64);
         }
     }
 
