@@ -29,6 +29,43 @@ pub(crate) struct Copied {
     pub pushed_back: u32,
 }
 
+/// [`copy_segments`] for a chain of one segment (what virtio drivers post for a small TX packet:
+/// header and packet in one buffer), inline in the caller. The caller checked that `seg` holds
+/// `skip + len` bytes.
+///
+/// # Safety
+/// As [`copy_segments`].
+#[inline(always)]
+pub(crate) unsafe fn copy_one<E: CopyEngine>(
+    chan: &Channel<E>,
+    dir: Dir,
+    flat: *mut u8,
+    len: usize,
+    seg: HostSeg,
+    skip: usize,
+) -> Result<Copied, EnqueueError> {
+    debug_assert!(skip + len <= seg.len() as usize, "segment shorter than checked");
+    if len == 0 {
+        return Ok(Copied::default());
+    }
+    let guest = (seg.host_addr() + skip) as *mut u8;
+    let (src, dst) = match dir {
+        Dir::ToGuest => (flat as *const u8, guest),
+        Dir::FromGuest => (guest as *const u8, flat),
+    };
+    // SAFETY: as in `copy_segments`: `guest..guest+len` lies inside the segment of a validated
+    // chain, `flat..flat+len` inside the caller's buffer, both valid until the op retires.
+    match unsafe { chan.enqueue(src, dst, len, OpFlags::empty()) } {
+        Ok(_) => Ok(Copied { ops: 1, pushed_back: 0 }),
+        Err(EnqueueError::RingFull) => {
+            // SAFETY: as above; the ranges are disjoint (guest memory vs. the packet pool).
+            unsafe { core::ptr::copy_nonoverlapping(src, dst, len) };
+            Ok(Copied { ops: 0, pushed_back: 1 })
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Copies `len` bytes between `flat` and `segs` (starting `skip` bytes into the segments), one
 /// channel op per contiguous piece. The caller checked that the segments hold `skip + len` bytes.
 ///

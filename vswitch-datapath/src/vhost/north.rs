@@ -18,7 +18,7 @@ use smallvec::SmallVec;
 
 use crate::mem::HostSeg;
 use crate::switch::pool::{Packet, PacketPool};
-use crate::vhost::copy::{copy_segments, Dir};
+use crate::vhost::copy::{copy_one, copy_segments, Dir};
 use crate::vhost::{Burst, Notifier, QueueStats, VhostError};
 use crate::virtio::chain::DescChain;
 use crate::virtio::net::NetHdr;
@@ -209,9 +209,15 @@ impl Northbound {
             return Err((Some(pkt), self.broke(VhostError::Memory(e))));
         }
         self.stats.copies_cpu += 1;
-        // SAFETY: the packet's buffer stays in the pool, owned by the in-flight record, and the
+        // Both arms: the packet's buffer stays in the pool, owned by the in-flight record, and the
         // chains stay taken, until `end` retires; the segments come from validated chains.
-        let r = unsafe { copy_segments(chan, Dir::ToGuest, pool.data_ptr(&pkt), pkt.len(), segs, self.hdr_len) };
+        let r = match segs {
+            // One buffer holds header and packet (the chain was checked to have room for both).
+            // SAFETY: buffer and chain outlive the copy (above); the segment has room for it all.
+            &[seg] => unsafe { copy_one(chan, Dir::ToGuest, pool.data_ptr(&pkt), pkt.len(), seg, self.hdr_len) },
+            // SAFETY: buffer and chains outlive the copy (above); the segments have room for it all.
+            segs => unsafe { copy_segments(chan, Dir::ToGuest, pool.data_ptr(&pkt), pkt.len(), segs, self.hdr_len) },
+        };
         match r {
             Ok(c) => self.stats.copies_cpu += c.pushed_back as u64,
             Err(e) => {

@@ -16,7 +16,7 @@ use copy_engine::{Channel, CopyEngine, Ticket};
 
 use crate::mem::access::prefetch_host;
 use crate::switch::pool::{Packet, PacketPool};
-use crate::vhost::copy::{copy_segments, Dir};
+use crate::vhost::copy::{copy_one, copy_segments, Dir};
 use crate::vhost::{Burst, Notifier, QueueStats, VhostError};
 use crate::virtio::chain::DescChain;
 use crate::virtio::net::{NetHdr, NET_HDR_LEN};
@@ -165,10 +165,15 @@ impl Southbound {
         }
         let mut pkt = pool.alloc().expect("checked a buffer is free");
         pool.set_len(&mut pkt, plen);
-        // SAFETY: the packet buffer is owned by the in-flight record and the chain stays taken
+        // Both arms: the packet buffer is owned by the in-flight record and the chain stays taken
         // until `end` retires; the segments come from a validated chain.
-        let r =
-            unsafe { copy_segments(chan, Dir::FromGuest, pool.data_ptr(&pkt), plen, chain.readable(), self.hdr_len) };
+        let r = match chain.readable() {
+            // Header and packet in one segment (`packet_len` checked it holds `hdr_len + plen`).
+            // SAFETY: buffer and chain outlive the copy (above); the segment holds `hdr_len + plen`.
+            &[seg] => unsafe { copy_one(chan, Dir::FromGuest, pool.data_ptr(&pkt), plen, seg, self.hdr_len) },
+            // SAFETY: buffer and chain outlive the copy (above); the segments hold `hdr_len + plen`.
+            segs => unsafe { copy_segments(chan, Dir::FromGuest, pool.data_ptr(&pkt), plen, segs, self.hdr_len) },
+        };
         match r {
             Ok(c) => {
                 self.stats.copies_cpu += c.pushed_back as u64;
