@@ -127,9 +127,9 @@ fn push_back_policy_never_loses_a_packet() {
     assert!(pmd.channel().stats().pushed_back > 0);
 }
 
-/// A guest that posts a TX chain shorter than the net header, or one whose header asks for a
-/// checksum beyond the packet: the chain comes back unused, nothing is forwarded, and the queue
-/// goes on serving the next chain.
+/// A guest that posts a TX chain shorter than the net header, one whose header asks for a
+/// checksum beyond the packet, or one longer than a packet buffer: the chain comes back unused,
+/// nothing is forwarded, and the queue goes on serving the next chain.
 #[test]
 fn tx_header_claiming_more_than_the_chain_is_returned_unused() {
     let g = TestGuest::new();
@@ -147,6 +147,8 @@ fn tx_header_claiming_more_than_the_chain_is_returned_unused() {
     bad_csum[6..8].copy_from_slice(&18u16.to_le_bytes()); // csum_start
     bad_csum[8..10].copy_from_slice(&6u16.to_le_bytes()); // csum_offset: 18 + 6 + 2 > 20
     let csum = txd.post_tx(&g, &bad_csum, 1, false);
+    // One segment (the inline copy path) of 2049 payload bytes: one more than a buffer holds.
+    let huge = txd.post_tx(&g, &vec![0u8; HDR + 2049], 1, false);
     let mut good = vec![0u8; HDR + 100];
     good[HDR..].iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
     let ok = txd.post_tx(&g, &good, 2, false);
@@ -160,8 +162,8 @@ fn tx_header_claiming_more_than_the_chain_is_returned_unused() {
     assert_eq!(out.len(), 1, "only the well-formed chain becomes a packet");
     assert_eq!(cx.pool.data(&out[0]), &good[HDR..]);
     let used: Vec<_> = std::iter::from_fn(|| txd.pop_used(&g)).collect();
-    assert_eq!(used.iter().map(|u| u.id as u16).collect::<Vec<_>>(), vec![short, csum, ok], "returned in order");
-    assert_eq!(port.south().stats().bad_chains, 2);
+    assert_eq!(used.iter().map(|u| u.id as u16).collect::<Vec<_>>(), vec![short, csum, huge, ok], "returned in order");
+    assert_eq!(port.south().stats().bad_chains, 3);
     assert!(!port.south().queue().is_broken(), "a malformed header is the guest's loss, not a broken queue");
     for p in out.drain(..) {
         cx.pool.free(p);
