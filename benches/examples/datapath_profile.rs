@@ -7,6 +7,8 @@
 //! `valgrind --tool=callgrind target/release/examples/datapath_profile south 64 200000`
 //! `target/release/examples/datapath_profile north 1518 1000000 worker` (the worker engine; its
 //! thread runs beside this one, so the run is no longer deterministic)
+//! `DATAPATH_PROFILE_PACKED=1 target/release/examples/datapath_profile south 64 200000`: the
+//! guest's queues are packed rings (VIRTIO 1.1) instead of split ones
 //!
 //! Prints packets, wall time and ns per packet (including the guest's share: this is a profile
 //! target, not the benchmark; `cargo bench --bench datapath` is), then the channel's and the
@@ -18,7 +20,7 @@ use copy_engine::{Channel, CopyEngine, Policy};
 use copy_engine_cpu::{MemcpyEngine, WorkerConfig, WorkerEngine};
 use vswitch_datapath::loopguest::{GuestMode, LoopGuest, LoopGuestConfig};
 use vswitch_datapath::{
-    Northbound, Notifier, PacketPool, Pmd, SinkPort, Southbound, TrafficConfig, TrafficPort, VhostPort,
+    Northbound, Notifier, PacketPool, Pmd, RingFeatures, SinkPort, Southbound, TrafficConfig, TrafficPort, VhostPort,
 };
 
 fn main() {
@@ -59,7 +61,10 @@ fn main() {
 /// Moves `packets` packets of `size` bytes one way through a vhost port on `engine`.
 fn profile<E: CopyEngine>(engine: E, north: bool, size: usize, packets: u64) {
     let mode = if north { GuestMode::RxSink } else { GuestMode::TxSource(size as u32) };
-    let mut guest = LoopGuest::new(LoopGuestConfig { mode, ..LoopGuestConfig::default() });
+    let packed = std::env::var_os("DATAPATH_PROFILE_PACKED").is_some_and(|v| v == "1");
+    let base = LoopGuestConfig::default();
+    let features = if packed { base.features | RingFeatures::PACKED } else { base.features };
+    let mut guest = LoopGuest::new(LoopGuestConfig { mode, features, ..base });
     let (rxq, txq) = guest.device_queues();
     let vhost = VhostPort::new(
         "vhost0",
@@ -92,13 +97,15 @@ fn profile<E: CopyEngine>(engine: E, north: bool, size: usize, packets: u64) {
     }
     let dt = t0.elapsed();
     let n = done(&pmd);
+    let (rx, tx) = pmd.port(v).queue_stats().expect("vhost");
+    assert_eq!(rx.broken + tx.broken, 0, "a queue broke: the profile measured an error path");
     println!(
-        "{} {size} B: {n} packets in {:.3} s, {:.1} ns/packet (PMD and guest together)",
+        "{}{} {size} B: {n} packets in {:.3} s, {:.1} ns/packet (PMD and guest together)",
         if north { "north" } else { "south" },
+        if packed { " (packed)" } else { "" },
         dt.as_secs_f64(),
         dt.as_nanos() as f64 / n as f64
     );
     println!("channel: {:?}", pmd.channel().stats());
-    let (rx, tx) = pmd.port(v).queue_stats().expect("vhost");
     println!("north (guest rx): {rx:?}\nsouth (guest tx): {tx:?}");
 }

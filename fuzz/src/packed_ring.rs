@@ -500,6 +500,40 @@ impl Harness<'_> {
         self.check_state("pop");
     }
 
+    /// `pop_burst` of up to `max` chains against the model's `pop`s one by one: the same chains
+    /// in the same order, stopping where the model runs out or fails, with the model's error.
+    fn pop_burst(&mut self, max: usize) {
+        let mut chains: Vec<DescChain> = (0..max).map(|_| DescChain::new()).collect();
+        let (n, r) = self.q.pop_burst(&mut chains);
+        let mut k = 0;
+        while k < max {
+            match self.m.pop(self.g) {
+                Ok(Some((w, written))) => {
+                    assert!(k < n, "op {}: pop_burst took {n} chains, the model has a chain {k}", self.step);
+                    let have = handed_out(self.g, &chains[k]);
+                    assert_eq!(have, w, "op {}: chain {k} of the burst differs from the descriptors", self.step);
+                    let from_gpa: u64 = written.iter().map(|&(_, n)| n as u64).sum();
+                    assert_eq!(from_gpa, have.writable_len as u64);
+                    self.popped.push_back((have.head, have.writable_len));
+                    k += 1;
+                }
+                Ok(None) => {
+                    assert_eq!(r, Ok(()), "op {}: pop_burst failed where the model ran out", self.step);
+                    break;
+                }
+                Err(w) => {
+                    assert_eq!(r, Err(w), "op {}: pop_burst error", self.step);
+                    break;
+                }
+            }
+        }
+        assert_eq!(n, k, "op {}: pop_burst took {n} chains, the model {k}", self.step);
+        if k == max {
+            assert_eq!(r, Ok(()), "op {}: a full burst reported an error", self.step);
+        }
+        self.check_state("pop_burst");
+    }
+
     /// Returns whether the push was accepted.
     fn push_used(&mut self, id: u16, len: u32) -> bool {
         let want = self.m.push_used(self.g, id, len);
@@ -675,14 +709,9 @@ impl Harness<'_> {
             _ => {
                 // A burst as the datapath serves a queue: take what is there, return it all in
                 // order with the writable length, publish once, ask about notifying.
+                // The chains are taken with `pop_burst`, as the southbound path takes them.
                 let max = 1 + i.below(8);
-                for _ in 0..max {
-                    let n = self.popped.len();
-                    self.pop();
-                    if self.popped.len() == n {
-                        break;
-                    }
-                }
+                self.pop_burst(max);
                 while let Some((id, wlen)) = self.popped.pop_front() {
                     if !self.push_used(id, wlen) {
                         break;

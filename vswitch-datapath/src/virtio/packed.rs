@@ -403,12 +403,40 @@ impl PackedQueue {
     /// nothing is written to guest memory.
     pub fn pop(&mut self, chain: &mut DescChain) -> Result<bool, VirtqError> {
         self.check()?;
+        let log = self.log.is_some();
+        self.pop_one(chain, log)
+    }
+
+    /// Takes up to `chains.len()` available chains into the front of `chains`, as that many
+    /// [`pop`](Self::pop)s would (same chains, checks, errors and state), with the broken check
+    /// and the call done once per burst. Returns how many were taken and `Err` when a guest
+    /// error ended the burst (the queue breaks as with `pop`; the chains before it are good).
+    pub fn pop_burst(&mut self, chains: &mut [DescChain]) -> (usize, Result<(), VirtqError>) {
+        if let Err(e) = self.check() {
+            return (0, Err(e));
+        }
+        let log = self.log.is_some();
+        for (n, chain) in chains.iter_mut().enumerate() {
+            match self.pop_one(chain, log) {
+                Ok(true) => {}
+                Ok(false) => return (n, Ok(())),
+                Err(e) => return (n, Err(e)),
+            }
+        }
+        (chains.len(), Ok(()))
+    }
+
+    /// [`pop`](Self::pop) on a queue known not to be broken.
+    #[inline(always)]
+    fn pop_one(&mut self, chain: &mut DescChain, log: bool) -> Result<bool, VirtqError> {
         if !self.next_available()? {
             return Ok(false);
         }
-        let log = self.log.is_some();
         let mut hint = self.hint;
-        let r = self.walk(chain, &mut hint, log);
+        let r = match self.walk_single(chain, &mut hint, log) {
+            Some(v) => Ok(v),
+            None => self.walk(chain, &mut hint, log),
+        };
         self.hint = hint;
         let (id, slots) = match r {
             Ok(v) => v,
@@ -433,9 +461,32 @@ impl PackedQueue {
         Ok(true)
     }
 
+    /// The common case of [`walk`](Self::walk): one direct descriptor (no NEXT, no INDIRECT)
+    /// whose buffer lies in one region becomes `chain`, with its buffer id and one slot.
+    /// `translate_one` refuses a zero length and a range leaving its region (so no overflow):
+    /// every descriptor the checks of `walk` would refuse gives `None`, and `walk` then decides.
+    #[inline(always)]
+    fn walk_single(&self, chain: &mut DescChain, hint: &mut RegionHint, log: bool) -> Option<(u16, u16)> {
+        if self.slots_held >= self.cfg.size {
+            return None;
+        }
+        let raw = self.ring().read_u64_pair(self.slot_off(self.last_avail)).map(RawPackedDesc::from_le_words)?;
+        if raw.flags & (DescFlags::NEXT | DescFlags::INDIRECT).bits() != 0 {
+            return None;
+        }
+        let seg = self.mem.translate_one(raw.addr, raw.len, hint)?;
+        let writable = !self.read_only && raw.flags & DescFlags::WRITE.bits() != 0;
+        chain.set_single(raw.id, seg, writable);
+        if log && writable {
+            chain.writable_gpa.push((raw.addr, raw.len));
+        }
+        Some((raw.id, 1))
+    }
+
     /// Walks the chain starting at the avail position (sections 2.8.6, 2.8.7): returns its buffer
     /// id and how many ring slots it occupies. Reads each descriptor once into a local copy,
     /// checks it, then translates its buffer. Writes nothing to guest memory.
+    #[inline(never)]
     fn walk(&self, chain: &mut DescChain, hint: &mut RegionHint, log: bool) -> Result<(u16, u16), VirtqError> {
         chain.reset(0);
         let size = self.cfg.size;
@@ -444,23 +495,6 @@ impl PackedQueue {
         let ctx = DescContext { table_len: size as u32, in_indirect: false, indirect_negotiated };
         let ring = self.ring();
         let mut slot = self.last_avail;
-        // The common case first: one direct descriptor (no NEXT, no INDIRECT) whose buffer lies
-        // in one region. `translate_one` refuses a zero length and a range leaving its region (so
-        // no overflow): every descriptor the checks below would refuse falls through to them.
-        if free != 0 {
-            if let Some(raw) = ring.read_u64_pair(self.slot_off(slot)).map(RawPackedDesc::from_le_words) {
-                if raw.flags & (DescFlags::NEXT | DescFlags::INDIRECT).bits() == 0 {
-                    if let Some(seg) = self.mem.translate_one(raw.addr, raw.len, hint) {
-                        let writable = !self.read_only && raw.flags & DescFlags::WRITE.bits() != 0;
-                        chain.set_single(raw.id, seg, writable);
-                        if log && writable {
-                            chain.writable_gpa.push((raw.addr, raw.len));
-                        }
-                        return Ok((raw.id, 1));
-                    }
-                }
-            }
-        }
         let mut slots: u16 = 0;
         loop {
             if slots == free {

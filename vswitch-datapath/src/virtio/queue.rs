@@ -170,16 +170,7 @@ impl Virtqueue {
     pub fn pop_burst(&mut self, chains: &mut [DescChain]) -> (usize, Result<(), VirtqError>) {
         match self {
             Virtqueue::Split(q) => q.pop_burst(chains),
-            Virtqueue::Packed(q) => {
-                for (n, chain) in chains.iter_mut().enumerate() {
-                    match q.pop(chain) {
-                        Ok(true) => {}
-                        Ok(false) => return (n, Ok(())),
-                        Err(e) => return (n, Err(e)),
-                    }
-                }
-                (chains.len(), Ok(()))
-            }
+            Virtqueue::Packed(q) => q.pop_burst(chains),
         }
     }
 
