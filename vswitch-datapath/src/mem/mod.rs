@@ -473,6 +473,8 @@ impl GuestMemory {
         self.gather_slow(segs, dst)
     }
 
+    #[cold]
+    #[inline(never)]
     fn gather_slow(&self, segs: &[HostSeg], dst: &mut [u8]) -> Result<(), MemoryError> {
         let mut at = 0;
         for &s in segs {
@@ -492,7 +494,7 @@ impl GuestMemory {
 
     /// Scatters `src` into `segs`, in order (an RX packet, a header). Nothing is written unless
     /// every segment is in this memory and they hold at least `src.len()` bytes.
-    #[inline]
+    #[inline(always)]
     pub fn scatter(&self, src: &[u8], segs: &[HostSeg]) -> Result<(), MemoryError> {
         if src.is_empty() {
             return Ok(());
@@ -507,6 +509,8 @@ impl GuestMemory {
         self.scatter_slow(src, segs)
     }
 
+    #[cold]
+    #[inline(never)]
     fn scatter_slow(&self, src: &[u8], segs: &[HostSeg]) -> Result<(), MemoryError> {
         let mut have = 0usize;
         for &s in segs {
