@@ -485,7 +485,7 @@ impl SplitQueue {
     /// Hints the CPU to bring in, for writing, the first two lines of the buffer of the chain
     /// `ahead` places after the next one [`pop`](Self::pop) takes (a guest RX buffer the PMD will
     /// fill soon). Reads one avail entry and one descriptor; checks nothing, takes nothing.
-    #[inline]
+    #[inline(always)]
     pub fn prefetch_buffer(&mut self, ahead: u16) {
         if self.broken.is_some() || self.avail_cache.wrapping_sub(self.last_avail) <= ahead {
             return;
