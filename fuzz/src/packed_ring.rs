@@ -60,7 +60,7 @@ use vswitch_datapath::{
 use crate::guest::FuzzGuest;
 use crate::input::Input;
 use crate::split_ring::{
-    assert_log, check_broken, fail_with, handed_out, host_to_gpa, mark_log, place, with_guest, Codec, ModelChain,
+    assert_log, check_broken, check_pop_burst, fail_with, handed_out, host_to_gpa, mark_log, place, with_guest, Codec, ModelChain,
     LOG_PAGES,
 };
 
@@ -500,36 +500,17 @@ impl Harness<'_> {
         self.check_state("pop");
     }
 
-    /// `pop_burst` of up to `max` chains against the model's `pop`s one by one: the same chains
-    /// in the same order, stopping where the model runs out or fails, with the model's error.
+    /// `pop_burst` of up to `max` chains against the model's `pop`s one by one.
     fn pop_burst(&mut self, max: usize) {
         let mut chains: Vec<DescChain> = (0..max).map(|_| DescChain::new()).collect();
         let (n, r) = self.q.pop_burst(&mut chains);
-        let mut k = 0;
-        while k < max {
-            match self.m.pop(self.g) {
-                Ok(Some((w, written))) => {
-                    assert!(k < n, "op {}: pop_burst took {n} chains, the model has a chain {k}", self.step);
-                    let have = handed_out(self.g, &chains[k]);
-                    assert_eq!(have, w, "op {}: chain {k} of the burst differs from the descriptors", self.step);
-                    let from_gpa: u64 = written.iter().map(|&(_, n)| n as u64).sum();
-                    assert_eq!(from_gpa, have.writable_len as u64);
-                    self.popped.push_back((have.head, have.writable_len));
-                    k += 1;
-                }
-                Ok(None) => {
-                    assert_eq!(r, Ok(()), "op {}: pop_burst failed where the model ran out", self.step);
-                    break;
-                }
-                Err(w) => {
-                    assert_eq!(r, Err(w), "op {}: pop_burst error", self.step);
-                    break;
-                }
-            }
-        }
-        assert_eq!(n, k, "op {}: pop_burst took {n} chains, the model {k}", self.step);
-        if k == max {
-            assert_eq!(r, Ok(()), "op {}: a full burst reported an error", self.step);
+        let want = check_pop_burst(self.step, max, n, r, || self.m.pop(self.g));
+        for (k, ((w, written), c)) in want.iter().zip(&chains).enumerate() {
+            let have = handed_out(self.g, c);
+            assert_eq!(&have, w, "op {}: chain {k} of the burst differs from the descriptors", self.step);
+            let from_gpa: u64 = written.iter().map(|&(_, n)| n as u64).sum();
+            assert_eq!(from_gpa, have.writable_len as u64);
+            self.popped.push_back((have.head, have.writable_len));
         }
         self.check_state("pop_burst");
     }

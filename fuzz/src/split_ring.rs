@@ -528,6 +528,38 @@ pub(crate) fn handed_out(g: &FuzzGuest, c: &DescChain) -> ModelChain {
     have
 }
 
+/// Checks what a `pop_burst` of up to `max` chains returned, `(n, r)`, against a model popped one
+/// by one with `model_pop`: as many chains as the model hands out before it runs out, fails or
+/// reaches `max`, and the model's error. Returns the model's chains, for the caller to compare
+/// with the `n` chains taken (shared by the split and packed targets).
+pub(crate) fn check_pop_burst<W>(
+    step: usize,
+    max: usize,
+    n: usize,
+    r: Result<(), VirtqError>,
+    mut model_pop: impl FnMut() -> Result<Option<W>, VirtqError>,
+) -> Vec<W> {
+    let mut want = Vec::new();
+    while want.len() < max {
+        match model_pop() {
+            Ok(Some(w)) => want.push(w),
+            Ok(None) => {
+                assert_eq!(r, Ok(()), "op {step}: pop_burst failed where the model ran out");
+                break;
+            }
+            Err(w) => {
+                assert_eq!(r, Err(w), "op {step}: pop_burst error");
+                break;
+            }
+        }
+    }
+    assert_eq!(n, want.len(), "op {step}: pop_burst took {n} chains, the model {}", want.len());
+    if n == max {
+        assert_eq!(r, Ok(()), "op {step}: a full burst reported an error");
+    }
+    want
+}
+
 /// Panics unless the device's dirty log marks exactly the model's pages.
 pub(crate) fn assert_log(log: &Option<Arc<DirtyLog>>, bits: &Option<Vec<bool>>, at: &str) {
     if let (Some(log), Some(bits)) = (log, bits) {
@@ -588,34 +620,15 @@ impl Harness<'_> {
         self.check_state("pop");
     }
 
-    /// `pop_burst` of up to `max` chains against the model's `pop`s one by one: the same chains
-    /// in the same order, stopping where the model runs out or fails, with the model's error.
+    /// `pop_burst` of up to `max` chains against the model's `pop`s one by one.
     fn pop_burst(&mut self, max: usize) {
         let mut chains: Vec<DescChain> = (0..max).map(|_| DescChain::new()).collect();
         let (n, r) = self.q.pop_burst(&mut chains);
-        let mut k = 0;
-        while k < max {
-            match self.m.pop(self.g) {
-                Ok(Some(w)) => {
-                    assert!(k < n, "op {}: pop_burst took {n} chains, the model has a chain {k}", self.step);
-                    let have = handed_out(self.g, &chains[k]);
-                    assert_eq!(have, w, "op {}: chain {k} of the burst differs from the descriptors", self.step);
-                    self.popped.push((have.head, have.writable_len));
-                    k += 1;
-                }
-                Ok(None) => {
-                    assert_eq!(r, Ok(()), "op {}: pop_burst failed where the model ran out", self.step);
-                    break;
-                }
-                Err(w) => {
-                    assert_eq!(r, Err(w), "op {}: pop_burst error", self.step);
-                    break;
-                }
-            }
-        }
-        assert_eq!(n, k, "op {}: pop_burst took {n} chains, the model {k}", self.step);
-        if k == max {
-            assert_eq!(r, Ok(()), "op {}: a full burst reported an error", self.step);
+        let want = check_pop_burst(self.step, max, n, r, || self.m.pop(self.g));
+        for (k, (w, c)) in want.iter().zip(&chains).enumerate() {
+            let have = handed_out(self.g, c);
+            assert_eq!(&have, w, "op {}: chain {k} of the burst differs from the descriptors", self.step);
+            self.popped.push((have.head, have.writable_len));
         }
         self.check_state("pop_burst");
     }
