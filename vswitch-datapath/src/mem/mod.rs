@@ -324,7 +324,7 @@ impl GuestMemory {
 
     /// The host segment of `gpa .. gpa + len` if it lies inside one region (`None` otherwise,
     /// also for `len == 0`): the single-segment fast path of [`translate`](Self::translate).
-    #[inline]
+    #[inline(always)]
     pub fn translate_one(&self, gpa: u64, len: u32, hint: &mut RegionHint) -> Option<HostSeg> {
         let idx = self.find(gpa, hint).ok()?;
         let r = &self.regions[idx];

@@ -345,20 +345,35 @@ impl SplitQueue {
     /// nothing is written to guest memory.
     pub fn pop(&mut self, chain: &mut DescChain) -> Result<bool, VirtqError> {
         self.check()?;
+        if !self.any_available()? {
+            return Ok(false);
+        }
+        self.take(chain, self.log.is_some())?;
+        Ok(true)
+    }
+
+    /// Whether the guest has made a chain available past `last_avail`, loading the avail idx only
+    /// when the cached one is used up. An avail idx that jumped breaks the queue.
+    #[inline(always)]
+    fn any_available(&mut self) -> Result<bool, VirtqError> {
         if self.avail_cache == self.last_avail {
             if let Err(e) = self.refresh_avail() {
                 return Err(self.fail(e));
             }
-            if self.avail_cache == self.last_avail {
-                return Ok(false);
-            }
         }
+        Ok(self.avail_cache != self.last_avail)
+    }
+
+    /// Takes the chain at the avail position, which the guest has made available (the caller
+    /// checked `last_avail != avail_cache` on a queue that is not broken): [`pop`](Self::pop)'s
+    /// work after those checks, shared with [`pop_burst`](Self::pop_burst).
+    #[inline(always)]
+    fn take(&mut self, chain: &mut DescChain, log: bool) -> Result<(), VirtqError> {
         let slot = (self.last_avail & self.mask) as usize;
         let Some(head) = self.avail_map().load_u16(self.avail.offset + AVAIL_RING + 2 * slot) else {
             let addr = self.cfg.avail_ring;
             return Err(self.fail(MemoryError::NotContiguous { addr }.into()));
         };
-        let log = self.log.is_some();
         if !self.pop_single(head, log, chain) {
             let mut hint = self.hint;
             let r = walk_chain(&self.mem, self.desc, self.cfg.size, self.cfg.features, &mut hint, head, log, chain);
@@ -372,7 +387,7 @@ impl SplitQueue {
         if log {
             self.record_written(chain);
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Takes up to `chains.len()` available chains into the front of `chains`: the same chains,
@@ -387,34 +402,15 @@ impl SplitQueue {
         let log = self.log.is_some();
         let mut n = 0;
         while n < chains.len() {
-            if self.avail_cache == self.last_avail {
-                if let Err(e) = self.refresh_avail() {
-                    return (n, Err(self.fail(e)));
-                }
-                if self.avail_cache == self.last_avail {
-                    break;
-                }
+            match self.any_available() {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => return (n, Err(e)),
             }
             let ready = (self.avail_cache.wrapping_sub(self.last_avail) as usize).min(chains.len() - n);
             for chain in &mut chains[n..n + ready] {
-                let slot = (self.last_avail & self.mask) as usize;
-                let Some(head) = self.avail_map().load_u16(self.avail.offset + AVAIL_RING + 2 * slot) else {
-                    let addr = self.cfg.avail_ring;
-                    return (n, Err(self.fail(MemoryError::NotContiguous { addr }.into())));
-                };
-                if !self.pop_single(head, log, chain) {
-                    let mut hint = self.hint;
-                    let r =
-                        walk_chain(&self.mem, self.desc, self.cfg.size, self.cfg.features, &mut hint, head, log, chain);
-                    self.hint = hint;
-                    if let Err(e) = r {
-                        return (n, Err(self.fail(e)));
-                    }
-                }
-                self.last_avail = self.last_avail.wrapping_add(1);
-                self.in_flight += 1;
-                if log {
-                    self.record_written(chain);
+                if let Err(e) = self.take(chain, log) {
+                    return (n, Err(e));
                 }
                 n += 1;
             }
