@@ -22,16 +22,16 @@ pub(crate) enum Dir {
 /// What one scatter/gather copy did.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Copied {
-    /// Copies handed to the channel.
-    pub ops: u32,
     /// Pieces the channel pushed back (ring full under the push-back policy) that were copied by
     /// the CPU here instead.
     pub pushed_back: u32,
 }
 
-/// [`copy_segments`] for a chain of one segment (what virtio drivers post for a small TX packet:
-/// header and packet in one buffer), inline in the caller. The caller checked that `seg` holds
-/// `skip + len` bytes.
+/// Copies `len` bytes between `flat` and one guest segment, starting `skip` bytes into it, as one
+/// channel op (or, pushed back, by the CPU here). Inline in the caller: a chain of one segment
+/// (what virtio drivers post for a small TX packet, header and packet in one buffer) calls it
+/// directly, [`copy_segments`] once per piece. The caller checked that `seg` holds `skip + len`
+/// bytes.
 ///
 /// # Safety
 /// As [`copy_segments`].
@@ -56,11 +56,13 @@ pub(crate) unsafe fn copy_one<E: CopyEngine>(
     // SAFETY: as in `copy_segments`: `guest..guest+len` lies inside the segment of a validated
     // chain, `flat..flat+len` inside the caller's buffer, both valid until the op retires.
     match unsafe { chan.enqueue(src, dst, len, OpFlags::empty()) } {
-        Ok(_) => Ok(Copied { ops: 1, pushed_back: 0 }),
+        Ok(_) => Ok(Copied { pushed_back: 0 }),
         Err(EnqueueError::RingFull) => {
+            // Push-back policy: the engine has no room; this piece is copied by the CPU now.
+            // It is still reported done only with the packet, after every earlier ticket.
             // SAFETY: as above; the ranges are disjoint (guest memory vs. the packet pool).
             unsafe { core::ptr::copy_nonoverlapping(src, dst, len) };
-            Ok(Copied { ops: 0, pushed_back: 1 })
+            Ok(Copied { pushed_back: 1 })
         }
         Err(e) => Err(e),
     }
@@ -92,26 +94,9 @@ pub(crate) unsafe fn copy_segments<E: CopyEngine>(
             continue;
         }
         let n = (seg_len - skip).min(len - done);
-        let guest = (s.host_addr() + skip) as *mut u8;
-        let host = flat.wrapping_add(done);
-        let (src, dst) = match dir {
-            Dir::ToGuest => (host as *const u8, guest),
-            Dir::FromGuest => (guest as *const u8, host),
-        };
-        // SAFETY: `guest..guest+n` lies inside a segment of a validated chain (mapped guest
-        // memory) and `host..host+n` inside the caller's buffer; both stay valid until the op
-        // retires (this function's contract).
-        match unsafe { chan.enqueue(src, dst, n, OpFlags::empty()) } {
-            Ok(_) => out.ops += 1,
-            Err(EnqueueError::RingFull) => {
-                // Push-back policy: the engine has no room; this piece is copied by the CPU now.
-                // It is still reported done only with the packet, after every earlier ticket.
-                // SAFETY: as above; the ranges are disjoint (guest memory vs. the packet pool).
-                unsafe { core::ptr::copy_nonoverlapping(src, dst, n) };
-                out.pushed_back += 1;
-            }
-            Err(e) => return Err(e),
-        }
+        // SAFETY: `flat + done .. + n` is inside the caller's buffer and the segment holds
+        // `skip + n` bytes; both stay valid until the op retires (this function's contract).
+        out.pushed_back += unsafe { copy_one(chan, dir, flat.wrapping_add(done), n, *s, skip) }?.pushed_back;
         done += n;
         skip = 0;
     }

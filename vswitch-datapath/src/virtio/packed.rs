@@ -465,11 +465,10 @@ impl PackedQueue {
     /// whose buffer lies in one region becomes `chain`, with its buffer id and one slot.
     /// `translate_one` refuses a zero length and a range leaving its region (so no overflow):
     /// every descriptor the checks of `walk` would refuse gives `None`, and `walk` then decides.
+    /// Called only after [`next_available`](Self::next_available) found a free slot there.
     #[inline(always)]
     fn walk_single(&self, chain: &mut DescChain, hint: &mut RegionHint, log: bool) -> Option<(u16, u16)> {
-        if self.slots_held >= self.cfg.size {
-            return None;
-        }
+        debug_assert!(self.slots_held < self.cfg.size, "walk_single on a ring the device holds whole");
         let raw = self.ring().read_u64_pair(self.slot_off(self.last_avail)).map(RawPackedDesc::from_le_words)?;
         if raw.flags & (DescFlags::NEXT | DescFlags::INDIRECT).bits() != 0 {
             return None;

@@ -168,10 +168,7 @@ impl Virtqueue {
     /// whether the burst ended on a guest error (the chains taken before it are good).
     #[inline]
     pub fn pop_burst(&mut self, chains: &mut [DescChain]) -> (usize, Result<(), VirtqError>) {
-        match self {
-            Virtqueue::Split(q) => q.pop_burst(chains),
-            Virtqueue::Packed(q) => q.pop_burst(chains),
-        }
+        each!(self, q => q.pop_burst(chains))
     }
 
     /// The current take position, to [`rewind`](Self::rewind) to.
