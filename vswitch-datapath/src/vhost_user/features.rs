@@ -3,7 +3,7 @@
 //! vhost-user spec, "Feature negotiation").
 
 use vhost::vhost_user::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use virtio_bindings::virtio_config::{VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1};
+use virtio_bindings::virtio_config::{VIRTIO_F_IN_ORDER, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
@@ -14,9 +14,17 @@ pub const VHOST_F_LOG_ALL: u64 = 1 << 26;
 
 /// The virtio feature bits offered by `GET_FEATURES`: VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF,
 /// VIRTIO_NET_F_MQ, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED
-/// (the rings are then packed, section 2.8), VHOST_USER_F_PROTOCOL_FEATURES and VHOST_F_LOG_ALL (dirty logging with asynchronous copies:
-/// see [`crate::mem::dirty`]). No offloads (checksum, GSO): a TX header asking for one is a
-/// malformed chain.
+/// (the rings are then packed, section 2.8), VIRTIO_F_IN_ORDER, VHOST_USER_F_PROTOCOL_FEATURES and
+/// VHOST_F_LOG_ALL (dirty logging with asynchronous copies: see [`crate::mem::dirty`]). No
+/// offloads (checksum, GSO): a TX header asking for one is a malformed chain.
+///
+/// VIRTIO_F_IN_ORDER (section 2.7.9 / 2.8.20) promises that buffers are used in the order they
+/// were made available. Both directions keep that already (completions retire in ticket order,
+/// malformed chains are returned in their place, chains taken for a packet that is pushed back
+/// are put back), so offering it costs nothing; a driver that acks it may take simpler paths.
+/// DPDK's virtio-user does: with it, its txonly guest sent 64 B packets at 17.4-18.1 Mpps
+/// against 11.6-14.5 without it (the switch had been idle 89 % of its iterations, waiting for
+/// the guest). Every used entry is still written (none batched).
 ///
 /// VIRTIO_NET_F_MQ needs VIRTIO_NET_F_CTRL_VQ in the driver, but the control queue is the
 /// frontend's business: QEMU's virtio-net and DPDK's virtio-user (`cq=1`) serve it themselves and
@@ -28,6 +36,7 @@ pub fn offered_features() -> u64 {
         | (1 << VIRTIO_RING_F_EVENT_IDX)
         | (1 << VIRTIO_RING_F_INDIRECT_DESC)
         | (1 << VIRTIO_F_RING_PACKED)
+        | (1 << VIRTIO_F_IN_ORDER)
         | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
         | VHOST_F_LOG_ALL
 }
