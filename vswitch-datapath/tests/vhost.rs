@@ -526,7 +526,8 @@ fn rx_buffers_are_used_in_the_order_they_were_made_available() {
         while let Some(u) = rxd.pop_used(&g) {
             used.push((u.id as u16, u.len as usize, rxd.read_written(&g, u.id as u16, u.len as usize)));
         }
-        // Three more buffers per round: the second packet (4 buffers) waits for them.
+        // Three more buffers per round: the first five run out at the third packet, and the
+        // 400-byte one needs five, so packets wait (pushed back) more than once.
         posted.extend((0..3).map(|_| rxd.post_rx(&g, BUF as u32, 1)));
     }
     assert!(north.stats().no_buffers > 0, "some packet found too few buffers and was pushed back");
