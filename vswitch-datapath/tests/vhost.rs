@@ -498,9 +498,19 @@ fn dirty_log_covers_every_device_write_with_injected_errors_ring_full_and_delays
 /// bytes each got.
 #[test]
 fn rx_buffers_are_used_in_the_order_they_were_made_available() {
+    rx_buffers_used_in_posting_order(RingFeatures::empty());
+}
+
+/// The same on a packed ring (the buffer ids written back in the order posted).
+#[test]
+fn packed_rx_buffers_are_used_in_the_order_they_were_made_available() {
+    rx_buffers_used_in_posting_order(RingFeatures::PACKED);
+}
+
+fn rx_buffers_used_in_posting_order(features: RingFeatures) {
     let g = TestGuest::new();
-    let mut rxd = g.add_queue(64, RingFeatures::empty());
-    let mut north = Northbound::new(rxd.device(&g), HDR, true, Notifier::Polling);
+    let mut rxd = g.add_queue(64, features);
+    let mut north = Northbound::new(rxd.virtqueue(&g), HDR, true, Notifier::Polling);
     let chan = Channel::new(LazyEngine::new(64, 3), Policy::offload_all());
     let mut pool = PacketPool::new(64, 2048);
     const BUF: usize = 100;
