@@ -12,7 +12,9 @@ use std::pin::pin;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 use copy_engine::{poll_inline, Channel, DeferQueue, OpFlags, Policy, TicketRange};
-use copy_engine_benches::{channel_burst, channel_burst_per_op, median_ratio, raw_burst, Buffers};
+use copy_engine_benches::{
+    channel_burst, channel_burst_batched, channel_burst_per_op, median_ratio, raw_burst, Buffers,
+};
 use copy_engine_cpu::{MemcpyEngine, WorkerConfig, WorkerEngine};
 
 fn overhead(c: &mut Criterion) {
@@ -28,17 +30,24 @@ fn overhead(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("memcpy+channel+futures+defer", &id), |b| {
             b.iter(|| channel_burst(&ch, &mut q, &mut via))
         });
+        g.bench_function(BenchmarkId::new("memcpy+channel-burst+futures+defer", &id), |b| {
+            b.iter(|| channel_burst_batched(&ch, &mut q, &mut via))
+        });
         g.bench_function(BenchmarkId::new("memcpy+channel+future-per-op+defer", &id), |b| {
             b.iter(|| channel_burst_per_op(&ch, &mut q, &mut via))
         });
         let (ratio, ta, tb) = median_ratio(41, 2000, || raw_burst(&mut raw), || channel_burst(&ch, &mut q, &mut via));
         let (ratio_op, _, tc) =
             median_ratio(41, 2000, || raw_burst(&mut raw), || channel_burst_per_op(&ch, &mut q, &mut via));
+        let (ratio_batch, _, td) =
+            median_ratio(41, 2000, || raw_burst(&mut raw), || channel_burst_batched(&ch, &mut q, &mut via));
         println!(
-            "overhead ratio {size}B burst {burst}: {ratio:.3}x with a future per burst, {ratio_op:.3}x with a future per op \
-             (raw {:.1} ns/burst, engine path {:.1} / {:.1} ns/burst)",
+            "overhead ratio {size}B burst {burst}: {ratio:.3}x with a future per burst, {ratio_batch:.3}x with the \
+             burst in one enqueue_burst, {ratio_op:.3}x with a future per op \
+             (raw {:.1} ns/burst, engine path {:.1} / {:.1} / {:.1} ns/burst)",
             ta.as_nanos() as f64 / 2000.0,
             tb.as_nanos() as f64 / 2000.0,
+            td.as_nanos() as f64 / 2000.0,
             tc.as_nanos() as f64 / 2000.0
         );
         assert!(raw.verify() && via.verify());
@@ -52,13 +61,16 @@ fn overhead(c: &mut Criterion) {
         let ch = Channel::new(MemcpyEngine::default(), Policy::default());
         let mut q = DeferQueue::with_capacity(64);
         let (ratio, ta, tb) = median_ratio(41, 2000, || raw_burst(&mut raw), || channel_burst(&ch, &mut q, &mut via));
+        let (ratio_batch, _, tc) =
+            median_ratio(41, 2000, || raw_burst(&mut raw), || channel_burst_batched(&ch, &mut q, &mut via));
         let per_op = |d: std::time::Duration| d.as_nanos() as f64 / (2000 * burst) as f64;
         println!(
             "cpu-threshold path {size}B burst {burst}: {:.2} ns/op through the channel, raw {:.2} ns/op, \
-             channel adds {:.2} ns/op ({ratio:.3}x)",
+             channel adds {:.2} ns/op ({ratio:.3}x); with enqueue_burst {:.2} ns/op ({ratio_batch:.3}x)",
             per_op(tb),
             per_op(ta),
-            per_op(tb) - per_op(ta)
+            per_op(tb) - per_op(ta),
+            per_op(tc)
         );
         assert!(raw.verify() && via.verify());
         assert!(ch.stats().cpu_small > 0, "the CPU threshold path was taken");

@@ -7,19 +7,25 @@
 //!
 //! Arguments: copy size, bursts of 32, and the path: `raw` (a `copy_nonoverlapping` loop), `cpu`
 //! (the channel's CPU-threshold path, default policy) or `offload` (every copy to the memcpy
-//! engine through the channel). Divide callgrind's total by `bursts * 32` for instructions per op.
+//! engine through the channel), each op by its own `enqueue`; `cpu-burst` and `offload-burst` are
+//! the same with the burst in one `enqueue_burst`. Divide callgrind's total by `bursts * 32` for
+//! instructions per op.
 
 use copy_engine::{Channel, DeferQueue, Policy};
-use copy_engine_benches::{channel_burst, raw_burst, Buffers};
+use copy_engine_benches::{channel_burst, channel_burst_batched, raw_burst, Buffers};
 use copy_engine_cpu::MemcpyEngine;
 
 #[inline(never)]
-fn through_channel(size: usize, bursts: usize, policy: Policy) {
+fn through_channel(size: usize, bursts: usize, policy: Policy, batched: bool) {
     let mut bufs = Buffers::new(size, 32);
     let ch = Channel::new(MemcpyEngine::default(), policy);
     let mut q = DeferQueue::with_capacity(64);
     for _ in 0..bursts {
-        channel_burst(&ch, &mut q, &mut bufs);
+        if batched {
+            channel_burst_batched(&ch, &mut q, &mut bufs);
+        } else {
+            channel_burst(&ch, &mut q, &mut bufs);
+        }
     }
     assert!(bufs.verify());
 }
@@ -35,7 +41,7 @@ fn raw(size: usize, bursts: usize) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: overhead_profile <copy bytes> <bursts of 32> raw|cpu|offload";
+    let usage = "usage: overhead_profile <copy bytes> <bursts of 32> raw|cpu|offload|cpu-burst|offload-burst";
     let (Some(Ok(size)), Some(Ok(bursts))) =
         (args.get(1).map(|s| s.parse::<usize>()), args.get(2).map(|s| s.parse::<usize>()))
     else {
@@ -44,8 +50,10 @@ fn main() {
     };
     match args.get(3).map(String::as_str) {
         Some("raw") => raw(size, bursts),
-        Some("cpu") => through_channel(size, bursts, Policy::default()),
-        Some("offload") => through_channel(size, bursts, Policy::offload_all()),
+        Some("cpu") => through_channel(size, bursts, Policy::default(), false),
+        Some("offload") => through_channel(size, bursts, Policy::offload_all(), false),
+        Some("cpu-burst") => through_channel(size, bursts, Policy::default(), true),
+        Some("offload-burst") => through_channel(size, bursts, Policy::offload_all(), true),
         _ => {
             eprintln!("{usage}");
             std::process::exit(2);

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use copy_engine::{Channel, CopyEngine, DeferQueue, FailedOp, OpFlags, TicketRange};
+use copy_engine::{Channel, CopyEngine, CopyOp, DeferQueue, FailedOp, OpFlags, TicketRange};
 
 /// Packet-like copy sizes the benchmarks sweep.
 pub const SIZES: [usize; 5] = [64, 256, 1518, 4096, 65536];
@@ -107,6 +107,29 @@ pub fn channel_burst<'c, E: CopyEngine>(
         panic!("defer queue full");
     }
     ch.submit();
+    while !q.is_empty() {
+        q.poll(|out| debug_assert!(out.is_ok()));
+    }
+}
+
+/// As [`channel_burst`], with the burst's copies handed to the channel in one call
+/// ([`Channel::enqueue_burst`]) instead of one `enqueue` each.
+#[inline]
+pub fn channel_burst_batched<'c, E: CopyEngine>(
+    ch: &'c Channel<E>,
+    q: &mut DeferQueue<copy_engine::CopyFuture<'c, E>>,
+    bufs: &mut Buffers,
+) {
+    let n = bufs.burst().min(32);
+    let ops: [CopyOp; 32] = core::array::from_fn(|i| {
+        let (s, d) = bufs.op(i.min(n - 1));
+        CopyOp::new(s, d, bufs.size())
+    });
+    // SAFETY: the buffers outlive the burst, which is fully retired before returning.
+    let range = unsafe { ch.enqueue_burst(&ops[..n], OpFlags::SUBMIT) }.expect("enqueue");
+    if q.push(ch.future(range)).is_err() {
+        panic!("defer queue full");
+    }
     while !q.is_empty() {
         q.poll(|out| debug_assert!(out.is_ok()));
     }

@@ -3,7 +3,8 @@
 //! ticket and completion accounting as a real engine.
 
 use copy_engine::{
-    check_copy, Capabilities, CopyEngine, EngineInfo, EngineStats, EnqueueError, FailedOp, OpFlags, Reaped, Ticket,
+    check_copy, BurstError, Capabilities, CopyEngine, CopyOp, EngineInfo, EngineStats, EnqueueError, FailedOp, OpFlags,
+    Reaped, Ticket,
 };
 
 /// Default ring size: the same order as a dmadev channel's.
@@ -77,6 +78,47 @@ impl CopyEngine for MemcpyEngine {
         let t = self.next;
         self.next = t.next();
         Ok(t)
+    }
+
+    /// One room check and one counter update for the burst; each op checked and copied in turn.
+    #[inline]
+    unsafe fn enqueue_burst(&mut self, ops: &[CopyOp], flags: OpFlags) -> Result<(), BurstError> {
+        let room = self.burst_capacity();
+        let mut result = Ok(());
+        let mut n = ops.len();
+        if n > room {
+            n = room;
+            result = Err(EnqueueError::RingFull);
+        }
+        let (mut done, mut bytes) = (0usize, 0u64);
+        for op in &ops[..n] {
+            if let Err(e) = check_copy(op.src, op.dst, op.len, self.info.max_len) {
+                result = Err(e);
+                break;
+            }
+            if op.len != 0 {
+                // SAFETY: the caller guarantees both ranges valid for `len` bytes; `check_copy`
+                // proved them disjoint.
+                unsafe { core::ptr::copy_nonoverlapping(op.src, op.dst, op.len) };
+            }
+            done += 1;
+            bytes += op.len as u64;
+        }
+        self.stats.enqueued += done as u64;
+        self.stats.bytes += bytes;
+        if result == Err(EnqueueError::RingFull) && done == n {
+            // As `enqueue`: an op that is itself bad is refused for that, not for the ring.
+            let op = ops[n];
+            match check_copy(op.src, op.dst, op.len, self.info.max_len) {
+                Err(e) => result = Err(e),
+                Ok(()) => self.stats.ring_full += 1,
+            }
+        }
+        if flags.contains(OpFlags::SUBMIT) && done != 0 {
+            self.stats.submits += 1;
+        }
+        self.next = self.next.add(done as u64);
+        result.map_err(|error| BurstError { accepted: done, error })
     }
 
     #[inline]

@@ -16,12 +16,12 @@
 //! ops per reap call, so everything above it sees real "not yet done" states.
 
 use crate::channel::Channel;
-use crate::engine::{check_copy, CopyEngine, EngineInfo, Reaped};
-use crate::error::{EnqueueError, FailedOp};
+use crate::engine::{check_copy, CopyEngine, CopyOp, EngineInfo, Reaped};
+use crate::error::{BurstError, EnqueueError, FailedOp};
 use crate::fault::{FaultConfig, FaultEngine};
 use crate::flags::{Capabilities, OpFlags};
 use crate::future::poll_inline;
-use crate::policy::{OnError, OnRingFull, Policy};
+use crate::policy::{Adaptive, OnError, OnRingFull, Policy};
 use crate::stats::EngineStats;
 use crate::ticket::{Ticket, TicketRange};
 use core::pin::pin;
@@ -152,6 +152,7 @@ pub fn run_all<E: CopyEngine>(mut make: impl FnMut() -> E) {
     tickets_run_past_u16_wrap(make());
     stats_are_consistent(make());
     fence_orders_dependent_copies(make());
+    bursts_match_single_ops(&mut make);
 }
 
 /// Overlapping and over-long ops are typed errors and consume no ticket.
@@ -324,6 +325,115 @@ pub fn fence_orders_dependent_copies<E: CopyEngine>(mut e: E) {
     }
 }
 
+/// The ops of `jobs` as a burst.
+fn ops_of(jobs: &mut [Job]) -> Vec<CopyOp> {
+    jobs.iter_mut()
+        .map(|j| {
+            let (s, d) = j.ptrs();
+            CopyOp::new(s, d, j.len)
+        })
+        .collect()
+}
+
+/// `enqueue_burst` does what `enqueue` does op by op: the same outcomes, tickets and counters, the
+/// same bytes; a bad op in the middle stops the burst there (the ops before it accepted, none after
+/// it), as does a full ring; a fenced burst sees what the burst before it wrote. One engine takes
+/// the ops one at a time, then a second (one engine at a time: some devices open once per
+/// process) the same ops as bursts.
+pub fn bursts_match_single_ops<E: CopyEngine>(mut make: impl FnMut() -> E) {
+    let singles = engine_burst_pass(make(), false);
+    let bursts = engine_burst_pass(make(), true);
+    assert_eq!(bursts, singles, "bursts and op-by-op enqueue differ (outcomes per round, then counters)");
+}
+
+/// One pass of [`bursts_match_single_ops`]: the outcome of each round and the counters
+/// `(enqueued, bytes, ring_full)`.
+fn engine_burst_pass<E: CopyEngine>(mut e: E, as_bursts: bool) -> (Vec<Result<(), BurstError>>, [u64; 3]) {
+    e.reset_stats();
+    let mut rng = Rng::new(17);
+    let cap = e.burst_capacity().min(48);
+    let max = e.info().max_len.min(8192);
+    let t0 = e.next_ticket();
+    let mut outcomes = Vec::new();
+    let mut overlap = vec![0u8; 256];
+    let p = overlap.as_mut_ptr();
+    for round in 0..6 {
+        let n = rng.range(1, cap);
+        let bad = if round % 2 == 1 { Some(rng.range(0, n - 1)) } else { None };
+        let mut jobs: Vec<Job> = (0..n).map(|_| Job::sized(&mut rng, 0, max)).collect();
+        let mut ops = ops_of(&mut jobs);
+        if let Some(k) = bad {
+            ops[k] = CopyOp::new(p, p.wrapping_add(8), 64);
+        }
+        let before = e.next_ticket();
+        let got = if as_bursts {
+            // SAFETY: the jobs' buffers outlive the drain below; the bad op is refused untouched.
+            unsafe { e.enqueue_burst(&ops, OpFlags::SUBMIT) }
+        } else {
+            let mut r = Ok(());
+            for (i, op) in ops.iter().enumerate() {
+                // SAFETY: as above.
+                if let Err(error) = unsafe { e.enqueue(op.src, op.dst, op.len, OpFlags::empty()) } {
+                    r = Err(BurstError { accepted: i, error });
+                    break;
+                }
+            }
+            r
+        };
+        let accepted = got.map_or_else(|b| b.accepted, |()| n);
+        assert_eq!(e.next_ticket(), before.add(accepted as u64), "round {round}: tickets consumed");
+        drain(&mut e, &mut Vec::new());
+        for (i, job) in jobs[..accepted].iter().enumerate() {
+            job.assert_copied("burst", i);
+        }
+        for job in &jobs[accepted..] {
+            assert!(job.dst.iter().all(|&x| x == GUARD_BYTE), "round {round}: an op after the refused one was copied");
+        }
+        outcomes.push(got);
+    }
+    // A burst longer than the ring: the ring's worth accepted, then `RingFull`, counted.
+    let cap = e.burst_capacity();
+    let mut jobs: Vec<Job> = (0..cap + 3).map(|_| Job::new(&mut rng, 64)).collect();
+    let ops = ops_of(&mut jobs);
+    let got = if as_bursts {
+        // SAFETY: the jobs outlive the drain below.
+        unsafe { e.enqueue_burst(&ops, OpFlags::SUBMIT) }
+    } else {
+        let mut r = Ok(());
+        for (i, op) in ops.iter().enumerate() {
+            // SAFETY: as above.
+            if let Err(error) = unsafe { e.enqueue(op.src, op.dst, op.len, OpFlags::empty()) } {
+                r = Err(BurstError { accepted: i, error });
+                break;
+            }
+        }
+        r
+    };
+    assert_eq!(got, Err(BurstError { accepted: cap, error: EnqueueError::RingFull }), "a burst past the ring");
+    drain(&mut e, &mut Vec::new());
+    for (i, job) in jobs[..cap].iter().enumerate() {
+        job.assert_copied("burst to a full ring", i);
+    }
+    outcomes.push(got);
+    let s = e.stats();
+    assert_eq!(e.next_ticket().since(t0), s.enqueued, "enqueued count");
+    if as_bursts && e.info().capabilities.contains(Capabilities::FENCE) {
+        let len = 3000.min(max);
+        let mut x = vec![0u8; len];
+        rng.fill(&mut x);
+        let (mut y, mut z) = (vec![0u8; len], vec![0u8; len]);
+        let (px, py, pz) = (x.as_ptr(), y.as_mut_ptr(), z.as_mut_ptr());
+        // SAFETY: x, y, z live until the drain; the second burst reads y only after its fence.
+        unsafe {
+            e.enqueue_burst(&[CopyOp::new(px, py, len)], OpFlags::empty()).expect("x -> y");
+            e.enqueue_burst(&[CopyOp::new(py, pz, len)], OpFlags::FENCE | OpFlags::SUBMIT).expect("y -> z");
+        }
+        drain(&mut e, &mut Vec::new());
+        assert!(z == x, "fenced burst read stale bytes");
+    }
+    (outcomes, [s.enqueued, s.bytes, s.ring_full])
+}
+
 /// Wraps the engine in a [`FaultEngine`] failing 5% of ops and checks every failure is reported
 /// once, in order, with the ticket of the op that really failed (its destination is incomplete).
 pub fn run_fault<E: CopyEngine>(mut make: impl FnMut() -> E) {
@@ -374,6 +484,147 @@ pub fn run_policy<E: CopyEngine>(mut make: impl FnMut() -> E) {
     full_ring_pushes_back(make());
     failed_copies_are_retried_in_order(make());
     failed_copies_are_reported_with_their_ticket(make());
+    let sync = make().info().capabilities.contains(Capabilities::SYNC);
+    for policy in burst_policies() {
+        channel_bursts_match_single_ops(&mut make, policy, sync);
+    }
+}
+
+/// The policies [`channel_bursts_match_single_ops`] runs under in [`run_policy`]: size threshold
+/// and ring-full fallback, push back with reported failures, adaptive offload.
+pub fn burst_policies() -> [Policy; 3] {
+    let adaptive = Adaptive { stall_polls: 1, probe_every: 6, max_probe_every: 48 };
+    [
+        Policy::default().with_cpu_below(128),
+        Policy::offload_all().with_ring_full(OnRingFull::PushBack).with_error(OnError::Report),
+        Policy::default().with_cpu_below(64).with_adaptive(Some(adaptive)),
+    ]
+}
+
+/// [`Channel::enqueue_burst`] does what [`Channel::enqueue`] does op by op, under `policy`, over
+/// an engine that fails ops, fills its ring and completes late ([`FaultEngine`]): the same
+/// outcome when an op is refused (push back, a bad op), the same tickets and counters, the same
+/// ops reported failed, every accepted op copied (but the failed ones under the report policy) and
+/// no other. Bursts of mixed sizes, some fenced, some with a bad op.
+///
+/// Which path an op takes depends on when the engine completes (a ring that fills, adaptive
+/// offload), so only engines that complete `deterministically` (synchronous ones, [`LazyEngine`])
+/// can be held to the op-by-op outcome: then a first engine takes the ops one at a time and a
+/// second the same ops as bursts. Otherwise the bursts are checked on their own: each stops only
+/// at its bad op or at a push back, and its tickets are consecutive.
+pub fn channel_bursts_match_single_ops<E: CopyEngine>(
+    mut make: impl FnMut() -> E,
+    policy: Policy,
+    deterministically: bool,
+) {
+    let bursts = channel_burst_pass(make(), policy, true);
+    if !deterministically {
+        return;
+    }
+    let singles = channel_burst_pass(make(), policy, false);
+    assert_eq!(bursts.0, singles.0, "burst outcomes differ from op-by-op enqueue");
+    assert_eq!(bursts.2, singles.2, "retired watermarks differ");
+    assert_eq!(bursts.3, singles.3, "different ops reported failed");
+    let (mut sa, mut sb) = (singles.1, bursts.1);
+    // Polls that found nothing depend on how often each was polled while draining.
+    (sa.empty_polls, sb.empty_polls) = (0, 0);
+    assert_eq!(sb, sa, "policy counters differ");
+    // The paths the comparison is about were taken.
+    assert!(sb.offloaded > 0, "nothing offloaded: {sb:?}");
+    match (policy.on_ring_full, policy.adaptive) {
+        (OnRingFull::PushBack, _) => assert!(sb.pushed_back > 0, "no burst was pushed back"),
+        (_, Some(_)) => assert!(sb.cpu_adaptive > 0 && sb.adaptive_to_engine > 0, "adaptive never acted: {sb:?}"),
+        (OnRingFull::CpuCopy, None) => assert!(sb.cpu_small > 0 && sb.cpu_ring_full > 0, "no fallback taken"),
+    }
+}
+
+/// What one pass of [`channel_bursts_match_single_ops`] saw: the outcome of each burst, the
+/// counters, the retired watermark after each poll, the tickets reported failed.
+type ChannelPass = (Vec<Result<TicketRange, BurstError>>, crate::stats::PolicyStats, Vec<Ticket>, Vec<Ticket>);
+
+fn channel_burst_pass<E: CopyEngine>(e: E, policy: Policy, as_bursts: bool) -> ChannelPass {
+    let cfg = FaultConfig { error_rate: 0.02, ring_full_every: 37, ring_full_burst: 4, delay_polls: 2, seed: 5 };
+    let ch = Channel::new(FaultEngine::new(e, cfg), policy);
+    let mut rng = Rng::new(53);
+    let mut overlap = vec![0u8; 256];
+    let p = overlap.as_mut_ptr();
+    // Every job is kept until the drain at the end: ops in flight write them.
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut accepted_ops: Vec<bool> = Vec::new();
+    let (mut outcomes, mut watermarks, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..300 {
+        if round == 150 {
+            // The engine stops lagging: adaptive offload can come back to it.
+            ch.with_engine(|f| f.set_delay_polls(0));
+        }
+        let n = rng.range(1, 40);
+        let bad = if round % 7 == 3 { Some(rng.range(0, n - 1)) } else { None };
+        let flags = if round % 5 == 2 { OpFlags::FENCE } else { OpFlags::empty() };
+        let first = jobs.len();
+        jobs.extend((0..n).map(|_| Job::sized(&mut rng, 2, 3000)));
+        let mut ops = ops_of(&mut jobs[first..]);
+        if let Some(k) = bad {
+            ops[k] = CopyOp::new(p, p.wrapping_add(8), 200);
+        }
+        let start = ch.next_ticket();
+        let got = if as_bursts {
+            // SAFETY: the jobs outlive the channel's drain at the end; the bad op is refused
+            // untouched.
+            unsafe { ch.enqueue_burst(&ops, flags) }
+        } else {
+            let mut r = Ok(());
+            for (i, op) in ops.iter().enumerate() {
+                let f = crate::engine::burst_op_flags(flags, i, n);
+                // SAFETY: as above.
+                if let Err(error) = unsafe { ch.enqueue(op.src, op.dst, op.len, f) } {
+                    r = Err(BurstError { accepted: i, error });
+                    break;
+                }
+            }
+            r.map(|()| TicketRange::new(start, ch.next_ticket()))
+        };
+        let accepted = got.map_or_else(|e| e.accepted, |r| r.len() as usize);
+        match got {
+            Ok(r) => assert_eq!(r, TicketRange::new(start, start.add(n as u64)), "round {round}: tickets"),
+            // A full ring under push back refuses an op before any engine looks at it.
+            Err(e) if Some(e.accepted) == bad && e.error != EnqueueError::RingFull => {
+                assert_eq!(e.error, EnqueueError::Overlap, "round {round}")
+            }
+            Err(e) => {
+                assert_eq!(e.error, EnqueueError::RingFull, "round {round}: refused for {}", e.error);
+                assert_eq!(policy.on_ring_full, OnRingFull::PushBack, "round {round}: pushed back");
+                assert!(bad.is_none_or(|k| e.accepted <= k), "round {round}: accepted past the bad op");
+            }
+        }
+        assert_eq!(ch.next_ticket(), start.add(accepted as u64), "round {round}: tickets consumed");
+        accepted_ops.extend((0..n).map(|i| i < accepted));
+        outcomes.push(got);
+        ch.submit();
+        for _ in 0..rng.range(0, 3) {
+            ch.progress();
+            watermarks.push(ch.retired());
+        }
+        // Claimed as they come: reaping pauses while too many wait under the report policy.
+        failed.extend(ch.take_failures(TicketRange::new(Ticket::ZERO, ch.retired())).iter().map(|f| f.ticket));
+    }
+    ch.drain();
+    failed.extend(ch.take_failures(TicketRange::new(Ticket::ZERO, ch.retired())).iter().map(|f| f.ticket));
+    let stats = ch.stats();
+    assert_eq!(stats.errors_unclaimed, 0);
+    assert_eq!(stats.ops, ch.next_ticket().get(), "ops count");
+    let mut t = Ticket::ZERO;
+    for (i, (job, ok)) in jobs.iter().zip(&accepted_ops).enumerate() {
+        if !ok {
+            assert!(job.dst.iter().all(|&x| x == GUARD_BYTE), "op {i} was not accepted but copied");
+            continue;
+        }
+        if !failed.contains(&t) {
+            job.assert_copied("channel burst", i);
+        }
+        t = t.next();
+    }
+    assert_eq!(t, ch.next_ticket(), "accepted ops and tickets disagree");
+    (outcomes, stats, watermarks, failed)
 }
 
 /// Copies below the threshold are done by the CPU, counted, and retire in order with the rest.
@@ -649,5 +900,8 @@ mod tests {
         run_all(|| LazyEngine::new(64, 5));
         run_fault(|| LazyEngine::new(64, 5));
         run_policy(|| LazyEngine::new(64, 5));
+        for policy in burst_policies() {
+            channel_bursts_match_single_ops(|| LazyEngine::new(64, 5), policy, true);
+        }
     }
 }

@@ -26,7 +26,7 @@
 //! is upheld once for everyone. What *can* be checked cheaply is checked and reported as a typed
 //! [`EnqueueError`]: overlapping buffers, over-long ops, null or wrapping addresses.
 
-use crate::error::{ControlError, EnqueueError, FailedOp};
+use crate::error::{BurstError, ControlError, EnqueueError, FailedOp};
 use crate::flags::{Capabilities, OpFlags};
 use crate::stats::EngineStats;
 use crate::ticket::Ticket;
@@ -51,6 +51,42 @@ pub struct Reaped {
     pub retired: usize,
     /// Of those, how many failed (written to the front of the caller's buffer).
     pub failed: usize,
+}
+
+/// One copy of a burst, as [`CopyEngine::enqueue_burst`] and
+/// [`Channel::enqueue_burst`](crate::Channel::enqueue_burst) take them: what
+/// [`CopyEngine::enqueue`] takes as arguments, as a value a caller can collect in an array.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyOp {
+    /// Source address.
+    pub src: *const u8,
+    /// Destination address.
+    pub dst: *mut u8,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+impl CopyOp {
+    /// The copy of `len` bytes from `src` to `dst`.
+    #[inline(always)]
+    pub fn new(src: *const u8, dst: *mut u8, len: usize) -> Self {
+        CopyOp { src, dst, len }
+    }
+}
+
+/// The flags op `i` of a burst of `n` gets from the burst's `flags`: [`OpFlags::FENCE`] on the
+/// first op (the burst starts after every earlier op), [`OpFlags::SUBMIT`] on the last, the
+/// others on every op.
+#[inline(always)]
+pub(crate) fn burst_op_flags(flags: OpFlags, i: usize, n: usize) -> OpFlags {
+    let mut f = flags.difference(OpFlags::FENCE | OpFlags::SUBMIT);
+    if i == 0 {
+        f |= flags.intersection(OpFlags::FENCE);
+    }
+    if i + 1 == n {
+        f |= flags.intersection(OpFlags::SUBMIT);
+    }
+    f
 }
 
 /// One channel of a copy device. Owned by one thread (`Send`, not `Sync`); every data-path call
@@ -83,6 +119,35 @@ pub trait CopyEngine: Send {
         len: usize,
         flags: OpFlags,
     ) -> Result<Ticket, EnqueueError>;
+
+    /// Puts the copies of `ops` in the ring, in order, as [`enqueue`](Self::enqueue) would one
+    /// at a time: their tickets are consecutive from [`next_ticket`](Self::next_ticket). `flags`
+    /// apply to the burst: [`OpFlags::FENCE`] to its first op, [`OpFlags::SUBMIT`] after its
+    /// last accepted op, the others to every op.
+    ///
+    /// The ops accepted are a prefix of `ops`. When one is refused, the error says how many were
+    /// accepted before it and why it was refused; it and the ops after it are not enqueued.
+    ///
+    /// Backends override this to do once per burst what `enqueue` does per op (counters, the
+    /// ring-room check, the doorbell); the default calls `enqueue` for each op.
+    ///
+    /// # Safety
+    ///
+    /// The contract of [`enqueue`](Self::enqueue), for every op of `ops`.
+    #[inline]
+    unsafe fn enqueue_burst(&mut self, ops: &[CopyOp], flags: OpFlags) -> Result<(), BurstError> {
+        let n = ops.len();
+        for (i, op) in ops.iter().enumerate() {
+            // SAFETY: forwarded from this function's contract.
+            if let Err(error) = unsafe { self.enqueue(op.src, op.dst, op.len, burst_op_flags(flags, i, n)) } {
+                if i != 0 && flags.contains(OpFlags::SUBMIT) {
+                    self.submit();
+                }
+                return Err(BurstError { accepted: i, error });
+            }
+        }
+        Ok(())
+    }
 
     /// Rings the doorbell: everything enqueued so far may start.
     fn submit(&mut self);

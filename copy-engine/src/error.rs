@@ -30,6 +30,19 @@ pub enum EnqueueError {
     NotRunning,
 }
 
+/// Why a burst ([`CopyEngine::enqueue_burst`](crate::CopyEngine::enqueue_burst),
+/// [`Channel::enqueue_burst`](crate::Channel::enqueue_burst)) was not accepted whole: the first
+/// `accepted` ops were, with consecutive tickets; the next one was refused for `error`, and it and
+/// the ops after it were not enqueued (they consumed no ticket).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+#[error("op {accepted} of a burst refused: {error}")]
+pub struct BurstError {
+    /// Ops accepted before the refused one.
+    pub accepted: usize,
+    /// Why the op at index `accepted` was refused.
+    pub error: EnqueueError,
+}
+
 /// Why one op failed on the engine, reported with its ticket at completion time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum OpStatus {

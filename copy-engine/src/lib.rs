@@ -35,8 +35,8 @@ pub mod waker;
 
 pub use channel::Channel;
 pub use defer::{DeferQueue, PushError};
-pub use engine::{check_copy, CopyEngine, EngineControl, EngineInfo, Reaped};
-pub use error::{ControlError, EnqueueError, FailedOp, OpStatus};
+pub use engine::{check_copy, CopyEngine, CopyOp, EngineControl, EngineInfo, Reaped};
+pub use error::{BurstError, ControlError, EnqueueError, FailedOp, OpStatus};
 pub use flags::{Capabilities, OpFlags};
 pub use future::{poll_inline, CopyFuture, CopyOutcome, Failures};
 pub use policy::{Adaptive, OnError, OnRingFull, Policy};
