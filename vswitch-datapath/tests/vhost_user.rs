@@ -1280,10 +1280,13 @@ fn a_migration_destination_is_served_while_the_source_runs_and_keeps_the_port_wh
 }
 
 impl Guest {
-    /// A guest with one queue pair of packed rings (it acks VIRTIO_F_RING_PACKED).
+    /// A guest with one queue pair of packed rings (it acks VIRTIO_F_RING_PACKED, and with every
+    /// other offered feature VIRTIO_F_IN_ORDER: its TX buffers come back a batch per used
+    /// descriptor, which its driver walks).
     fn packed() -> Guest {
         let mut guest = Guest::with_pairs(1);
-        let feats = RingFeatures::PACKED | RingFeatures::EVENT_IDX | RingFeatures::INDIRECT_DESC;
+        let feats =
+            RingFeatures::PACKED | RingFeatures::EVENT_IDX | RingFeatures::INDIRECT_DESC | RingFeatures::IN_ORDER;
         guest.rx = guest.g.add_queue(QSIZE, feats);
         guest.tx = guest.g.add_queue(QSIZE, feats);
         guest

@@ -11,7 +11,7 @@
 //! itself: it is for tests and benches (feature `test-utils`), and it panics freely on misuse.
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
@@ -160,6 +160,8 @@ impl TestGuest {
                 avail_idx: 0,
                 last_used: 0,
                 packed: Some(PackedDriver { next: 0, wrap: true, used: 0, used_wrap: true, free_slots: size }),
+                in_order: VecDeque::new(),
+                batch: VecDeque::new(),
             };
         }
         let desc = self.alloc(desc_table_len(size), 16);
@@ -189,6 +191,8 @@ impl TestGuest {
             avail_idx: 0,
             last_used: 0,
             packed: None,
+            in_order: VecDeque::new(),
+            batch: VecDeque::new(),
         }
     }
 }
@@ -213,6 +217,11 @@ pub struct DriverQueue {
     /// A packed ring's driver positions (`None`: a split ring). For a packed ring `free` holds
     /// free buffer ids and `posted` maps an id to its ring slots and buffers.
     packed: Option<PackedDriver>,
+    /// A packed ring with [`RingFeatures::IN_ORDER`]: the buffer ids in the order they were made
+    /// available, for walking a batch the device returned as one used descriptor, and the
+    /// buffers of such a batch not yet handed out by `pop_used`.
+    in_order: VecDeque<u16>,
+    batch: VecDeque<UsedElem>,
 }
 
 /// The driver's side of a packed ring (section 2.8.21): where it makes the next descriptor
@@ -409,6 +418,9 @@ impl DriverQueue {
         (p.next, p.wrap) = (slot, wrap);
         p.free_slots -= n;
         self.posted.insert(id, ((0..n).collect(), bufs.to_vec()));
+        if self.cfg.features.contains(RingFeatures::IN_ORDER) {
+            self.in_order.push_back(id);
+        }
         id
     }
 
@@ -559,23 +571,29 @@ impl DriverQueue {
     /// the slots of the chain posted under its id).
     pub fn pop_used(&mut self, g: &TestGuest) -> Option<UsedElem> {
         if let Some(p) = self.packed {
+            if let Some(e) = self.batch.pop_front() {
+                return Some(e);
+            }
             let d = self.read_packed_desc(g, p.used);
             let bit = |f: u16| d.flags & f != 0;
             if bit(DESC_F_AVAIL) != p.used_wrap || bit(DESC_F_USED) != p.used_wrap {
                 return None;
             }
-            let n = self.posted.get(&d.id).map(|(slots, _)| slots.len() as u16).expect("used id was posted");
-            self.free.push(d.id);
-            let p = self.packed.as_mut().unwrap();
-            let to = p.used as u32 + n as u32;
-            if to >= self.cfg.size as u32 {
-                p.used = (to - self.cfg.size as u32) as u16;
-                p.used_wrap = !p.used_wrap;
-            } else {
-                p.used = to as u16;
+            if !self.cfg.features.contains(RingFeatures::IN_ORDER) {
+                self.retire_packed(d.id);
+                return Some(UsedElem { id: d.id as u32, len: d.len });
             }
-            p.free_slots += n;
-            return Some(UsedElem { id: d.id as u32, len: d.len });
+            // In order: the descriptor stands for every buffer made available up to its id
+            // (a batch the device returned as one), each used in turn; the length is the last's.
+            loop {
+                let id = self.in_order.pop_front().expect("a used id the driver made available");
+                self.retire_packed(id);
+                let last = id == d.id;
+                self.batch.push_back(UsedElem { id: id as u32, len: if last { d.len } else { 0 } });
+                if last {
+                    return self.batch.pop_front();
+                }
+            }
         }
         if self.used_idx(g) == self.last_used {
             return None;
@@ -589,6 +607,22 @@ impl DriverQueue {
             self.free.extend(ids.iter().rev());
         }
         Some(UsedElem { id, len })
+    }
+
+    /// Frees packed buffer `id` and moves the used position past its slots.
+    fn retire_packed(&mut self, id: u16) {
+        let n = self.posted.get(&id).map(|(slots, _)| slots.len() as u16).expect("used id was posted");
+        self.free.push(id);
+        let size = self.cfg.size as u32;
+        let p = self.packed.as_mut().expect("a packed ring");
+        let to = p.used as u32 + n as u32;
+        if to >= size {
+            p.used = (to - size) as u16;
+            p.used_wrap = !p.used_wrap;
+        } else {
+            p.used = to as u16;
+        }
+        p.free_slots += n;
     }
 
     /// Sets `used_event` (event idx: interrupt me when the used idx passes this), then a full

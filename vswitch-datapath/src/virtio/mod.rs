@@ -17,7 +17,7 @@ pub mod packed;
 pub mod queue;
 pub mod split;
 
-use virtio_bindings::virtio_config::VIRTIO_F_RING_PACKED;
+use virtio_bindings::virtio_config::{VIRTIO_F_IN_ORDER, VIRTIO_F_RING_PACKED};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
 bitflags::bitflags! {
@@ -30,6 +30,13 @@ bitflags::bitflags! {
         const EVENT_IDX = 1 << 1;
         /// `VIRTIO_F_RING_PACKED` (section 2.8): the queue is a packed ring, not a split one.
         const PACKED = 1 << 2;
+        /// `VIRTIO_F_IN_ORDER` (sections 2.7.9, 2.8.20): buffers are used in the order they were
+        /// made available. On a packed ring the device may then return a batch of buffers as one
+        /// used descriptor, written where the batch starts, with the buffer id of its last buffer
+        /// (the driver walks its own records to the end of the batch):
+        /// [`PackedQueue`](crate::PackedQueue) does so on a read-only (TX) queue, where no used
+        /// length is lost, one descriptor per publish.
+        const IN_ORDER = 1 << 3;
     }
 }
 
@@ -45,6 +52,9 @@ impl RingFeatures {
         }
         if features & (1 << VIRTIO_F_RING_PACKED) != 0 {
             f |= RingFeatures::PACKED;
+        }
+        if features & (1 << VIRTIO_F_IN_ORDER) != 0 {
+            f |= RingFeatures::IN_ORDER;
         }
         f
     }

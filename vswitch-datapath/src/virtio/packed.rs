@@ -194,6 +194,10 @@ pub struct PackedQueue {
     /// The first used descriptor pushed and not yet published: its slot and the flags that will
     /// make it (and every one pushed after it) visible.
     pending: Option<(u16, u16)>,
+    /// In-order batching (a read-only queue with [`RingFeatures::IN_ORDER`]): the used
+    /// descriptors pushed since the last publish, not yet written, returned as one: its slot, its
+    /// flags, and the buffer id of the newest.
+    batch: Option<(u16, u16, u16)>,
     /// Used descriptors pushed since the last publish.
     pushed: u16,
     /// Used position (linear, see `lin`) at the last publish and at the last notify decision.
@@ -251,6 +255,7 @@ impl PackedQueue {
             used: idx,
             used_wrap: wrap,
             pending: None,
+            batch: None,
             pushed: 0,
             published: start,
             signalled: start,
@@ -626,16 +631,25 @@ impl PackedQueue {
         if self.taken_len == 0 {
             return Err(VirtqError::TooManyUsed);
         }
-        let size = self.cfg.size;
         let head = self.taken_head as usize;
         let slots = self.taken[head].slots;
         let off = self.slot_off(self.used);
+        let mut flags = if self.used_wrap { DESC_F_AVAIL | DESC_F_USED } else { 0 };
+        if len == 0 && self.read_only && self.cfg.features.contains(RingFeatures::IN_ORDER) {
+            // In order, nothing written: one descriptor for the whole batch, at its start, at publish.
+            match &mut self.batch {
+                None => self.batch = Some((self.used, flags, id)),
+                Some((_, _, newest)) => *newest = id,
+            }
+            self.advance_used(head, slots);
+            return Ok(());
+        }
+        self.flush_batch()?;
         let ring = self.ring();
         // Never the flags: the driver must not see this slot change before it is complete.
         if !ring.write_array::<4>(off + DESC_LEN, len.to_le_bytes()) || !ring.store_u16(off + DESC_ID, id) {
             return Err(self.ring_error());
         }
-        let mut flags = if self.used_wrap { DESC_F_AVAIL | DESC_F_USED } else { 0 };
         if len != 0 {
             flags |= DescFlags::WRITE.bits();
         }
@@ -661,6 +675,14 @@ impl PackedQueue {
             }
             log.mark(self.cfg.desc_table + (DESC_SIZE * self.used as usize + DESC_LEN) as u64, 8);
         }
+        self.advance_used(head, slots);
+        Ok(())
+    }
+
+    /// Moves the used position past the oldest chain taken (at `head` in `taken`, `slots` long).
+    #[inline]
+    fn advance_used(&mut self, head: usize, slots: u16) {
+        let size = self.cfg.size;
         let (idx, wrap) = advance(self.used, self.used_wrap, slots, size);
         self.used = idx;
         self.used_wrap = wrap;
@@ -668,6 +690,32 @@ impl PackedQueue {
         self.taken_len -= 1;
         self.slots_held -= slots;
         self.pushed += 1;
+    }
+
+    /// Writes the used descriptor of an in-order batch (length 0, the newest buffer id) at the
+    /// batch's first slot; it becomes visible with the first descriptor pushed since the last
+    /// publish, as any other.
+    #[inline]
+    fn flush_batch(&mut self) -> Result<(), VirtqError> {
+        let Some((slot, flags, id)) = self.batch.take() else {
+            return Ok(());
+        };
+        let off = self.slot_off(slot);
+        let ring = self.ring();
+        if !ring.write_array::<4>(off + DESC_LEN, [0; 4]) || !ring.store_u16(off + DESC_ID, id) {
+            return Err(self.ring_error());
+        }
+        match self.pending {
+            None => self.pending = Some((slot, flags)),
+            Some(_) => {
+                if !self.ring().store_u16(off + DESC_FLAGS, flags) {
+                    return Err(self.ring_error());
+                }
+            }
+        }
+        if let Some(log) = &self.log {
+            log.mark(self.cfg.desc_table + (DESC_SIZE * slot as usize + DESC_LEN) as u64, 8);
+        }
         Ok(())
     }
 
@@ -675,6 +723,7 @@ impl PackedQueue {
     /// `Release`. Returns how many became visible.
     pub fn publish_used(&mut self) -> Result<u16, VirtqError> {
         self.check()?;
+        self.flush_batch()?;
         let Some((slot, flags)) = self.pending.take() else {
             return Ok(0);
         };
