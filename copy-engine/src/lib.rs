@@ -6,7 +6,8 @@
 //! the machinery on top of it; it knows no backend and no virtio.
 //!
 //! - [`CopyEngine`]: the data-path trait every backend implements (dmadev semantics: a ring of
-//!   descriptors, [`Ticket`]s, in-order completion, failed tickets with a status).
+//!   descriptors, [`Ticket`]s, in-order completion, failed tickets with a status), one op at a
+//!   time or a burst of [`CopyOp`]s (`enqueue_burst`: one ring check and counter update).
 //! - [`EngineControl`]: the `async` control plane (start, stop, map memory).
 //! - [`Channel`]: an engine plus [`Policy`]: CPU copies below a threshold, CPU fallback or push-back
 //!   on a full ring, CPU retry or report of failed ops, with completion order preserved across
