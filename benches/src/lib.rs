@@ -120,7 +120,8 @@ pub fn channel_burst_batched<'c, E: CopyEngine>(
     q: &mut DeferQueue<copy_engine::CopyFuture<'c, E>>,
     bufs: &mut Buffers,
 ) {
-    let n = bufs.burst().min(32);
+    let n = bufs.burst();
+    assert!((1..=32).contains(&n), "bursts of 1 to 32 copies");
     let ops: [CopyOp; 32] = core::array::from_fn(|i| {
         let (s, d) = bufs.op(i.min(n - 1));
         CopyOp::new(s, d, bufs.size())

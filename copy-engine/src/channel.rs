@@ -276,7 +276,8 @@ impl<E: CopyEngine> Channel<E> {
     /// Accepts the copies of `ops`, in order, as [`enqueue`](Self::enqueue) would one at a time
     /// (each op takes the path the policy gives it, and all retire in order), and returns their
     /// tickets, which are consecutive. `flags` apply to the burst: [`OpFlags::FENCE`] to its
-    /// first op, [`OpFlags::SUBMIT`] after its last accepted op, the others to every op.
+    /// first op, [`OpFlags::SUBMIT`] once after it (when the engine took any of its ops), the
+    /// others to every op.
     ///
     /// What it saves over `enqueue` per op: one borrow of the channel, one ring-room check and
     /// one counter update per run of ops that go to the engine, and the engine's own per-burst
@@ -294,10 +295,14 @@ impl<E: CopyEngine> Channel<E> {
         let mut ops = ops;
         let mut flags = flags;
         let mut pre = 0;
-        let first = self.next_ticket();
+        let (first, engine_first) = {
+            let inner = self.inner.borrow();
+            (inner.next, inner.engine.next_ticket())
+        };
         if flags.contains(OpFlags::FENCE) && !ops.is_empty() {
-            // The fenced first op alone: on the CPU path it may have to drain the engine.
-            let f0 = burst_op_flags(flags, 0, ops.len());
+            // The fenced first op alone: on the CPU path it may have to drain the engine. The
+            // doorbell, if asked for, rings once at the end.
+            let f0 = burst_op_flags(flags, 0, ops.len()).difference(OpFlags::SUBMIT);
             // SAFETY: forwarded from this function's contract.
             unsafe { self.enqueue(ops[0].src, ops[0].dst, ops[0].len, f0) }
                 .map_err(|error| BurstError { accepted: 0, error })?;
@@ -377,7 +382,8 @@ impl<E: CopyEngine> Channel<E> {
             unsafe { inner.cpu_path(&self.retired, op.src as usize, op.dst as usize, op.len) };
             i += 1;
         }
-        if flags.contains(OpFlags::SUBMIT) && pre + i != 0 {
+        // Rung only for ops the engine took (CPU copies need none).
+        if flags.contains(OpFlags::SUBMIT) && inner.engine.next_ticket() != engine_first {
             inner.engine.submit();
         }
         let accepted = TicketRange::new(first, inner.next);

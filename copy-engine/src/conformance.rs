@@ -346,9 +346,28 @@ pub fn bursts_match_single_ops<E: CopyEngine>(mut make: impl FnMut() -> E) {
     assert_eq!(bursts, singles, "bursts and op-by-op enqueue differ (outcomes per round, then counters)");
 }
 
+/// What a burst of `ops` with `flags` means, done with `enqueue` one op at a time: the burst's
+/// flags split over its ops, and the doorbell after a partial burst.
+///
+/// # Safety
+/// The contract of [`CopyEngine::enqueue`] for every op.
+unsafe fn one_by_one<E: CopyEngine>(e: &mut E, ops: &[CopyOp], flags: OpFlags) -> Result<(), BurstError> {
+    for (i, op) in ops.iter().enumerate() {
+        let f = crate::engine::burst_op_flags(flags, i, ops.len());
+        // SAFETY: forwarded from this function's contract.
+        if let Err(error) = unsafe { e.enqueue(op.src, op.dst, op.len, f) } {
+            if i != 0 && flags.contains(OpFlags::SUBMIT) {
+                e.submit();
+            }
+            return Err(BurstError { accepted: i, error });
+        }
+    }
+    Ok(())
+}
+
 /// One pass of [`bursts_match_single_ops`]: the outcome of each round and the counters
-/// `(enqueued, bytes, ring_full)`.
-fn engine_burst_pass<E: CopyEngine>(mut e: E, as_bursts: bool) -> (Vec<Result<(), BurstError>>, [u64; 3]) {
+/// `(enqueued, bytes, ring_full, submits)`.
+fn engine_burst_pass<E: CopyEngine>(mut e: E, as_bursts: bool) -> (Vec<Result<(), BurstError>>, [u64; 4]) {
     e.reset_stats();
     let mut rng = Rng::new(17);
     let cap = e.burst_capacity().min(48);
@@ -370,15 +389,8 @@ fn engine_burst_pass<E: CopyEngine>(mut e: E, as_bursts: bool) -> (Vec<Result<()
             // SAFETY: the jobs' buffers outlive the drain below; the bad op is refused untouched.
             unsafe { e.enqueue_burst(&ops, OpFlags::SUBMIT) }
         } else {
-            let mut r = Ok(());
-            for (i, op) in ops.iter().enumerate() {
-                // SAFETY: as above.
-                if let Err(error) = unsafe { e.enqueue(op.src, op.dst, op.len, OpFlags::empty()) } {
-                    r = Err(BurstError { accepted: i, error });
-                    break;
-                }
-            }
-            r
+            // SAFETY: as above.
+            unsafe { one_by_one(&mut e, &ops, OpFlags::SUBMIT) }
         };
         let accepted = got.map_or_else(|b| b.accepted, |()| n);
         assert_eq!(e.next_ticket(), before.add(accepted as u64), "round {round}: tickets consumed");
@@ -399,15 +411,8 @@ fn engine_burst_pass<E: CopyEngine>(mut e: E, as_bursts: bool) -> (Vec<Result<()
         // SAFETY: the jobs outlive the drain below.
         unsafe { e.enqueue_burst(&ops, OpFlags::SUBMIT) }
     } else {
-        let mut r = Ok(());
-        for (i, op) in ops.iter().enumerate() {
-            // SAFETY: as above.
-            if let Err(error) = unsafe { e.enqueue(op.src, op.dst, op.len, OpFlags::empty()) } {
-                r = Err(BurstError { accepted: i, error });
-                break;
-            }
-        }
-        r
+        // SAFETY: as above.
+        unsafe { one_by_one(&mut e, &ops, OpFlags::SUBMIT) }
     };
     assert_eq!(got, Err(BurstError { accepted: cap, error: EnqueueError::RingFull }), "a burst past the ring");
     drain(&mut e, &mut Vec::new());
@@ -431,7 +436,7 @@ fn engine_burst_pass<E: CopyEngine>(mut e: E, as_bursts: bool) -> (Vec<Result<()
         drain(&mut e, &mut Vec::new());
         assert!(z == x, "fenced burst read stale bytes");
     }
-    (outcomes, [s.enqueued, s.bytes, s.ring_full])
+    (outcomes, [s.enqueued, s.bytes, s.ring_full, s.submits])
 }
 
 /// Wraps the engine in a [`FaultEngine`] failing 5% of ops and checks every failure is reported
@@ -525,10 +530,11 @@ pub fn channel_bursts_match_single_ops<E: CopyEngine>(
     assert_eq!(bursts.0, singles.0, "burst outcomes differ from op-by-op enqueue");
     assert_eq!(bursts.2, singles.2, "retired watermarks differ");
     assert_eq!(bursts.3, singles.3, "different ops reported failed");
-    let (mut sa, mut sb) = (singles.1, bursts.1);
+    let ((mut sa, submits_a), (mut sb, submits_b)) = (singles.1, bursts.1);
     // Polls that found nothing depend on how often each was polled while draining.
     (sa.empty_polls, sb.empty_polls) = (0, 0);
     assert_eq!(sb, sa, "policy counters differ");
+    assert_eq!(submits_b, submits_a, "doorbells differ");
     // The paths the comparison is about were taken.
     assert!(sb.offloaded > 0, "nothing offloaded: {sb:?}");
     match (policy.on_ring_full, policy.adaptive) {
@@ -540,7 +546,7 @@ pub fn channel_bursts_match_single_ops<E: CopyEngine>(
 
 /// What one pass of [`channel_bursts_match_single_ops`] saw: the outcome of each burst, the
 /// counters, the retired watermark after each poll, the tickets reported failed.
-type ChannelPass = (Vec<Result<TicketRange, BurstError>>, crate::stats::PolicyStats, Vec<Ticket>, Vec<Ticket>);
+type ChannelPass = (Vec<Result<TicketRange, BurstError>>, (crate::stats::PolicyStats, u64), Vec<Ticket>, Vec<Ticket>);
 
 fn channel_burst_pass<E: CopyEngine>(e: E, policy: Policy, as_bursts: bool) -> ChannelPass {
     let cfg = FaultConfig { error_rate: 0.02, ring_full_every: 37, ring_full_burst: 4, delay_polls: 2, seed: 5 };
@@ -557,9 +563,13 @@ fn channel_burst_pass<E: CopyEngine>(e: E, policy: Policy, as_bursts: bool) -> C
             // The engine stops lagging: adaptive offload can come back to it.
             ch.with_engine(|f| f.set_delay_polls(0));
         }
-        let n = rng.range(1, 40);
+        // Every 15th burst is one fenced op with a doorbell: that op goes through `enqueue`.
+        let n = if round % 15 == 7 { 1 } else { rng.range(1, 40) };
         let bad = if round % 7 == 3 { Some(rng.range(0, n - 1)) } else { None };
-        let flags = if round % 5 == 2 { OpFlags::FENCE } else { OpFlags::empty() };
+        let mut flags = if round % 5 == 2 { OpFlags::FENCE } else { OpFlags::empty() };
+        if round % 3 == 1 {
+            flags |= OpFlags::SUBMIT;
+        }
         let first = jobs.len();
         jobs.extend((0..n).map(|_| Job::sized(&mut rng, 2, 3000)));
         let mut ops = ops_of(&mut jobs[first..]);
@@ -572,14 +582,20 @@ fn channel_burst_pass<E: CopyEngine>(e: E, policy: Policy, as_bursts: bool) -> C
             // untouched.
             unsafe { ch.enqueue_burst(&ops, flags) }
         } else {
+            // The burst's flags split over its ops; its one doorbell at the end, when the engine
+            // took any of them.
+            let engine_first = ch.with_engine(|f| f.next_ticket());
             let mut r = Ok(());
             for (i, op) in ops.iter().enumerate() {
-                let f = crate::engine::burst_op_flags(flags, i, n);
+                let f = crate::engine::burst_op_flags(flags, i, n).difference(OpFlags::SUBMIT);
                 // SAFETY: as above.
                 if let Err(error) = unsafe { ch.enqueue(op.src, op.dst, op.len, f) } {
                     r = Err(BurstError { accepted: i, error });
                     break;
                 }
+            }
+            if flags.contains(OpFlags::SUBMIT) && ch.with_engine(|f| f.next_ticket()) != engine_first {
+                ch.submit();
             }
             r.map(|()| TicketRange::new(start, ch.next_ticket()))
         };
@@ -611,7 +627,6 @@ fn channel_burst_pass<E: CopyEngine>(e: E, policy: Policy, as_bursts: bool) -> C
     failed.extend(ch.take_failures(TicketRange::new(Ticket::ZERO, ch.retired())).iter().map(|f| f.ticket));
     let stats = ch.stats();
     assert_eq!(stats.errors_unclaimed, 0);
-    assert_eq!(stats.ops, ch.next_ticket().get(), "ops count");
     let mut t = Ticket::ZERO;
     for (i, (job, ok)) in jobs.iter().zip(&accepted_ops).enumerate() {
         if !ok {
@@ -624,7 +639,7 @@ fn channel_burst_pass<E: CopyEngine>(e: E, policy: Policy, as_bursts: bool) -> C
         t = t.next();
     }
     assert_eq!(t, ch.next_ticket(), "accepted ops and tickets disagree");
-    (outcomes, stats, watermarks, failed)
+    (outcomes, (stats, ch.engine_stats().submits), watermarks, failed)
 }
 
 /// Copies below the threshold are done by the CPU, counted, and retire in order with the rest.

@@ -7,7 +7,8 @@
 //!
 //! - [`CopyEngine`]: the data-path trait every backend implements (dmadev semantics: a ring of
 //!   descriptors, [`Ticket`]s, in-order completion, failed tickets with a status), one op at a
-//!   time or a burst of [`CopyOp`]s (`enqueue_burst`: one ring check and counter update).
+//!   time or a burst of [`CopyOp`]s (`enqueue_burst`; a backend that overrides it, as the memcpy
+//!   engine does, checks its ring and counts once per burst).
 //! - [`EngineControl`]: the `async` control plane (start, stop, map memory).
 //! - [`Channel`]: an engine plus [`Policy`]: CPU copies below a threshold, CPU fallback or push-back
 //!   on a full ring, CPU retry or report of failed ops, with completion order preserved across

@@ -112,8 +112,6 @@ fn packed_injected_dma_errors_and_ring_full_change_nothing_the_guest_sees() {
     assert_eq!(pmd.channel().stats().cpu_retry, injected.errors, "every failed copy redone by the CPU");
 }
 
-/// One datapath, two ring formats: traffic -> split guest -> packed guest -> traffic on one PMD,
-/// every packet intact and in order.
 /// An in-order packed guest (its TX buffers come back a batch per used descriptor) under
 /// injected DMA errors, ring-full bursts and late completions: nothing lost or reordered.
 #[test]
@@ -123,8 +121,20 @@ fn packed_in_order_guest_round_trips_under_injected_faults() {
     let gcfg = LoopGuestConfig { features: PACKED | RingFeatures::IN_ORDER, ..jumbo_mergeable() };
     let pmd = pvp(Channel::new(e, Policy::default()), gcfg, 64, 9000, 3000);
     assert!(pmd.channel().with_engine(|f| f.injected()).errors > 0, "errors injected");
+    // The guest's TX chains came back in batches: fewer used descriptors than chains.
+    let port = pmd.port(1).as_any().downcast_ref::<VhostPort>().expect("vhost port");
+    let txq = port.south().queue().as_packed().expect("packed");
+    let chains = port.south().stats().packets;
+    assert!(chains >= 3000, "{chains} TX chains");
+    assert!(
+        txq.used_descriptors_written() * 2 < chains,
+        "{} used descriptors for {chains} chains",
+        txq.used_descriptors_written()
+    );
 }
 
+/// One datapath, two ring formats: traffic -> split guest -> packed guest -> traffic on one PMD,
+/// every packet intact and in order.
 #[test]
 fn a_split_and_a_packed_guest_forward_to_each_other_on_one_pmd() {
     let split_cfg = LoopGuestConfig { split_header: true, ..LoopGuestConfig::default() };
@@ -326,8 +336,8 @@ fn dirty_log_covers_every_device_write(feats: RingFeatures) {
 }
 
 /// With `VIRTIO_F_IN_ORDER`, a packed TX queue returns each published batch of chains as one
-/// used descriptor: at the batch's first slot, with the buffer id of its last chain (section
-/// 2.8.20). The slots of the other chains are left as the driver wrote them, and a driver that
+/// used descriptor: at the batch's first slot, with the buffer id of its last chain (the packed
+/// ring's "In-order use of descriptors"). The slots of the other chains are left as the driver wrote them, and a driver that
 /// walks the batch (the test guest does, as DPDK's virtio-user) gets every buffer back in order,
 /// a malformed chain in the middle included. Without the feature every chain gets its own.
 #[test]
@@ -350,6 +360,7 @@ fn in_order_packed_tx_returns_each_batch_as_one_used_descriptor() {
                 tx.post_tx(&g, &frame, 1 + (i as usize % 3), i % 4 == 3)
             });
         }
+        let driver_wrote: Vec<RawPackedDesc> = (0..64).map(|s| tx.read_packed_desc(&g, s)).collect();
         let mut south = Southbound::new(tx.virtqueue(&g), HDR, Notifier::Polling);
         let chan = Channel::new(LazyEngine::new(64, 5), Policy::offload_all());
         let mut pool = PacketPool::new(16, 2048);
@@ -369,6 +380,10 @@ fn in_order_packed_tx_returns_each_batch_as_one_used_descriptor() {
             slots.iter().enumerate().filter_map(|(i, &s)| used_at(s).map(|id| (i, id))).collect();
         if in_order {
             assert_eq!(written, vec![(0, posted[6]), (7, posted[11])], "one used descriptor per publish");
+            // Every other slot, the chains' later slots included, is as the driver wrote it.
+            for s in (0..64).filter(|&s| s != slots[0] && s != slots[7]) {
+                assert_eq!(tx.read_packed_desc(&g, s), driver_wrote[s as usize], "slot {s} written");
+            }
         } else {
             assert_eq!(written.len(), 12, "a used descriptor per chain");
         }

@@ -572,6 +572,8 @@ impl DriverQueue {
     pub fn pop_used(&mut self, g: &TestGuest) -> Option<UsedElem> {
         if let Some(p) = self.packed {
             if let Some(e) = self.batch.pop_front() {
+                // Freed only now that it is handed out: its id may be posted again at once.
+                self.retire_packed(e.id as u16);
                 return Some(e);
             }
             let d = self.read_packed_desc(g, p.used);
@@ -587,11 +589,12 @@ impl DriverQueue {
             // (a batch the device returned as one), each used in turn; the length is the last's.
             loop {
                 let id = self.in_order.pop_front().expect("a used id the driver made available");
-                self.retire_packed(id);
                 let last = id == d.id;
                 self.batch.push_back(UsedElem { id: id as u32, len: if last { d.len } else { 0 } });
                 if last {
-                    return self.batch.pop_front();
+                    let e = self.batch.pop_front().expect("just pushed");
+                    self.retire_packed(e.id as u16);
+                    return Some(e);
                 }
             }
         }

@@ -18,7 +18,7 @@ pub const VHOST_F_LOG_ALL: u64 = 1 << 26;
 /// VHOST_F_LOG_ALL (dirty logging with asynchronous copies: see [`crate::mem::dirty`]). No
 /// offloads (checksum, GSO): a TX header asking for one is a malformed chain.
 ///
-/// VIRTIO_F_IN_ORDER (section 2.7.9 / 2.8.20) promises that buffers are used in the order they
+/// VIRTIO_F_IN_ORDER ("In-order use of descriptors", split and packed rings) promises that buffers are used in the order they
 /// were made available. Both directions keep that already (completions retire in ticket order,
 /// malformed chains are returned in their place, chains taken for a packet that is pushed back
 /// are put back), so offering it costs nothing; a driver that acks it may take simpler paths.

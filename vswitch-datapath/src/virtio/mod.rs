@@ -30,7 +30,7 @@ bitflags::bitflags! {
         const EVENT_IDX = 1 << 1;
         /// `VIRTIO_F_RING_PACKED` (section 2.8): the queue is a packed ring, not a split one.
         const PACKED = 1 << 2;
-        /// `VIRTIO_F_IN_ORDER` (sections 2.7.9, 2.8.20): buffers are used in the order they were
+        /// `VIRTIO_F_IN_ORDER` ("In-order use of descriptors", split and packed rings): buffers are used in the order they were
         /// made available. On a packed ring the device may then return a batch of buffers as one
         /// used descriptor, written where the batch starts, with the buffer id of its last buffer
         /// (the driver walks its own records to the end of the batch):

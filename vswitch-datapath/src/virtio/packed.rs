@@ -198,8 +198,10 @@ pub struct PackedQueue {
     /// descriptors pushed since the last publish, not yet written, returned as one: its slot, its
     /// flags, and the buffer id of the newest.
     batch: Option<(u16, u16, u16)>,
-    /// Used descriptors pushed since the last publish.
+    /// Chains pushed used since the last publish (in-order batches: more than descriptors).
     pushed: u16,
+    /// Used descriptors written to the ring so far (an in-order batch is one).
+    used_written: u64,
     /// Used position (linear, see `lin`) at the last publish and at the last notify decision.
     published: u32,
     signalled: u32,
@@ -257,6 +259,7 @@ impl PackedQueue {
             pending: None,
             batch: None,
             pushed: 0,
+            used_written: 0,
             published: start,
             signalled: start,
             taken: vec![Taken::default(); size as usize].into_boxed_slice(),
@@ -269,6 +272,12 @@ impl PackedQueue {
             log: None,
             read_only: false,
         })
+    }
+
+    /// Used descriptors written to the ring so far: one per chain, but one per published batch on
+    /// a read-only queue with [`RingFeatures::IN_ORDER`].
+    pub fn used_descriptors_written(&self) -> u64 {
+        self.used_written
     }
 
     /// Declares that the device only reads this queue's buffers (a virtio-net TX queue), or not:
@@ -622,9 +631,11 @@ impl PackedQueue {
         Ok(())
     }
 
-    /// Writes the used descriptor of the oldest chain taken (`id`, `len` = bytes the device wrote
-    /// into it) at the used position, and moves the position past every slot of that chain. It
-    /// stays invisible to the driver until [`publish_used`](Self::publish_used).
+    /// Returns the oldest chain taken as used (`id`, `len` = bytes the device wrote into it): writes
+    /// its used descriptor at the used position and moves the position past every slot of that
+    /// chain. On a read-only queue with [`RingFeatures::IN_ORDER`] nothing is written yet: the
+    /// chains pushed until the next publish become one descriptor then (a batch, at its first
+    /// slot, with the newest id). Invisible to the driver until [`publish_used`](Self::publish_used).
     #[inline]
     pub fn push_used(&mut self, id: u16, len: u32) -> Result<(), VirtqError> {
         self.check()?;
@@ -675,6 +686,7 @@ impl PackedQueue {
             }
             log.mark(self.cfg.desc_table + (DESC_SIZE * self.used as usize + DESC_LEN) as u64, 8);
         }
+        self.used_written += 1;
         self.advance_used(head, slots);
         Ok(())
     }
@@ -716,11 +728,13 @@ impl PackedQueue {
         if let Some(log) = &self.log {
             log.mark(self.cfg.desc_table + (DESC_SIZE * slot as usize + DESC_LEN) as u64, 8);
         }
+        self.used_written += 1;
         Ok(())
     }
 
-    /// Makes every pushed used descriptor visible: stores the flags of the first of them with
-    /// `Release`. Returns how many became visible.
+    /// Makes every pushed used chain visible: writes the pending in-order batch, if any, then
+    /// stores the flags of the first descriptor written since the last publish with `Release`.
+    /// Returns how many chains became visible.
     pub fn publish_used(&mut self) -> Result<u16, VirtqError> {
         self.check()?;
         self.flush_batch()?;

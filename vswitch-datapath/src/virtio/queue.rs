@@ -189,14 +189,15 @@ impl Virtqueue {
         each!(self, q => q.give_back(n))
     }
 
-    /// Writes the used entry of the oldest chain in flight (`head` its id, `len` bytes written),
-    /// invisible until [`publish_used`](Self::publish_used).
+    /// Returns the oldest chain in flight as used (`head` its id, `len` bytes written; see
+    /// [`PackedQueue::push_used`] for in-order batches), invisible until
+    /// [`publish_used`](Self::publish_used).
     #[inline]
     pub fn push_used(&mut self, head: u16, len: u32) -> Result<(), VirtqError> {
         each!(self, q => q.push_used(head, len))
     }
 
-    /// Makes every pushed used entry visible (one release store); returns how many.
+    /// Makes every pushed used chain visible (one release store); returns how many chains.
     #[inline]
     pub fn publish_used(&mut self) -> Result<u16, VirtqError> {
         each!(self, q => q.publish_used())
