@@ -316,15 +316,25 @@ impl<E: CopyEngine> Channel<E> {
         let mut result = Ok(());
         while i < n {
             let cpu_below = inner.policy.cpu_below;
-            if ops[i].len >= cpu_below && !inner.lagging {
-                // A run of ops for the engine, as long as the ring has room for.
-                let room = (inner.mask + 1 - inner.engine.next_ticket().since(inner.eng_done)) as usize;
+            // The paths of `enqueue`, in its order: small, lagging (but for a probe), engine.
+            let to_engine = if ops[i].len < cpu_below {
+                inner.stats.cpu_small += 1;
+                false
+            } else if inner.lagging && !inner.probe_now() {
+                inner.stats.cpu_adaptive += 1;
+                false
+            } else {
+                true
+            };
+            if to_engine {
+                // A run of ops for the engine, as long as the ring has room for; a probe goes alone.
+                let et = inner.engine.next_ticket();
+                let room = (inner.mask + 1 - et.since(inner.eng_done)) as usize;
                 let mut end = i + 1;
-                while end < n && ops[end].len >= cpu_below {
+                while !inner.lagging && end < n && ops[end].len >= cpu_below {
                     end += 1;
                 }
                 let end = end.min(i + room);
-                let et = inner.engine.next_ticket();
                 let sub = if end > i {
                     // SAFETY: forwarded from this function's contract.
                     unsafe { inner.engine.enqueue_burst(&ops[i..end], flags.difference(OpFlags::SUBMIT)) }
@@ -342,34 +352,6 @@ impl<E: CopyEngine> Channel<E> {
                 if let Err(error) = inner.refused(b.error) {
                     result = Err(error);
                     break;
-                }
-            } else if ops[i].len < cpu_below {
-                inner.stats.cpu_small += 1;
-            } else if !inner.probe_now() {
-                inner.stats.cpu_adaptive += 1;
-            } else {
-                // A probe: the one op goes to the engine.
-                let op = ops[i];
-                let et = inner.engine.next_ticket();
-                let in_flight = et.since(inner.eng_done);
-                let res = if in_flight > inner.mask {
-                    Err(EnqueueError::RingFull)
-                } else {
-                    // SAFETY: forwarded from this function's contract.
-                    unsafe { inner.engine.enqueue(op.src, op.dst, op.len, flags.difference(OpFlags::SUBMIT)) }
-                };
-                match res {
-                    Ok(_) => {
-                        inner.record_engine_ops(et, &ops[i..i + 1]);
-                        i += 1;
-                        continue;
-                    }
-                    Err(e) => {
-                        if let Err(error) = inner.refused(e) {
-                            result = Err(error);
-                            break;
-                        }
-                    }
                 }
             }
             // The CPU path for op `i` (no fence left: the first op went alone).

@@ -644,7 +644,6 @@ impl PackedQueue {
         }
         let head = self.taken_head as usize;
         let slots = self.taken[head].slots;
-        let off = self.slot_off(self.used);
         let mut flags = if self.used_wrap { DESC_F_AVAIL | DESC_F_USED } else { 0 };
         if len == 0 && self.read_only && self.cfg.features.contains(RingFeatures::IN_ORDER) {
             // In order, nothing written: one descriptor for the whole batch, at its start, at publish.
@@ -656,24 +655,10 @@ impl PackedQueue {
             return Ok(());
         }
         self.flush_batch()?;
-        let ring = self.ring();
-        // Never the flags: the driver must not see this slot change before it is complete.
-        if !ring.write_array::<4>(off + DESC_LEN, len.to_le_bytes()) || !ring.store_u16(off + DESC_ID, id) {
-            return Err(self.ring_error());
-        }
         if len != 0 {
             flags |= DescFlags::WRITE.bits();
         }
-        match self.pending {
-            None => self.pending = Some((self.used, flags)),
-            // Visible only once the first of the batch is: the driver reads used descriptors in
-            // order, after an acquire of that one's flags.
-            Some(_) => {
-                if !self.ring().store_u16(off + DESC_FLAGS, flags) {
-                    return Err(self.ring_error());
-                }
-            }
-        }
+        self.write_used(self.used, flags, id, len)?;
         if let Some(log) = &self.log {
             let mut left = len;
             for &(gpa, n) in &self.taken[head].written {
@@ -684,10 +669,35 @@ impl PackedQueue {
                 log.mark(gpa, take as u64);
                 left -= take;
             }
-            log.mark(self.cfg.desc_table + (DESC_SIZE * self.used as usize + DESC_LEN) as u64, 8);
+        }
+        self.advance_used(head, slots);
+        Ok(())
+    }
+
+    /// Writes a used descriptor (`id`, `len`) at `slot`, and its `flags` unless it is the first
+    /// since the last publish: those flags are stored by [`publish_used`](Self::publish_used).
+    #[inline(always)]
+    fn write_used(&mut self, slot: u16, flags: u16, id: u16, len: u32) -> Result<(), VirtqError> {
+        let off = self.slot_off(slot);
+        let ring = self.ring();
+        // Never the flags first: the driver must not see this slot change before it is complete.
+        if !ring.write_array::<4>(off + DESC_LEN, len.to_le_bytes()) || !ring.store_u16(off + DESC_ID, id) {
+            return Err(self.ring_error());
+        }
+        match self.pending {
+            None => self.pending = Some((slot, flags)),
+            // Visible only once the first of the batch is: the driver reads used descriptors in
+            // order, after an acquire of that one's flags.
+            Some(_) => {
+                if !self.ring().store_u16(off + DESC_FLAGS, flags) {
+                    return Err(self.ring_error());
+                }
+            }
+        }
+        if let Some(log) = &self.log {
+            log.mark(self.cfg.desc_table + (DESC_SIZE * slot as usize + DESC_LEN) as u64, 8);
         }
         self.used_written += 1;
-        self.advance_used(head, slots);
         Ok(())
     }
 
@@ -705,31 +715,24 @@ impl PackedQueue {
     }
 
     /// Writes the used descriptor of an in-order batch (length 0, the newest buffer id) at the
-    /// batch's first slot; it becomes visible with the first descriptor pushed since the last
-    /// publish, as any other.
-    #[inline]
+    /// batch's first slot, if one is pending; it becomes visible with the first descriptor
+    /// written since the last publish, as any other.
+    #[inline(always)]
     fn flush_batch(&mut self) -> Result<(), VirtqError> {
+        if self.batch.is_none() {
+            return Ok(());
+        }
+        self.write_batch()
+    }
+
+    /// [`flush_batch`](Self::flush_batch) with a batch pending: once per publish, off the
+    /// per-chain path.
+    #[inline(never)]
+    fn write_batch(&mut self) -> Result<(), VirtqError> {
         let Some((slot, flags, id)) = self.batch.take() else {
             return Ok(());
         };
-        let off = self.slot_off(slot);
-        let ring = self.ring();
-        if !ring.write_array::<4>(off + DESC_LEN, [0; 4]) || !ring.store_u16(off + DESC_ID, id) {
-            return Err(self.ring_error());
-        }
-        match self.pending {
-            None => self.pending = Some((slot, flags)),
-            Some(_) => {
-                if !self.ring().store_u16(off + DESC_FLAGS, flags) {
-                    return Err(self.ring_error());
-                }
-            }
-        }
-        if let Some(log) = &self.log {
-            log.mark(self.cfg.desc_table + (DESC_SIZE * slot as usize + DESC_LEN) as u64, 8);
-        }
-        self.used_written += 1;
-        Ok(())
+        self.write_used(slot, flags, id, 0)
     }
 
     /// Makes every pushed used chain visible: writes the pending in-order batch, if any, then
