@@ -90,10 +90,12 @@ impl CopyEngine for MemcpyEngine {
             n = room;
             result = Err(EnqueueError::RingFull);
         }
-        let (mut done, mut bytes) = (0usize, 0u64);
-        for op in &ops[..n] {
+        // Each op checked and copied in turn: the checks of the next op overlap the stores of
+        // the last copy still draining.
+        let (mut done, mut bytes) = (n, 0u64);
+        for (k, op) in ops[..n].iter().enumerate() {
             if let Err(e) = check_copy(op.src, op.dst, op.len, self.info.max_len) {
-                result = Err(e);
+                (done, result) = (k, Err(e));
                 break;
             }
             if op.len != 0 {
@@ -101,7 +103,6 @@ impl CopyEngine for MemcpyEngine {
                 // proved them disjoint.
                 unsafe { core::ptr::copy_nonoverlapping(op.src, op.dst, op.len) };
             }
-            done += 1;
             bytes += op.len as u64;
         }
         self.stats.enqueued += done as u64;

@@ -180,6 +180,27 @@ unsafe fn head_tail<const N: usize>(s: *const u8, d: *mut u8, len: usize) {
     }
 }
 
+/// Writes the shadow slots of engine ops `ops`, whose channel tickets start at `chan`, and
+/// returns their total length. The buffers are kept only when `keep` (an engine that can fail
+/// ops); the test is hoisted out of the loops.
+#[inline(always)]
+fn fill_shadow(slots: &mut [Shadow], ops: &[CopyOp], chan: Ticket, keep: bool) -> u64 {
+    let mut bytes = 0u64;
+    if keep {
+        for (k, (slot, op)) in slots.iter_mut().zip(ops).enumerate() {
+            (slot.chan, slot.cpu_after) = (chan.add(k as u64), 0);
+            (slot.src, slot.dst, slot.len) = (op.src as usize, op.dst as usize, op.len);
+            bytes += op.len as u64;
+        }
+    } else {
+        for (k, (slot, op)) in slots.iter_mut().zip(ops).enumerate() {
+            (slot.chan, slot.cpu_after) = (chan.add(k as u64), 0);
+            bytes += op.len as u64;
+        }
+    }
+    bytes
+}
+
 impl<E: CopyEngine> Channel<E> {
     /// A channel over `engine`, ruled by `policy`.
     pub fn new(engine: E, policy: Policy) -> Self {
@@ -588,26 +609,20 @@ impl<E: CopyEngine> Inner<E> {
     }
 
     /// Gives the ops the engine just accepted, with engine tickets from `et` on, the next
-    /// channel tickets, and counts them.
+    /// channel tickets, and counts them. At most a ring's worth of ops (the caller checked room).
     #[inline(always)]
     fn record_engine_ops(&mut self, et: Ticket, ops: &[CopyOp]) {
-        let mut bytes = 0u64;
-        let (next, mask) = (self.next, self.mask);
-        if self.keep_buffers {
-            for (k, op) in ops.iter().enumerate() {
-                let slot = &mut self.shadow[et.add(k as u64).ring_index(mask)];
-                (slot.chan, slot.cpu_after) = (next.add(k as u64), 0);
-                (slot.src, slot.dst, slot.len) = (op.src as usize, op.dst as usize, op.len);
-                bytes += op.len as u64;
-            }
-        } else {
-            for (k, op) in ops.iter().enumerate() {
-                let slot = &mut self.shadow[et.add(k as u64).ring_index(mask)];
-                (slot.chan, slot.cpu_after) = (next.add(k as u64), 0);
-                bytes += op.len as u64;
-            }
-        }
-        self.next = self.next.add(ops.len() as u64);
+        debug_assert!(ops.len() <= self.shadow.len());
+        // The slots from `et` on, as two plain slices (up to the ring's end, then from its start):
+        // loops over them need no per-op index mask or bounds check.
+        let (wrapped, from) = self.shadow.split_at_mut(et.ring_index(self.mask));
+        let split = ops.len().min(from.len());
+        let (first, rest) = ops.split_at(split);
+        let keep = self.keep_buffers;
+        let next = self.next;
+        let bytes = fill_shadow(&mut from[..split], first, next, keep)
+            + fill_shadow(&mut wrapped[..rest.len()], rest, next.add(split as u64), keep);
+        self.next = next.add(ops.len() as u64);
         self.stats.offloaded += ops.len() as u64;
         self.stats.offloaded_bytes += bytes;
     }

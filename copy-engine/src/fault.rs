@@ -76,7 +76,8 @@ impl<E: CopyEngine> FaultEngine<E> {
         let slots = base.ring_size.max(1).next_power_of_two();
         let info = EngineInfo {
             name: format!("fault({})", base.name),
-            capabilities: base.capabilities | Capabilities::ERROR_STATUS,
+            // Never SYNC: completions may come late (`delay_polls`, settable at any time).
+            capabilities: base.capabilities.difference(Capabilities::SYNC) | Capabilities::ERROR_STATUS,
             ring_size: base.ring_size,
             max_len: base.max_len,
         };

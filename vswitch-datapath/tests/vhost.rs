@@ -170,15 +170,28 @@ fn tx_header_claiming_more_than_the_chain_is_returned_unused() {
     }
 }
 
-/// An engine that refuses every op (`NotRunning`, a stopped device) while `refusing` is set.
+/// An engine that accepts `allow` more ops, then refuses every op (`NotRunning`, a stopped
+/// device) until `allow` is raised again. `sync` says whether it claims [`Capabilities::SYNC`]
+/// (the memcpy engine under it is): the southbound path copies chain by chain for a synchronous
+/// engine and gathers a group's copies into one burst for an asynchronous one.
 struct Refusing {
     inner: MemcpyEngine,
-    refusing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    info: copy_engine::EngineInfo,
+    allow: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Refusing {
+    fn new(sync: bool, allow: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        let inner = MemcpyEngine::default();
+        let mut info = inner.info().clone();
+        info.capabilities.set(copy_engine::Capabilities::SYNC, sync);
+        Refusing { inner, info, allow }
+    }
 }
 
 impl CopyEngine for Refusing {
     fn info(&self) -> &copy_engine::EngineInfo {
-        self.inner.info()
+        &self.info
     }
     fn burst_capacity(&self) -> usize {
         self.inner.burst_capacity()
@@ -190,7 +203,8 @@ impl CopyEngine for Refusing {
         len: usize,
         flags: copy_engine::OpFlags,
     ) -> Result<copy_engine::Ticket, copy_engine::EnqueueError> {
-        if self.refusing.load(std::sync::atomic::Ordering::Relaxed) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.allow.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1)).is_err() {
             return Err(copy_engine::EnqueueError::NotRunning);
         }
         // SAFETY: forwarded from this function's contract.
@@ -216,46 +230,75 @@ impl CopyEngine for Refusing {
     }
 }
 
-/// A device that stops refusing ops in the middle of a burst of TX chains: the chain whose copy
-/// was refused comes back unused (counted as an engine error), the chains after it stay with the
-/// guest, untouched, and are forwarded intact, in order, once the device runs again.
+/// A device that stops accepting ops in the middle of a burst of TX chains: the chains whose
+/// copies it took are forwarded, the chain whose copy was refused comes back unused (counted as an
+/// engine error) as soon as its earlier copies are done, the chains after it stay with the guest,
+/// untouched, and are forwarded intact, in order, once the device runs again. For both
+/// southbound paths (chain by chain, and one burst per group), with the refusal on the first
+/// chain and in the middle of the group, and with groups where every other packet is copied by
+/// the CPU (below the threshold), so the refusal comes while a gathered burst is handed over
+/// before such a packet.
 #[test]
 fn a_refused_copy_mid_burst_gives_the_later_chains_back() {
+    for sync in [true, false] {
+        for mixed in [false, true] {
+            for accepted in [0usize, 1, 2] {
+                refused_copy_case(sync, mixed, accepted);
+            }
+        }
+    }
+}
+
+fn refused_copy_case(sync: bool, mixed: bool, accepted: usize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let case = format!("sync {sync}, mixed {mixed}, {accepted} accepted");
     let g = TestGuest::new();
     let mut txd = g.add_queue(16, RingFeatures::empty());
     let mut south = Southbound::new(txd.device(&g), HDR, Notifier::Polling);
-    let refusing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let engine = Refusing { inner: MemcpyEngine::default(), refusing: refusing.clone() };
-    let chan = Channel::new(engine, Policy::offload_all());
+    let allow = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(accepted));
+    // Mixed: the odd packets are below the CPU threshold and never reach the engine.
+    let policy = if mixed { Policy::offload_all().with_cpu_below(100) } else { Policy::offload_all() };
+    let chan = Channel::new(Refusing::new(sync, allow.clone()), policy);
     let mut pool = PacketPool::new(16, 2048);
     let payload = |i: u8| {
-        let mut v = vec![0u8; HDR + 200];
+        let len = if mixed && i % 2 == 1 { 50 } else { 200 };
+        let mut v = vec![0u8; HDR + len];
         v[HDR..].iter_mut().enumerate().for_each(|(k, b)| *b = i ^ k as u8);
         v
     };
-    let heads: Vec<u16> = (0..6).map(|i| txd.post_tx(&g, &payload(i), 1, false)).collect();
+    let refused = if mixed { 2 * accepted } else { accepted };
+    let heads: Vec<u16> = (0..6).map(|i| txd.post_tx(&g, &payload(i as u8), 1, false)).collect();
 
-    // The device stops: the first chain's copy is refused, the other five stay available.
-    refusing.store(true, std::sync::atomic::Ordering::Relaxed);
+    // The device stops after `accepted` copies: the next engine copy is refused, the chains after
+    // its own stay available.
     let r = south.dequeue_burst(&chan, &mut pool, 32);
-    assert!(matches!(r, Err(vswitch_datapath::VhostError::Engine(_))), "{r:?}");
-    assert_eq!(south.stats().engine_errors, 1);
-    assert_eq!(south.queue().in_flight(), 1, "only the refused chain is taken");
-    assert!(!south.queue().is_broken());
+    assert!(matches!(r, Err(vswitch_datapath::VhostError::Engine(_))), "{case}: {r:?}");
+    assert_eq!(south.stats().engine_errors, 1, "{case}");
+    assert_eq!(south.queue().in_flight(), refused as u16 + 1, "{case}: only up to the refused chain is taken");
+    assert!(!south.queue().is_broken(), "{case}");
 
-    refusing.store(false, std::sync::atomic::Ordering::Relaxed);
+    // Without another op: the chains before the refused one are forwarded, it is returned.
     let mut out = Burst::new();
+    chan.progress();
+    south.complete(&chan, &mut pool, &mut out, 32).unwrap();
+    assert_eq!(out.len(), refused, "{case}: the chains before the refused one");
+    let used: Vec<u16> = std::iter::from_fn(|| txd.pop_used(&g)).map(|u| u.id as u16).collect();
+    assert_eq!(used, heads[..refused + 1], "{case}: the refused chain returned after them");
+
+    allow.store(usize::MAX, Relaxed);
     for _ in 0..4 {
         south.dequeue_burst(&chan, &mut pool, 32).unwrap();
         chan.progress();
         south.complete(&chan, &mut pool, &mut out, 32).unwrap();
     }
-    assert_eq!(out.len(), 5, "every chain after the refused one is forwarded");
-    for (i, p) in out.iter().enumerate() {
-        assert_eq!(pool.data(p), &payload(i as u8 + 1)[HDR..], "packet {i} intact and in order");
+    assert_eq!(out.len(), 5, "{case}: every chain but the refused one is forwarded");
+    let sent: Vec<u8> = (0..6u8).filter(|&i| i as usize != refused).collect();
+    for (p, &i) in out.iter().zip(&sent) {
+        assert_eq!(pool.data(p), &payload(i)[HDR..], "{case}: packet {i} intact and in order");
     }
     let used: Vec<u16> = std::iter::from_fn(|| txd.pop_used(&g)).map(|u| u.id as u16).collect();
-    assert_eq!(used, heads, "every chain returned, in order");
+    assert_eq!(used, heads[refused + 1..], "{case}: every other chain returned, in order");
+    assert_eq!(pool.available(), 16 - out.len(), "{case}: the refused and given-back chains' buffers are free");
     for p in out.drain(..) {
         pool.free(p);
     }

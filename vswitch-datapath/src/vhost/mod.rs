@@ -19,7 +19,7 @@ mod copy;
 #[allow(unsafe_code)] // one call: handing a packet's copies to copy::copy_segments
 pub mod north;
 mod notify;
-#[allow(unsafe_code)] // one call: handing a packet's copies to copy::copy_segments
+#[allow(unsafe_code)] // one call: handing a group's copies to copy::CopyBatch::enqueue
 pub mod south;
 mod stats;
 

@@ -12,11 +12,11 @@
 
 use std::collections::VecDeque;
 
-use copy_engine::{Channel, CopyEngine, Ticket};
+use copy_engine::{Capabilities, Channel, CopyEngine, EnqueueError, Ticket};
 
 use crate::mem::access::prefetch_host;
 use crate::switch::pool::{Packet, PacketPool};
-use crate::vhost::copy::{copy_one, copy_segments, Dir};
+use crate::vhost::copy::{copy_one, copy_segments, CopyBatch, Dir};
 use crate::vhost::{Burst, Notifier, QueueStats, VhostError};
 use crate::virtio::chain::DescChain;
 use crate::virtio::net::{NetHdr, NET_HDR_LEN};
@@ -43,6 +43,10 @@ pub struct Southbound {
     inflight: VecDeque<InFlight>,
     /// Chains of the group being taken (`BURST` of them, reused).
     chains: Vec<DescChain>,
+    /// The copies of the group being taken.
+    batch: CopyBatch,
+    /// Per chain of the group: the batch's length after its copies.
+    marks: Vec<usize>,
     notifier: Notifier,
     stats: QueueStats,
 }
@@ -66,6 +70,8 @@ impl Southbound {
             hdr_len,
             inflight: VecDeque::with_capacity(size),
             chains: (0..crate::vhost::BURST).map(|_| DescChain::new()).collect(),
+            batch: CopyBatch::default(),
+            marks: Vec::with_capacity(crate::vhost::BURST),
             notifier,
             stats: QueueStats::default(),
         }
@@ -77,6 +83,8 @@ impl Southbound {
     /// Chains are taken in groups of up to [`BURST`](crate::vhost::BURST): first every chain of
     /// the group is taken and its first buffer prefetched, then each is checked and copied, so
     /// the cache misses on what the guest just wrote overlap instead of coming one at a time.
+    /// For an asynchronous engine the copies of a group's engine-sized packets go to the channel
+    /// in one [`Channel::enqueue_burst`]; packets the CPU copies anyway are copied one by one.
     pub fn dequeue_burst<E: CopyEngine>(
         &mut self,
         chan: &Channel<E>,
@@ -88,6 +96,12 @@ impl Southbound {
         let mut taken = 0;
         let mut result = Ok(());
         let mut chains = std::mem::take(&mut self.chains);
+        // Payloads this long are gathered into bursts; shorter ones are copied at once.
+        let batch_from = if chan.with_engine(|e| e.info().capabilities.contains(Capabilities::SYNC)) {
+            usize::MAX
+        } else {
+            chan.policy().cpu_below
+        };
         while taken < max {
             let want = (max - taken).min(chains.len());
             if pool.available() == 0 {
@@ -118,18 +132,36 @@ impl Southbound {
                     }
                 }
             }
-            // Every chain taken is copied (or returned), in order. If the channel refuses one
-            // (a stopped device), the chains after it are given back untouched, as if never taken.
-            for (k, chain) in chains[..got].iter().enumerate() {
-                taken += 1;
-                if let Err(e) = self.start_copy(chain, chan, pool) {
-                    let back = self.q.give_back((got - k - 1) as u16);
-                    if result.is_ok() {
-                        result = Err(back.map_or_else(VhostError::from, |()| e));
+            // Every chain taken is checked, then copied (or returned), in order. Copies for an
+            // asynchronous engine are gathered and handed over in one burst; copies the CPU makes
+            // anyway (below the policy's threshold, or a synchronous engine) are made at once,
+            // while the packet's lines are hot, after the gathered ones are handed over, so
+            // tickets keep the chains' order. If the channel refuses a copy (a stopped device),
+            // the chains after the one it belongs to are given back untouched, as if never taken.
+            // A group with no payload long enough for the engine is copied chain by chain (the
+            // CPU makes every copy, at once).
+            let hdr_len = self.hdr_len;
+            if chains[..got].iter().all(|c| (c.readable_len() as usize) < batch_from.saturating_add(hdr_len)) {
+                for (k, chain) in chains[..got].iter().enumerate() {
+                    taken += 1;
+                    if let Err(e) = self.start_copy(chain, chan, pool) {
+                        let back = self.q.give_back((got - k - 1) as u16);
+                        if result.is_ok() {
+                            result = Err(back.map_or_else(VhostError::from, |()| e));
+                        }
+                        stop = true;
+                        break;
                     }
-                    stop = true;
-                    break;
                 }
+            } else if let Err((back, e)) = self.take_group(&chains[..got], chan, pool, batch_from) {
+                taken += got - back;
+                let given = self.q.give_back(back as u16);
+                if result.is_ok() {
+                    result = Err(given.map_or_else(VhostError::from, |()| VhostError::Engine(e)));
+                }
+                stop = true;
+            } else {
+                taken += got;
             }
             if stop {
                 break;
@@ -141,6 +173,180 @@ impl Southbound {
         self.stats.copies_cpu += cpu1 - cpu0;
         self.stats.in_flight = self.inflight.len() as u64;
         result.map(|()| taken)
+    }
+
+    /// Checks and copies a group of chains that has payloads for the engine: those are gathered
+    /// and handed over in one burst; copies the CPU makes anyway (below the policy's threshold)
+    /// are made at once, after the gathered ones are handed over, so tickets keep the chains'
+    /// order. If the channel refuses a copy (a stopped device), returns how many chains, the last
+    /// of the group, are to be given back untouched, as if never taken.
+    fn take_group<E: CopyEngine>(
+        &mut self,
+        chains: &[DescChain],
+        chan: &Channel<E>,
+        pool: &mut PacketPool,
+        batch_from: usize,
+    ) -> Result<(), (usize, EnqueueError)> {
+        let got = chains.len();
+        self.batch.clear();
+        self.marks.clear();
+        let mut base = self.inflight.len();
+        for (k, chain) in chains.iter().enumerate() {
+            if !self.gather(chain, pool, batch_from) {
+                continue;
+            }
+            // SAFETY: see `flush`.
+            if let Err((dropped, e)) = unsafe { self.flush_any(chan, pool, base) } {
+                // `dropped` counts this chain: its record came after the batch's.
+                return Err((dropped + got - k - 1, e));
+            }
+            base = self.inflight.len();
+            if let Err(e) = self.copy_now(chain, chan, pool) {
+                return Err((got - k - 1, e));
+            }
+        }
+        // SAFETY: see `flush`.
+        unsafe { self.flush_any(chan, pool, base) }
+    }
+
+    /// Checks a chain just taken, gives it a fresh packet and its in-flight record (a malformed
+    /// chain gets one without a packet: it is returned unused, in order). A payload of at least
+    /// `batch_from` bytes has its copies added to the batch, and its record gets its `end` when
+    /// the batch is flushed. Returns true for a packet to copy at once (its record last).
+    #[inline(always)]
+    fn gather(&mut self, chain: &DescChain, pool: &mut PacketPool, batch_from: usize) -> bool {
+        let head = chain.head();
+        let total = chain.readable_len() as usize;
+        // Malformed for TX (`None`), or more than a packet holds: returned to the guest unused,
+        // after every earlier chain.
+        let (pkt, now) = match self.packet_len(chain, total) {
+            Some(plen) if plen <= pool.data_room() => {
+                let mut pkt = pool.alloc().expect("checked a buffer is free");
+                pool.set_len(&mut pkt, plen);
+                let now = plen < batch_from;
+                if !now {
+                    let flat = pool.data_ptr(&pkt);
+                    match chain.readable() {
+                        // Header and packet in one segment (`packet_len` checked it holds
+                        // `hdr_len + plen`).
+                        &[seg] => self.batch.push(Dir::FromGuest, flat, plen, seg, self.hdr_len),
+                        // The segments hold `hdr_len + plen` (`packet_len` checked).
+                        segs => self.batch.push_segments(Dir::FromGuest, flat, plen, segs, self.hdr_len),
+                    }
+                    self.marks.push(self.batch.len());
+                }
+                (Some(pkt), now)
+            }
+            _ => {
+                self.stats.bad_chains += 1;
+                self.marks.push(self.batch.len());
+                (None, false)
+            }
+        };
+        let deliver = pkt.is_some();
+        self.inflight.push_back(InFlight { pkt, head, end: Ticket::ZERO, deliver });
+        now
+    }
+
+    /// [`flush`](Self::flush) when anything was gathered (inline: a group of CPU copies gathers
+    /// nothing).
+    ///
+    /// # Safety
+    /// As `flush`.
+    #[inline(always)]
+    unsafe fn flush_any<E: CopyEngine>(
+        &mut self,
+        chan: &Channel<E>,
+        pool: &mut PacketPool,
+        base: usize,
+    ) -> Result<(), (usize, EnqueueError)> {
+        if self.marks.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: this function's contract.
+        unsafe { self.flush(chan, pool, base) }
+    }
+
+    /// Hands the batch's copies to the channel and gives the chains gathered into it (the
+    /// in-flight records from `base` on) their `end` tickets; empties the batch. When the channel
+    /// refuses a copy, the chain it belongs to waits for its earlier pieces and is then returned
+    /// unused, and the chains gathered after it are dropped from flight (their packets freed):
+    /// the error comes back with how many were dropped, for the caller to give back.
+    ///
+    /// # Safety
+    /// (The one contract of the batched copies.) Every op was gathered from a validated chain's
+    /// readable segments, inside its regions, and a packet buffer of the pool; the in-flight
+    /// records own the buffers and keep the chains taken until the ops' tickets retire, and
+    /// stop/clear drain the channel before memory goes away.
+    #[inline(never)]
+    unsafe fn flush<E: CopyEngine>(
+        &mut self,
+        chan: &Channel<E>,
+        pool: &mut PacketPool,
+        base: usize,
+    ) -> Result<(), (usize, EnqueueError)> {
+        // SAFETY: this function's contract.
+        let sent = unsafe { self.batch.enqueue(chan) };
+        self.stats.copies_cpu += self.batch.pushed_back() as u64;
+        for (f, &mark) in self.inflight.range_mut(base..).zip(&self.marks) {
+            f.end = self.batch.end(mark);
+        }
+        let out = match sent {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let k = self.marks.iter().position(|&m| !self.batch.accepted(m)).expect("a chain holds the op");
+                self.stats.engine_errors += 1;
+                self.inflight[base + k].deliver = false;
+                let dropped = self.inflight.len() - (base + k + 1);
+                for f in self.inflight.drain(base + k + 1..) {
+                    if let Some(p) = f.pkt {
+                        pool.free(p);
+                    }
+                }
+                Err((dropped, e))
+            }
+        };
+        self.batch.clear();
+        self.marks.clear();
+        out
+    }
+
+    /// Copies a checked chain now (the CPU takes such copies, or a synchronous engine) into the
+    /// packet of the newest in-flight record, through the channel op by op, and gives the record
+    /// its `end`.
+    #[inline(always)]
+    fn copy_now<E: CopyEngine>(
+        &mut self,
+        chain: &DescChain,
+        chan: &Channel<E>,
+        pool: &PacketPool,
+    ) -> Result<(), EnqueueError> {
+        let f = self.inflight.back_mut().expect("gather pushed the record");
+        let pkt = f.pkt.as_ref().expect("a packet to copy into");
+        let (plen, flat) = (pkt.len(), pool.data_ptr(pkt));
+        // Both arms: the packet buffer is owned by the in-flight record and the chain stays taken
+        // until `end` retires; the segments come from a validated chain.
+        let r = match chain.readable() {
+            // Header and packet in one segment (`packet_len` checked it holds `hdr_len + plen`).
+            // SAFETY: buffer and chain outlive the copy (above); the segment holds `hdr_len + plen`.
+            &[seg] => unsafe { copy_one(chan, Dir::FromGuest, flat, plen, seg, self.hdr_len) },
+            // SAFETY: buffer and chain outlive the copy (above); the segments hold `hdr_len + plen`.
+            segs => unsafe { copy_segments(chan, Dir::FromGuest, flat, plen, segs, self.hdr_len) },
+        };
+        f.end = chan.next_ticket();
+        match r {
+            Ok(c) => {
+                self.stats.copies_cpu += c.pushed_back as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // A stopped device refused the op: earlier pieces may be in flight, so the buffer
+                // is freed and the chain returned only after they retire; nothing is forwarded.
+                f.deliver = false;
+                self.stats.engine_errors += 1;
+                Err(e)
+            }
+        }
     }
 
     /// Checks a chain just taken and starts copying it into a fresh packet.
