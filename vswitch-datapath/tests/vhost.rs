@@ -129,16 +129,22 @@ fn push_back_policy_never_loses_a_packet() {
 
 /// A guest that posts a TX chain shorter than the net header, one whose header asks for a
 /// checksum beyond the packet, or one longer than a packet buffer: the chain comes back unused,
-/// nothing is forwarded, and the queue goes on serving the next chain.
+/// nothing is forwarded, and the queue goes on serving the next chain. On a synchronous engine
+/// (chain-by-chain copies) and an asynchronous one (a group's copies gathered into one burst).
 #[test]
 fn tx_header_claiming_more_than_the_chain_is_returned_unused() {
+    tx_header_case(Channel::new(MemcpyEngine::default(), Policy::default()));
+    let never_refuses = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+    tx_header_case(Channel::new(Refusing::new(false, never_refuses), Policy::default()));
+}
+
+fn tx_header_case<E: CopyEngine>(chan: Channel<E>) {
     let g = TestGuest::new();
     let mut txd = g.add_queue(16, RingFeatures::empty());
     let south = Southbound::new(txd.device(&g), HDR, Notifier::Polling);
     let rxd = g.add_queue(16, RingFeatures::empty());
     let north = Northbound::new(rxd.device(&g), HDR, true, Notifier::Polling);
     let mut port = VhostPort::new("hostile", north, south);
-    let chan = Channel::new(MemcpyEngine::default(), Policy::default());
     let mut pool = PacketPool::new(16, 2048);
 
     let short = txd.post_tx(&g, &[0u8; 6], 1, false);
