@@ -81,28 +81,44 @@ pub(crate) unsafe fn copy_segments<E: CopyEngine>(
     flat: *mut u8,
     len: usize,
     segs: &[HostSeg],
-    mut skip: usize,
+    skip: usize,
 ) -> Result<Copied, EnqueueError> {
-    let mut done = 0usize;
     let mut out = Copied::default();
-    for s in segs {
-        if done == len {
-            break;
-        }
-        let seg_len = s.len() as usize;
-        if skip >= seg_len {
-            skip -= seg_len;
-            continue;
-        }
-        let n = (seg_len - skip).min(len - done);
-        // SAFETY: `flat + done .. + n` is inside the caller's buffer and the segment holds
+    let mut done = 0usize;
+    for (at, seg, skip, n) in pieces(len, segs, skip) {
+        // SAFETY: `flat + at .. + n` is inside the caller's buffer and the segment holds
         // `skip + n` bytes; both stay valid until the op retires (this function's contract).
-        out.pushed_back += unsafe { copy_one(chan, dir, flat.wrapping_add(done), n, *s, skip) }?.pushed_back;
+        out.pushed_back += unsafe { copy_one(chan, dir, flat.wrapping_add(at), n, seg, skip) }?.pushed_back;
         done += n;
-        skip = 0;
     }
     debug_assert_eq!(done, len, "segments shorter than checked");
     Ok(out)
+}
+
+/// The contiguous pieces of `len` bytes laid over `segs` from `skip` bytes into them, in order:
+/// `(offset in the flat buffer, segment, offset in the segment, length)`. Fewer than `len` bytes
+/// when the segments are shorter (the callers checked they are not).
+#[inline]
+fn pieces(len: usize, segs: &[HostSeg], mut skip: usize) -> impl Iterator<Item = (usize, HostSeg, usize, usize)> + '_ {
+    let mut done = 0usize;
+    segs.iter()
+        .map_while(move |s| {
+            if done == len {
+                return None;
+            }
+            let seg_len = s.len() as usize;
+            let piece = if skip >= seg_len {
+                skip -= seg_len;
+                (done, *s, 0, 0)
+            } else {
+                let n = (seg_len - skip).min(len - done);
+                let piece = (done, *s, skip, n);
+                (done, skip) = (done + n, 0);
+                piece
+            };
+            Some(piece)
+        })
+        .filter(|p| p.3 != 0)
 }
 
 /// The copies of a group of packets, gathered first and handed to the channel in one
@@ -160,21 +176,11 @@ impl CopyBatch {
 
     /// Adds the copies of `len` bytes between `flat` and `segs` (from `skip` bytes into them), one
     /// op per contiguous piece. The caller checked that the segments hold `skip + len` bytes.
-    pub(crate) fn push_segments(&mut self, dir: Dir, flat: *mut u8, len: usize, segs: &[HostSeg], mut skip: usize) {
+    pub(crate) fn push_segments(&mut self, dir: Dir, flat: *mut u8, len: usize, segs: &[HostSeg], skip: usize) {
         let mut done = 0usize;
-        for s in segs {
-            if done == len {
-                break;
-            }
-            let seg_len = s.len() as usize;
-            if skip >= seg_len {
-                skip -= seg_len;
-                continue;
-            }
-            let n = (seg_len - skip).min(len - done);
-            self.push(dir, flat.wrapping_add(done), n, *s, skip);
+        for (at, seg, skip, n) in pieces(len, segs, skip) {
+            self.push(dir, flat.wrapping_add(at), n, seg, skip);
             done += n;
-            skip = 0;
         }
         debug_assert_eq!(done, len, "segments shorter than checked");
     }
