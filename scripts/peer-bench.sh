@@ -39,7 +39,9 @@
 #   lcore on CPU 1; each testpmd's main lcore (idle: it only prints stats) on the other CPU.
 #
 # Environment: ROUNDS (5), WARMUP (2 s), WINDOW (4 s), SIZES ("64 1518"; 42..9216), DIRS
-#   ("g2h h2g"), RINGS ("split"; or "packed", or "split packed"), ENGINES ("memcpy worker"), TESTPMD (dpdk-testpmd), VSWITCH_BIN (built here if
+#   ("g2h h2g"), RINGS ("split"; or "packed", or "split packed"), ENGINES ("memcpy worker"; an
+#   entry <engine>@<path> runs that engine on another vswitch binary, for an A/B of two builds in
+#   one alternated run: ENGINES="memcpy memcpy@/tmp/vswitch-b"), TESTPMD (dpdk-testpmd), VSWITCH_BIN (built here if
 #   unset), JUMBO (auto; or all), CSV=<path> to also write the results as CSV (one row per cell and switch),
 #   KEEP_LOGS=1 to keep the per-run logs.
 # Exit status: 0 every run measured; 1 some run failed (its cell says FAIL and why; the tables
@@ -243,12 +245,14 @@ run_one() {
   else
     local ports=(--port "vhost-user:$s0" --port sink)
     [ "$dir" = h2g ] && ports=(--port "source:$size" --port "vhost-user:$s0")
-    # "<engine>-noadapt": the engine with adaptive offload off (--no-adaptive).
-    local engine=(--engine "${label%-noadapt}")
-    [ "$label" != "${label%-noadapt}" ] && engine+=(--no-adaptive)
+    # "<engine>-noadapt": the engine with adaptive offload off (--no-adaptive); "...@<build>":
+    # another binary (ENGINES="memcpy memcpy@/tmp/vswitch-b").
+    local spec=${label%%@*} bin=${BIN[$label]:-$VSWITCH}
+    local engine=(--engine "${spec%-noadapt}")
+    [ "$spec" != "${spec%-noadapt}" ] && engine+=(--no-adaptive)
     local trace=0
     [ "$ring" = packed ] && trace=1
-    VSWITCH_VHOST_TRACE=$trace "$VSWITCH" "${ports[@]}" "${engine[@]}" --pmd-cores "$SWITCH_CPU" --stats-interval 1 \
+    VSWITCH_VHOST_TRACE=$trace "$bin" "${ports[@]}" "${engine[@]}" --pmd-cores "$SWITCH_CPU" --stats-interval 1 \
       </dev/null >"$swlog" 2>&1 &
   fi
   sw_pid=$!; PIDS+=("$sw_pid")
@@ -330,8 +334,21 @@ summary() {
 }
 csv_field() { local f=${1//\"/\'}; printf '"%s"' "$f"; }
 
+# ENGINES entries: <engine>[-noadapt][@<vswitch binary>]; the label of one with a binary of its
+# own is <engine>[-noadapt]@<the binary's file name>, so two builds alternate in one run (A/B).
 labels=(dpdk)
-for e in $ENGINES; do labels+=("$e"); done
+declare -A BIN
+for e in $ENGINES; do
+  if [ "$e" != "${e#*@}" ]; then
+    b=${e#*@}
+    [ -x "$b" ] || die "ENGINES: $b (in $e) is not an executable vswitch"
+    case $("$b" --help 2>&1 || true) in *'source:<bytes>'*) ;; *) die "$b --help does not mention source:<bytes> ports" ;; esac
+    e="${e%%@*}@$(basename "$b")"
+    [ -z "${BIN[$e]:-}" ] || die "ENGINES: two binaries named $(basename "$b")"
+    BIN[$e]=$b
+  fi
+  labels+=("$e")
+done
 
 echo "== peer benchmark: rounds=$ROUNDS warmup=${WARMUP}s window=${WINDOW}s sizes=[$SIZES] directions=[$DIRS] rings=[$RINGS] switches=[${labels[*]}] jumbo=$JUMBO"
 echo "   switch forwarding thread on CPU $SWITCH_CPU, guest (testpmd, 1 virtio-user port, txonly/rxonly) on CPU $GUEST_CPU"
@@ -427,7 +444,7 @@ echo "Both switches get one forwarding core (CPU $SWITCH_CPU), the guest one (CP
 echo "may mean the guest, not the switch, is the bottleneck (compare the sender column of the rounds above)."
 [ -n "$CSV" ] && echo "CSV: $CSV"
 echo "total time $((SECONDS - T0)) s"
-for e in $ENGINES; do
+for e in "${labels[@]:1}"; do
   for dir in $DIRS; do
     if [ -f "$WORK/last-switch-$e-$dir.log" ]; then
       echo "-- vswitch --engine $e, $(dirname_ "$dir"), per-port counters at exit of its last run:"
