@@ -173,6 +173,9 @@ struct Model {
     published: u16,
     signalled: u16,
     in_flight: u32,
+    /// Whether the device asks for kicks (initially, and after `set_kicks(true)`): with event
+    /// idx only then does publishing move `avail_event`.
+    kicks: bool,
     broken: Option<VirtqError>,
     /// The dirty log's bits, when logging.
     log: Option<Vec<bool>>,
@@ -219,6 +222,7 @@ impl Model {
             published: used_idx,
             signalled: used_idx,
             in_flight: 0,
+            kicks: true,
             broken: None,
             log: None,
             written: HashMap::new(),
@@ -406,7 +410,7 @@ impl Model {
     fn publish_used(&mut self, g: &mut FuzzGuest) -> Result<u16, VirtqError> {
         self.check()?;
         let n = self.used_next.wrapping_sub(self.published);
-        if self.features.contains(RingFeatures::EVENT_IDX) {
+        if self.kicks && self.features.contains(RingFeatures::EVENT_IDX) {
             self.expect_used_write(g, 4 + 8 * self.size as u64, &self.last_avail.to_le_bytes());
         }
         if n == 0 {
@@ -434,6 +438,7 @@ impl Model {
 
     fn set_kicks(&mut self, g: &mut FuzzGuest, enabled: bool) -> Result<(), VirtqError> {
         self.check()?;
+        self.kicks = enabled;
         if self.features.contains(RingFeatures::EVENT_IDX) {
             if enabled {
                 self.expect_used_write(g, 4 + 8 * self.size as u64, &self.last_avail.to_le_bytes());

@@ -179,6 +179,22 @@ fn kicks_are_switched_through_used_flags_or_avail_event() {
     assert!(q.pop(&mut c).unwrap());
     q.set_kicks(true).unwrap();
     assert_eq!(dq.avail_event(&g), 2);
+    // Kicks off (a polling device): publishing leaves avail_event stale, so the driver, whose
+    // avail idx has passed it, does not kick again until it wraps around to it.
+    q.set_kicks(false).unwrap();
+    dq.post_tx(&g, &payload(60), 1, false);
+    assert!(q.pop(&mut c).unwrap());
+    q.push_used(c.head(), 0).unwrap();
+    q.publish_used().unwrap();
+    assert_eq!(dq.avail_event(&g), 2, "avail_event no longer follows the device");
+    // Back on: the next publish moves it to the next avail index again.
+    q.set_kicks(true).unwrap();
+    assert_eq!(dq.avail_event(&g), 3);
+    dq.post_tx(&g, &payload(60), 1, false);
+    assert!(q.pop(&mut c).unwrap());
+    q.push_used(c.head(), 0).unwrap();
+    q.publish_used().unwrap();
+    assert_eq!(dq.avail_event(&g), 4, "avail_event follows the device");
 }
 
 #[test]

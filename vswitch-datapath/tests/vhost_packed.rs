@@ -180,7 +180,6 @@ fn a_hostile_packed_guest_breaks_only_its_own_port() {
         let d = RawPackedDesc { addr: a, len: 64, id: 0, flags: DescFlags::NEXT.bits() | avail };
         bad_tx.write_packed_desc(&bad_g, slot, d);
     }
-    let before = bad_g.snapshot();
     let ch = Channel::new(WorkerEngine::new(WorkerConfig::default()).unwrap(), Policy::default());
     let mut pmd = Pmd::new(ch, PacketPool::new(512, 9216));
     let cfg = TrafficConfig { budget: Some(2000), ..TrafficConfig::fixed(700) };
@@ -191,6 +190,10 @@ fn a_hostile_packed_guest_breaks_only_its_own_port() {
         Northbound::new(bad_rx.virtqueue(&bad_g), HDR, true, Notifier::Polling),
         Southbound::new(bad_tx.virtqueue(&bad_g), HDR, Notifier::Polling),
     );
+    // Taking the queues wrote their device event areas (no kicks, please); the bad chain writes
+    // nothing.
+    assert_eq!(bad_tx.device_event_flags(&bad_g), 1, "RING_EVENT_FLAGS_DISABLE: kicks turned off");
+    let before = bad_g.snapshot();
     let b = pmd.add_port(Box::new(bad));
     pmd.connect(t, v);
     pmd.connect(v, t);

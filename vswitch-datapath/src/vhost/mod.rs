@@ -71,6 +71,15 @@ fn check_memory(q: &mut crate::virtio::queue::Virtqueue, stats: &mut QueueStats)
     }
 }
 
+/// Tells the guest not to kick `q` (used flags `NO_NOTIFY`, a stale `avail_event`, or the packed
+/// device event area's `DISABLE`; virtio 1.2 sections 2.7.10 and 2.8.10): the PMD polls every
+/// queue it serves and never reads a kick, while each kick costs the guest a system call
+/// (virtio-user's eventfd write) or a VM exit (a guest kernel's notify register), once per burst.
+/// A queue whose rings cannot be written is broken by it, which its first burst reports.
+fn poll_without_kicks(q: &mut crate::virtio::queue::Virtqueue) {
+    let _ = q.set_kicks(false);
+}
+
 /// Makes the used entries pushed so far visible (one release store) and interrupts the guest if
 /// it asked (event idx / NO_INTERRUPT), counting both outcomes. A ring error breaks the queue and
 /// is counted. Shared by both directions.

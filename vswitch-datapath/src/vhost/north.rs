@@ -73,9 +73,10 @@ impl Northbound {
 
     /// Serves `q` (a guest RX queue) with a `hdr_len`-byte net header (see
     /// [`net_hdr_len`](crate::net_hdr_len)); `mergeable` when VIRTIO_NET_F_MRG_RXBUF was
-    /// negotiated.
+    /// negotiated. Tells the guest not to kick the queue: the PMD polls it.
     pub fn new(q: impl Into<Virtqueue>, hdr_len: usize, mergeable: bool, notifier: Notifier) -> Self {
-        let q = q.into();
+        let mut q = q.into();
+        crate::vhost::poll_without_kicks(&mut q);
         let size = q.size() as usize;
         Northbound {
             q,

@@ -59,11 +59,13 @@ impl Southbound {
         crate::vhost::check_memory(&mut self.q, &mut self.stats)
     }
 
-    /// Serves `q` (a guest TX queue) whose chains start with a `hdr_len`-byte net header.
+    /// Serves `q` (a guest TX queue) whose chains start with a `hdr_len`-byte net header. Tells
+    /// the guest not to kick the queue: the PMD polls it.
     pub fn new(q: impl Into<Virtqueue>, hdr_len: usize, notifier: Notifier) -> Self {
         let mut q = q.into();
         // The device only reads TX buffers (whatever WRITE flags a driver leaves on them).
         q.set_read_only(true);
+        crate::vhost::poll_without_kicks(&mut q);
         let size = q.size() as usize;
         Southbound {
             q,

@@ -112,6 +112,10 @@ pub struct SplitQueue {
     signalled: u16,
     /// Chains taken and not yet returned on the used ring.
     in_flight: u16,
+    /// Whether the device asks for kicks (the spec's initial state; [`set_kicks`](Self::set_kicks)).
+    /// With event idx, `avail_event` follows `last_avail` only while this holds: a stale one is
+    /// how a polling device tells the driver not to kick (section 2.7.10).
+    kicks: bool,
     hint: RegionHint,
     broken: Option<VirtqError>,
     /// Live migration: the dirty log, and per descriptor head the guest-physical writable
@@ -159,6 +163,7 @@ impl SplitQueue {
             published: used_idx,
             signalled: used_idx,
             in_flight: 0,
+            kicks: true,
             hint: RegionHint::default(),
             broken: None,
             log: None,
@@ -554,13 +559,13 @@ impl SplitQueue {
         Ok(())
     }
 
-    /// Makes every pushed used element visible: with event idx, first sets `avail_event` to the
-    /// next avail index (section 2.7.10), then stores the used idx with `Release`. Returns how
-    /// many elements became visible.
+    /// Makes every pushed used element visible: with event idx and kicks wanted, first sets
+    /// `avail_event` to the next avail index (section 2.7.10), then stores the used idx with
+    /// `Release`. Returns how many elements became visible.
     pub fn publish_used(&mut self) -> Result<u16, VirtqError> {
         self.check()?;
         let n = self.used_next.wrapping_sub(self.published);
-        if self.cfg.features.contains(RingFeatures::EVENT_IDX) {
+        if self.kicks && self.cfg.features.contains(RingFeatures::EVENT_IDX) {
             self.store_avail_event(self.last_avail)?;
         }
         if n == 0 {
@@ -617,12 +622,15 @@ impl SplitQueue {
 
     /// Asks the guest to notify (kick) the device when it makes buffers available, or not
     /// (section 2.7.10): without event idx through `VIRTQ_USED_F_NO_NOTIFY` in the used flags;
-    /// with event idx, enabling sets `avail_event` to the next avail index and disabling is a
-    /// no-op (the guest then kicks only once `avail_event` is passed). Ends with a full fence, so
-    /// that after enabling, the caller's next [`avail_count`](Self::avail_count) or
-    /// [`pop`](Self::pop) sees buffers the guest added without kicking.
+    /// with event idx, enabling sets `avail_event` to the next avail index (and
+    /// [`publish_used`](Self::publish_used) keeps it there), disabling leaves it where it is, so
+    /// the guest kicks only if its avail idx ever passes that stale value again (once in 65536
+    /// buffers). Ends with a full fence, so that after enabling, the caller's next
+    /// [`avail_count`](Self::avail_count) or [`pop`](Self::pop) sees buffers the guest added
+    /// without kicking.
     pub fn set_kicks(&mut self, enabled: bool) -> Result<(), VirtqError> {
         self.check()?;
+        self.kicks = enabled;
         if self.cfg.features.contains(RingFeatures::EVENT_IDX) {
             if enabled {
                 self.store_avail_event(self.last_avail)?;
