@@ -571,6 +571,14 @@ impl<E: CopyEngine> Channel<E> {
         (inner.stats.offloaded, inner.stats.cpu_copies())
     }
 
+    /// Whether adaptive offload finds the engine lagging: until it catches up, copies at or above
+    /// the CPU threshold go to the CPU (but for an occasional probe). A caller that gathers
+    /// copies for the engine can copy at once instead while this holds.
+    #[inline]
+    pub fn lagging(&self) -> bool {
+        self.inner.borrow().lagging
+    }
+
     /// The engine's own counters.
     pub fn engine_stats(&self) -> EngineStats {
         self.inner.borrow().engine.stats()

@@ -37,11 +37,14 @@ fn a_stalled_engine_sends_copies_to_the_cpu_in_order_and_a_recovered_one_gets_th
     // The first copy goes to the engine, which then makes no progress for a while.
     assert_eq!(b.copy(&ch, 0), 0);
     ch.submit();
-    for _ in 0..9 {
+    for _ in 0..8 {
         ch.progress();
     }
+    assert!(!ch.lagging(), "8 empty polls are within the stall limit");
+    ch.progress();
     let s = ch.stats();
     assert_eq!((s.offloaded, s.adaptive_to_cpu), (1, 1), "{s:?}");
+    assert!(ch.lagging(), "the 9th empty poll finds the engine lagging");
     // Lagging: the next copies go to the CPU (no probe while the engine is busy) but retire only
     // after the stalled one.
     for i in 1..20 {
@@ -76,6 +79,7 @@ fn a_stalled_engine_sends_copies_to_the_cpu_in_order_and_a_recovered_one_gets_th
     }
     let s = ch.stats();
     assert_eq!(s.adaptive_to_engine, 1, "{s:?}");
+    assert!(!ch.lagging(), "back on the engine");
     let offloaded = s.offloaded;
     for i in 40..N {
         b.copy(&ch, i);

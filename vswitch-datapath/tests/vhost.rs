@@ -118,6 +118,21 @@ fn injected_dma_errors_and_ring_full_change_nothing_the_guest_sees() {
     assert!(s.cpu_ring_full >= injected.ring_full);
 }
 
+/// An engine that lags (each op takes 40 polls): adaptive offload sends the copies to the CPU,
+/// southbound copies each chain at once instead of gathering a burst for the engine, and the
+/// probes that still go to the engine keep their place: every packet arrives intact, in order.
+#[test]
+fn a_lagging_engine_hands_its_copies_to_the_cpu_without_reordering() {
+    let cfg = FaultConfig { delay_polls: 40, ..FaultConfig::default() };
+    let e = FaultEngine::new(WorkerEngine::new(WorkerConfig::default()).unwrap(), cfg);
+    let adaptive = copy_engine::Adaptive { stall_polls: 4, probe_every: 16, max_probe_every: 64 };
+    let policy = Policy::default().with_adaptive(Some(adaptive));
+    let (pmd, _) = pvp(Channel::new(e, policy), jumbo_mergeable(), 300, 4000, 3000);
+    let s = pmd.channel().stats();
+    assert!(s.adaptive_to_cpu > 0 && s.cpu_adaptive > 1000, "the channel went to the CPU: {s:?}");
+    assert!(s.offloaded > 0, "probes (and copies before the first stall) went to the engine: {s:?}");
+}
+
 #[test]
 fn push_back_policy_never_loses_a_packet() {
     let cfg = FaultConfig { ring_full_every: 5, ring_full_burst: 3, ..FaultConfig::default() };

@@ -98,8 +98,10 @@ impl Southbound {
         let mut taken = 0;
         let mut result = Ok(());
         let mut chains = std::mem::take(&mut self.chains);
-        // Payloads this long are gathered into bursts; shorter ones are copied at once.
-        let batch_from = if chan.with_engine(|e| e.info().capabilities.contains(Capabilities::SYNC)) {
+        // Payloads this long are gathered into bursts; shorter ones are copied at once. So is
+        // every payload while adaptive offload sends copies to the CPU (a probe among them goes
+        // to the engine through the same channel call, in order).
+        let batch_from = if chan.lagging() || chan.with_engine(|e| e.info().capabilities.contains(Capabilities::SYNC)) {
             usize::MAX
         } else {
             chan.policy().cpu_below
