@@ -118,11 +118,16 @@ else
     die "building $VSWITCH failed"
   fi
 fi
-help_text=$("$VSWITCH" --help 2>&1 || true)
-case $help_text in
-  *'source:<bytes>'*) ;;
-  *) die "$VSWITCH --help does not mention source:<bytes> ports; it printed: $help_text" ;;
-esac
+# A vswitch binary with sink/source ports, or the run stops here.
+check_vswitch() {
+  local help_text
+  help_text=$("$1" --help 2>&1 || true)
+  case $help_text in
+    *'source:<bytes>'*) ;;
+    *) die "$1 --help does not mention source:<bytes> ports; it printed: $help_text" ;;
+  esac
+}
+check_vswitch "$VSWITCH"
 
 eal() { # <name> <lcores>: sets EAL to EAL arguments with a unique file prefix
   local prefix="ce-pb-$1-$$-$RANDOM"
@@ -342,7 +347,7 @@ for e in $ENGINES; do
   if [ "$e" != "${e#*@}" ]; then
     b=${e#*@}
     [ -x "$b" ] || die "ENGINES: $b (in $e) is not an executable vswitch"
-    case $("$b" --help 2>&1 || true) in *'source:<bytes>'*) ;; *) die "$b --help does not mention source:<bytes> ports" ;; esac
+    check_vswitch "$b"
     e="${e%%@*}@$(basename "$b")"
     [ -z "${BIN[$e]:-}" ] || die "ENGINES: two binaries named $(basename "$b")"
     BIN[$e]=$b

@@ -102,23 +102,18 @@ pub(crate) unsafe fn copy_segments<E: CopyEngine>(
 fn pieces(len: usize, segs: &[HostSeg], mut skip: usize) -> impl Iterator<Item = (usize, HostSeg, usize, usize)> + '_ {
     let mut done = 0usize;
     segs.iter()
-        .map_while(move |s| {
-            if done == len {
+        .filter_map(move |s| {
+            let seg_len = s.len() as usize;
+            if skip >= seg_len {
+                skip -= seg_len;
                 return None;
             }
-            let seg_len = s.len() as usize;
-            let piece = if skip >= seg_len {
-                skip -= seg_len;
-                (done, *s, 0, 0)
-            } else {
-                let n = (seg_len - skip).min(len - done);
-                let piece = (done, *s, skip, n);
-                (done, skip) = (done + n, 0);
-                piece
-            };
+            let n = (seg_len - skip).min(len - done);
+            let piece = (done, *s, skip, n);
+            (done, skip) = (done + n, 0);
             Some(piece)
         })
-        .filter(|p| p.3 != 0)
+        .take_while(|p| p.3 != 0)
 }
 
 /// The copies of a group of packets, gathered first and handed to the channel in one

@@ -74,7 +74,8 @@ fn check_memory(q: &mut crate::virtio::queue::Virtqueue, stats: &mut QueueStats)
 /// Tells the guest not to kick `q` (used flags `NO_NOTIFY`, a stale `avail_event`, or the packed
 /// device event area's `DISABLE`; virtio 1.2 sections 2.7.10 and 2.8.10): the PMD polls every
 /// queue it serves and never reads a kick, while each kick costs the guest a system call
-/// (virtio-user's eventfd write) or a VM exit (a guest kernel's notify register), once per burst.
+/// (virtio-user's eventfd write) or a trap into the hypervisor (a guest kernel's write to its
+/// notify register), once per burst.
 /// A queue whose rings cannot be written is broken by it, which its first burst reports.
 fn poll_without_kicks(q: &mut crate::virtio::queue::Virtqueue) {
     let _ = q.set_kicks(false);
