@@ -37,6 +37,11 @@
 #   spread (min - max), and the ratio of medians ours / DPDK.
 # Cores (this machine has 2): the switch's forwarding thread on CPU 0, the guest's forwarding
 #   lcore on CPU 1; each testpmd's main lcore (idle: it only prints stats) on the other CPU.
+# Cache-line round trip: before every run, `vswitch cpu-latency` measures how long one cache
+#   line takes from the switch's CPU to the guest's and back ("c2c" in the round lines and the
+#   CSV). Every packet pays such hand-offs, so the rates follow it: on the 2-CPU VMs here it
+#   jumps between about 80 ns (the two vCPUs share a cache) and 300-380 ns (they do not) from
+#   minute to minute, and every switch's rate with it. Compare runs of like c2c.
 #
 # Environment: ROUNDS (5), WARMUP (2 s), WINDOW (4 s), SIZES ("64 1518"; 42..9216), DIRS
 #   ("g2h h2g"), RINGS ("split"; or "packed", or "split packed"), ENGINES ("memcpy worker"; an
@@ -128,6 +133,16 @@ check_vswitch() {
   esac
 }
 check_vswitch "$VSWITCH"
+# The cache-line round trip between the two CPUs now (ns), or "-" if $VSWITCH cannot measure it.
+C2C_OK=0
+"$VSWITCH" cpu-latency --help >/dev/null 2>&1 && C2C_OK=1
+c2c_ns() {
+  [ $C2C_OK = 1 ] || { echo -; return; }
+  local v
+  v=$("$VSWITCH" cpu-latency "$SWITCH_CPU" "$GUEST_CPU" --round-trips 20000 --runs 3 2>/dev/null |
+    sed -n 's/.*: \([0-9.]*\) ns per.*/\1/p')
+  echo "${v:--}"
+}
 
 eal() { # <name> <lcores>: sets EAL to EAL arguments with a unique file prefix
   local prefix="ce-pb-$1-$$-$RANDOM"
@@ -360,26 +375,28 @@ echo "   switch forwarding thread on CPU $SWITCH_CPU, guest (testpmd, 1 virtio-u
 T0=$SECONDS
 # Per "<switch>/<size>/<dir>": the received pps of each round, in order ("FAIL" for a failed
 # round), the sender's pps of the rounds that worked, and why rounds failed.
-declare -A VALS SENT WHY
+declare -A VALS SENT WHY C2C
 for size in $SIZES; do
   for dir in $DIRS; do
    for ring in $RINGS; do
     # Rounds alternate the switches: A B C, A B C, ...
     for round in $(seq "$ROUNDS"); do
       for label in "${labels[@]}"; do
+        c2c=$(c2c_ns)
         run_one "$label" "$size" "$dir" "$ring"; out=$RESULT
         k="$label/$size/$dir/$ring"
+        C2C[$k]="${C2C[$k]:-}${C2C[$k]:+ }$c2c"
         case $out in
           FAIL*)
-            printf '   %5s B %-11s %-6s round %s %-7s %s\n' "$size" "$(dirname_ "$dir")" "$ring" "$round" "$label" "$out"
+            printf '   %5s B %-11s %-6s round %s %-7s %s (c2c %s ns)\n' "$size" "$(dirname_ "$dir")" "$ring" "$round" "$label" "$out" "$c2c"
             VALS[$k]="${VALS[$k]:-}${VALS[$k]:+ }FAIL"
             r=${out#FAIL }
             case "${WHY[$k]:-}" in *"$r"*) ;; *) WHY[$k]="${WHY[$k]:-}${WHY[$k]:+; }$r" ;; esac
             continue ;;
         esac
         read -r rx tx <<<"$out"
-        printf '   %5s B %-11s %-6s round %s %-7s received %7s Mpps (sender %7s Mpps)\n' "$size" \
-          "$(dirname_ "$dir")" "$ring" "$round" "$label" "$(mpps "$rx")" "$(mpps "$tx")"
+        printf '   %5s B %-11s %-6s round %s %-7s received %7s Mpps (sender %7s Mpps) c2c %5s ns\n' "$size" \
+          "$(dirname_ "$dir")" "$ring" "$round" "$label" "$(mpps "$rx")" "$(mpps "$tx")" "$c2c"
         VALS[$k]="${VALS[$k]:-}${VALS[$k]:+ }$rx"
         SENT[$k]="${SENT[$k]:-}${SENT[$k]:+ }$tx"
       done
@@ -397,6 +414,7 @@ if [ -n "$CSV" ]; then
   {
     printf 'size,direction,switch,status,median_mpps,min_mpps,max_mpps,spread_pct,median_gbps,ratio_vs_dpdk,rounds,ok_rounds,sender_median_mpps,reason,ring'
     for r in $(seq "$ROUNDS"); do printf ',round_%s_mpps' "$r"; done
+    for r in $(seq "$ROUNDS"); do printf ',round_%s_c2c_ns' "$r"; done
     echo
   } >>"$CSV"
 fi
@@ -438,6 +456,7 @@ for size in $SIZES; do
           for v in ${VALS[$k]:-}; do
             if [ "$v" = FAIL ]; then printf ',FAIL'; else printf ',%.6f' "$(awk -v p="$v" 'BEGIN { print p / 1e6 }')"; fi
           done
+          for v in ${C2C[$k]:-}; do printf ',%s' "${v/-/}"; done
           echo
         } >>"$CSV"
       fi
@@ -445,6 +464,10 @@ for size in $SIZES; do
    done
   done
 done
+if [ $C2C_OK = 1 ]; then
+  # shellcheck disable=SC2086
+  echo "Cache-line round trip CPU $SWITCH_CPU <-> CPU $GUEST_CPU before each run (vswitch cpu-latency): $(printf '%s\n' ${C2C[*]} | grep -v '^-$' | sort -n | awk '{ v[NR] = $1 } END { if (NR) printf "%s - %s ns, median %s ns over %d runs", v[1], v[NR], v[int((NR + 1) / 2)], NR; else printf "not measured" }')"
+fi
 echo "Both switches get one forwarding core (CPU $SWITCH_CPU), the guest one (CPU $GUEST_CPU); a ratio near 1"
 echo "may mean the guest, not the switch, is the bottleneck (compare the sender column of the rounds above)."
 [ -n "$CSV" ] && echo "CSV: $CSV"

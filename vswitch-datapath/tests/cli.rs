@@ -98,3 +98,41 @@ fn pvp_refuses_garbage_in_every_flag_with_an_error() {
         assert_refused(bin, args);
     }
 }
+
+#[test]
+fn cpu_latency_measures_two_cpus_and_refuses_bad_ones() {
+    let bin = env!("CARGO_BIN_EXE_vswitch");
+    for args in [
+        &["cpu-latency", "0", "0"][..],
+        &["cpu-latency", "0"],
+        &["cpu-latency", "0", "x"],
+        &["cpu-latency", "0", "99999"],
+        &["cpu-latency", "0", "1", "--runs", "0"],
+        &["cpu-latency", "0", "1", "--round-trips", "0"],
+    ] {
+        assert_refused(bin, args);
+    }
+    // Two CPUs this process may run on (the CI runners have two; a one-CPU box has no pair).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let list = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).expect("Cpus_allowed_list");
+    let mut allowed = list.trim().split(',').flat_map(|r| {
+        let (lo, hi) = r.split_once('-').unwrap_or((r, r));
+        lo.parse::<usize>().unwrap()..=hi.parse::<usize>().unwrap()
+    });
+    let (Some(a), Some(b)) = (allowed.next(), allowed.next()) else {
+        eprintln!("one CPU only: no pair to measure");
+        return;
+    };
+    let (a, b) = (a.to_string(), b.to_string());
+    let out = Command::new(bin).args(["cpu-latency", &a, &b, "--round-trips", "2000", "--runs", "3"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "cpu-latency {a} {b} failed: {}", String::from_utf8_lossy(&out.stderr));
+    // "cpu A <-> cpu B: <ns> ns per cache-line round trip (median of 3 runs; min .., max ..)"
+    let ns: f64 = text
+        .split_once(": ")
+        .and_then(|(_, rest)| rest.split_once(" ns"))
+        .and_then(|(v, _)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no figure in {text:?}"));
+    assert!(ns > 0.0 && ns.is_finite(), "round trip {ns} ns in {text:?}");
+    assert!(text.contains("median of 3 runs"), "{text:?}");
+}

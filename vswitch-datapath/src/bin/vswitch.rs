@@ -255,6 +255,22 @@ enum Sub {
         #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
         command: Vec<String>,
     },
+    /// Measure how long one cache line takes from CPU A to CPU B and back (ns, the median of
+    /// several runs): the hand-off every vhost packet pays between a PMD core and a guest vCPU.
+    /// Pick the PMD core with the shortest round trip to the guest; scripts/peer-bench.sh prints
+    /// it next to every run. Exit codes: 0 measured, 2 bad CPUs (equal, absent, not allowed).
+    CpuLatency {
+        /// One CPU (this thread runs here).
+        a: usize,
+        /// The other CPU (a helper thread runs here).
+        b: usize,
+        /// Round trips per run.
+        #[arg(long, default_value_t = 100_000)]
+        round_trips: u64,
+        /// Runs; the median is reported.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
 }
 
 /// The request line `vswitch ctl` sends for `words`.
@@ -441,8 +457,21 @@ fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
-    if let Some(Sub::Ctl { socket, command }) = &args.sub {
-        return ctl(socket, command);
+    match &args.sub {
+        Some(Sub::Ctl { socket, command }) => return ctl(socket, command),
+        &Some(Sub::CpuLatency { a, b, round_trips, runs }) => {
+            return match latency::measure(a, b, round_trips, runs) {
+                Ok(r) => {
+                    println!("cpu {a} <-> cpu {b}: {r}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("vswitch {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        None => {}
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let stop = Arc::new(AtomicBool::new(false));
@@ -529,7 +558,7 @@ fn dsa(wq: &str, _policy: Policy, _args: &Args, _stop: &AtomicBool) -> Result<()
 #[allow(unsafe_code)]
 pub(crate) fn pin_to(core: usize) -> Result<(), String> {
     if core >= libc::CPU_SETSIZE as usize {
-        return Err(format!("--pmd-cores: core {core} is out of range"));
+        return Err(format!("core {core} is out of range"));
     }
     // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET stays inside it (core checked above);
     // sched_setaffinity reads exactly `size_of::<cpu_set_t>()` bytes of it.
@@ -539,7 +568,7 @@ pub(crate) fn pin_to(core: usize) -> Result<(), String> {
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
     };
     if rc != 0 {
-        return Err(format!("--pmd-cores: cannot pin to core {core}: {}", std::io::Error::last_os_error()));
+        return Err(format!("cannot pin to core {core}: {}", std::io::Error::last_os_error()));
     }
     Ok(())
 }
@@ -593,7 +622,7 @@ fn run<E: CopyEngine>(chan: Channel<E>, args: &Args, stop: &AtomicBool) -> Resul
         }),
     }
     if let Some(&core) = args.pmd_cores.first() {
-        pin_to(core)?;
+        pin_to(core).map_err(|e| format!("--pmd-cores: {e}"))?;
     }
     let mode = match args.forward() {
         ForwardMode::Pairs => "ports cross-connected in pairs".to_string(),
@@ -798,6 +827,8 @@ fn print_stats<E: CopyEngine>(pmd: &Pmd<E>, servers: &[Option<VhostUserServer>],
     last.t = t;
 }
 
+#[path = "vswitch/latency.rs"]
+mod latency;
 #[path = "vswitch/multi.rs"]
 mod multi;
 

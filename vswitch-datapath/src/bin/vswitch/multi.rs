@@ -478,7 +478,7 @@ fn pmd_thread(
     stop: &AtomicBool,
     start: Instant,
 ) -> Result<(), String> {
-    pin_to(plan.core)?;
+    pin_to(plan.core).map_err(|e| format!("--pmd-cores: {e}"))?;
     match engine {
         PmdEngine::Worker => {
             let e = WorkerEngine::new(WorkerConfig::default()).map_err(|e| format!("pmd{k}: worker engine: {e}"))?;
