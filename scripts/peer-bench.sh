@@ -39,9 +39,9 @@
 #   lcore on CPU 1; each testpmd's main lcore (idle: it only prints stats) on the other CPU.
 # Cache-line round trip: before every run, `vswitch cpu-latency` measures how long one cache
 #   line takes from the switch's CPU to the guest's and back ("c2c" in the round lines and the
-#   CSV). Every packet pays such hand-offs, so the rates follow it: on the 2-CPU VMs here it
-#   jumps between about 80 ns (the two vCPUs share a cache) and 300-380 ns (they do not) from
-#   minute to minute, and every switch's rate with it. Compare runs of like c2c.
+#   CSV). Every packet pays such hand-offs: on the 2-CPU VMs here it jumps between about 80 ns
+#   (the two vCPUs share a cache) and 300-420 ns (they do not) from minute to minute, and the
+#   host->guest rates of every switch with it. Compare runs of like c2c.
 #
 # Environment: ROUNDS (5), WARMUP (2 s), WINDOW (4 s), SIZES ("64 1518"; 42..9216), DIRS
 #   ("g2h h2g"), RINGS ("split"; or "packed", or "split packed"), ENGINES ("memcpy worker"; an
