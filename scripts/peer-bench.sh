@@ -37,9 +37,10 @@
 #   spread (min - max), and the ratio of medians ours / DPDK.
 # Cores (this machine has 2): the switch's forwarding thread on CPU 0, the guest's forwarding
 #   lcore on CPU 1; each testpmd's main lcore (idle: it only prints stats) on the other CPU.
-# Cache-line round trip: before every run, `vswitch cpu-latency` measures how long one cache
-#   line takes from the switch's CPU to the guest's and back ("c2c" in the round lines and the
-#   CSV). Every packet pays such hand-offs: on the 2-CPU VMs here it jumps between about 80 ns
+# Cache-line round trip: before and after every run, `vswitch cpu-latency` measures how long one
+#   cache line takes from the switch's CPU to the guest's and back ("c2c <before>/<after>" in the
+#   round lines, both in the CSV; a run whose two readings differ 2x or more changed state
+#   during the run and is counted at the end). Every packet pays such hand-offs: on the 2-CPU VMs here it jumps between about 80 ns
 #   (the two vCPUs share a cache) and 300-420 ns (they do not) from minute to minute, and the
 #   host->guest rates of every switch with it. Compare runs of like c2c.
 #
@@ -375,7 +376,8 @@ echo "   switch forwarding thread on CPU $SWITCH_CPU, guest (testpmd, 1 virtio-u
 T0=$SECONDS
 # Per "<switch>/<size>/<dir>": the received pps of each round, in order ("FAIL" for a failed
 # round), the sender's pps of the rounds that worked, and why rounds failed.
-declare -A VALS SENT WHY C2C
+declare -A VALS SENT WHY C2C C2C_AFTER
+RUN_C2C=()
 for size in $SIZES; do
   for dir in $DIRS; do
    for ring in $RINGS; do
@@ -384,19 +386,22 @@ for size in $SIZES; do
       for label in "${labels[@]}"; do
         c2c=$(c2c_ns)
         run_one "$label" "$size" "$dir" "$ring"; out=$RESULT
+        c2c_after=$(c2c_ns)
         k="$label/$size/$dir/$ring"
         C2C[$k]="${C2C[$k]:-}${C2C[$k]:+ }$c2c"
+        C2C_AFTER[$k]="${C2C_AFTER[$k]:-}${C2C_AFTER[$k]:+ }$c2c_after"
+        RUN_C2C+=("$c2c/$c2c_after")
         case $out in
           FAIL*)
-            printf '   %5s B %-11s %-6s round %s %-7s %s (c2c %s ns)\n' "$size" "$(dirname_ "$dir")" "$ring" "$round" "$label" "$out" "$c2c"
+            printf '   %5s B %-11s %-6s round %s %-7s %s (c2c %s/%s ns)\n' "$size" "$(dirname_ "$dir")" "$ring" "$round" "$label" "$out" "$c2c" "$c2c_after"
             VALS[$k]="${VALS[$k]:-}${VALS[$k]:+ }FAIL"
             r=${out#FAIL }
             case "${WHY[$k]:-}" in *"$r"*) ;; *) WHY[$k]="${WHY[$k]:-}${WHY[$k]:+; }$r" ;; esac
             continue ;;
         esac
         read -r rx tx <<<"$out"
-        printf '   %5s B %-11s %-6s round %s %-7s received %7s Mpps (sender %7s Mpps) c2c %5s ns\n' "$size" \
-          "$(dirname_ "$dir")" "$ring" "$round" "$label" "$(mpps "$rx")" "$(mpps "$tx")" "$c2c"
+        printf '   %5s B %-11s %-6s round %s %-7s received %7s Mpps (sender %7s Mpps) c2c %5s/%-5s ns\n' "$size" \
+          "$(dirname_ "$dir")" "$ring" "$round" "$label" "$(mpps "$rx")" "$(mpps "$tx")" "$c2c" "$c2c_after"
         VALS[$k]="${VALS[$k]:-}${VALS[$k]:+ }$rx"
         SENT[$k]="${SENT[$k]:-}${SENT[$k]:+ }$tx"
       done
@@ -415,6 +420,7 @@ if [ -n "$CSV" ]; then
     printf 'size,direction,switch,status,median_mpps,min_mpps,max_mpps,spread_pct,median_gbps,ratio_vs_dpdk,rounds,ok_rounds,sender_median_mpps,reason,ring'
     for r in $(seq "$ROUNDS"); do printf ',round_%s_mpps' "$r"; done
     for r in $(seq "$ROUNDS"); do printf ',round_%s_c2c_ns' "$r"; done
+    for r in $(seq "$ROUNDS"); do printf ',round_%s_c2c_after_ns' "$r"; done
     echo
   } >>"$CSV"
 fi
@@ -457,6 +463,7 @@ for size in $SIZES; do
             if [ "$v" = FAIL ]; then printf ',FAIL'; else printf ',%.6f' "$(awk -v p="$v" 'BEGIN { print p / 1e6 }')"; fi
           done
           for v in ${C2C[$k]:-}; do printf ',%s' "${v/-/}"; done
+          for v in ${C2C_AFTER[$k]:-}; do printf ',%s' "${v/-/}"; done
           echo
         } >>"$CSV"
       fi
@@ -466,7 +473,8 @@ for size in $SIZES; do
 done
 if [ $C2C_OK = 1 ]; then
   # shellcheck disable=SC2086
-  echo "Cache-line round trip CPU $SWITCH_CPU <-> CPU $GUEST_CPU before each run (vswitch cpu-latency): $(printf '%s\n' ${C2C[*]} | grep -v '^-$' | sort -n | awk '{ v[NR] = $1 } END { if (NR) printf "%s - %s ns, median %s ns over %d runs", v[1], v[NR], v[int((NR + 1) / 2)], NR; else printf "not measured" }')"
+  echo "Cache-line round trip CPU $SWITCH_CPU <-> CPU $GUEST_CPU before and after each run (vswitch cpu-latency): $(printf '%s\n' ${C2C[*]} ${C2C_AFTER[*]} | grep -v '^-$' | sort -n | awk '{ v[NR] = $1 } END { if (NR) printf "%s - %s ns, median %s ns over %d readings", v[1], v[NR], v[int((NR + 1) / 2)], NR; else printf "not measured" }')"
+  echo "Runs whose readings before and after differ 2x or more (the state changed during the run): $(printf '%s\n' "${RUN_C2C[@]}" | awk -F/ '$1 != "-" && $2 != "-" && ($1 >= 2 * $2 || $2 >= 2 * $1) { n++ } END { printf "%d of %d", n, NR }')"
 fi
 echo "Both switches get one forwarding core (CPU $SWITCH_CPU), the guest one (CPU $GUEST_CPU); a ratio near 1"
 echo "may mean the guest, not the switch, is the bottleneck (compare the sender column of the rounds above)."
