@@ -50,6 +50,7 @@
 #   one alternated run: ENGINES="memcpy memcpy@/tmp/vswitch-b"), TESTPMD (dpdk-testpmd), VSWITCH_BIN (built here if
 #   unset), JUMBO (auto; or all), CSV=<path> to also write the results as CSV (one row per cell and switch),
 #   KEEP_LOGS=1 to keep the per-run logs.
+# Arguments: none (--help prints this text; anything else is refused with exit 2).
 # Exit status: 0 every run measured; 1 some run failed (its cell says FAIL and why; the tables
 #   and the CSV are still written); 2 nothing measured (setup error).
 set -uo pipefail
@@ -73,6 +74,13 @@ JUMBO=${JUMBO:-auto}
 CSV=${CSV:-}
 
 die() { echo "peer-bench: $*" >&2; exit 2; }
+# Settings are environment variables (above); an argument is a mistake, not a run.
+usage() { sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+case ${1:-} in
+  "") ;;
+  -h | --help) usage; exit 0 ;;
+  *) usage >&2; die "takes no arguments (settings are environment variables, above); got $*" ;;
+esac
 command -v "$TESTPMD" >/dev/null 2>&1 || die "$TESTPMD not found (Debian: apt-get install dpdk-dev; scripts/test.sh installs it)"
 [ "$(nproc)" -ge 2 ] || die "needs at least 2 CPUs (switch on one, guest on the other)"
 for d in $DIRS; do case $d in g2h | h2g) ;; *) die "DIRS: expected g2h and/or h2g, got $d" ;; esac; done
