@@ -4,9 +4,9 @@
 //! it; the PMD writes a used entry and the packet, the guest reads them. Where the PMD's core and
 //! the guest's vCPU share a cache (an L3 complex) a line comes back in well under 100 ns; across
 //! complexes or sockets it takes several times that, and every vhost switch slows down with it.
-//! On the 2-CPU VMs this project is measured on the figure jumps between about 80 and 375 ns from
-//! one minute to the next (the hypervisor moves the vCPUs), and so do the peer benchmark's rates:
-//! scripts/peer-bench.sh prints it next to every run. For an operator it says which PMD core to
+//! On the 2-CPU VMs this project is measured on the figure jumps between about 80 and 420 ns from
+//! one minute to the next (the hypervisor moves the vCPUs), and host->guest rates with it:
+//! scripts/peer-bench.sh prints it before and after every run. For an operator it says which PMD core to
 //! give a guest: the one with the shortest round trip to the guest's vCPUs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
