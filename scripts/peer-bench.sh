@@ -40,7 +40,9 @@
 # Cache-line round trip: before and after every run, `vswitch cpu-latency` measures how long one
 #   cache line takes from the switch's CPU to the guest's and back ("c2c <before>/<after>" in the
 #   round lines, both in the CSV; a run whose two readings differ 2x or more changed state
-#   during the run and is counted at the end). Every packet pays such hand-offs: on the 2-CPU VMs here it jumps between about 80 ns
+#   during the run and is counted at the end). C2C_MAX=<ns> waits before each run (up to
+#   C2C_WAIT seconds, 120) until a reading is at most that, so that every run starts in the
+#   same state (C2C_MAX=150: the vCPUs share a cache); a run that could not wait it out says so. Every packet pays such hand-offs: on the 2-CPU VMs here it jumps between about 80 ns
 #   (the two vCPUs share a cache) and 300-420 ns (they do not) from minute to minute, and the
 #   host->guest rates of every switch with it. Compare runs of like c2c.
 #
@@ -49,7 +51,7 @@
 #   entry <engine>@<path> runs that engine on another vswitch binary, for an A/B of two builds in
 #   one alternated run: ENGINES="memcpy memcpy@/tmp/vswitch-b"), TESTPMD (dpdk-testpmd), VSWITCH_BIN (built here if
 #   unset), JUMBO (auto; or all), CSV=<path> to also write the results as CSV (one row per cell and switch),
-#   KEEP_LOGS=1 to keep the per-run logs.
+#   KEEP_LOGS=1 to keep the per-run logs, C2C_MAX and C2C_WAIT (see "Cache-line round trip").
 # Arguments: none (--help prints this text; anything else is refused with exit 2).
 # Exit status: 0 every run measured; 1 some run failed (its cell says FAIL and why; the tables
 #   and the CSV are still written); 2 nothing measured (setup error).
@@ -72,6 +74,8 @@ JUMBO_MBUF=10240  # mbuf data room (with its 128 B headroom) that holds a 9216 B
 JUMBO_PKT_LEN=9234  # the largest size, 9216 B, + 18: the --max-pkt-len of a receiving guest
 JUMBO=${JUMBO:-auto}
 CSV=${CSV:-}
+C2C_MAX=${C2C_MAX:-}
+C2C_WAIT=${C2C_WAIT:-120}
 
 die() { echo "peer-bench: $*" >&2; exit 2; }
 # Settings are environment variables (above); an argument is a mistake, not a run.
@@ -145,6 +149,10 @@ check_vswitch "$VSWITCH"
 # The cache-line round trip between the two CPUs now (ns), or "-" if $VSWITCH cannot measure it.
 C2C_OK=0
 "$VSWITCH" cpu-latency --help >/dev/null 2>&1 && C2C_OK=1
+if [ -n "$C2C_MAX" ]; then
+  [ $C2C_OK = 1 ] || die "C2C_MAX: $VSWITCH has no cpu-latency subcommand"
+  case $C2C_MAX$C2C_WAIT in *[!0-9]*) die "C2C_MAX and C2C_WAIT: whole numbers (ns, s)" ;; esac
+fi
 c2c_ns() {
   [ $C2C_OK = 1 ] || { echo -; return; }
   local v
@@ -393,6 +401,16 @@ for size in $SIZES; do
     for round in $(seq "$ROUNDS"); do
       for label in "${labels[@]}"; do
         c2c=$(c2c_ns)
+        if [ -n "$C2C_MAX" ]; then
+          waited=0
+          while [ "$c2c" = - ] || awk -v v="$c2c" -v m="$C2C_MAX" 'BEGIN { exit !(v > m) }'; do
+            if [ $waited -ge "$C2C_WAIT" ]; then
+              echo "   (c2c still $c2c ns > $C2C_MAX after ${waited} s: this run starts in the other state)"
+              break
+            fi
+            sleep 2; waited=$((waited + 2)); c2c=$(c2c_ns)
+          done
+        fi
         run_one "$label" "$size" "$dir" "$ring"; out=$RESULT
         c2c_after=$(c2c_ns)
         k="$label/$size/$dir/$ring"
