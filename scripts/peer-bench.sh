@@ -39,12 +39,13 @@
 #   lcore on CPU 1; each testpmd's main lcore (idle: it only prints stats) on the other CPU.
 # Cache-line round trip: before and after every run, `vswitch cpu-latency` measures how long one
 #   cache line takes from the switch's CPU to the guest's and back ("c2c <before>/<after>" in the
-#   round lines, both in the CSV; a run whose two readings differ 2x or more changed state
-#   during the run and is counted at the end). C2C_MAX=<ns> waits before each run (up to
-#   C2C_WAIT seconds, 120) until a reading is at most that, so that every run starts in the
-#   same state (C2C_MAX=150: the vCPUs share a cache); a run that could not wait it out says so. Every packet pays such hand-offs: on the 2-CPU VMs here it jumps between about 80 ns
-#   (the two vCPUs share a cache) and 300-420 ns (they do not) from minute to minute, and the
-#   host->guest rates of every switch with it. Compare runs of like c2c.
+#   round lines, both in the CSV). Every packet pays such hand-offs: on the 2-CPU VMs here it
+#   reads 75-130 ns (the two vCPUs share a cache) or 290-450 ns (they do not), changing within
+#   minutes or seconds, and the host->guest rates of every switch follow it. A run whose two
+#   readings differ 2x or more changed state during the run; the end counts them. Compare runs
+#   of like c2c. C2C_MAX=<ns> waits before each run (up to C2C_WAIT seconds, 120) until a
+#   reading is at most that (C2C_MAX=150: the vCPUs share a cache); a run that could not wait it
+#   out says so.
 #
 # Environment: ROUNDS (5), WARMUP (2 s), WINDOW (4 s), SIZES ("64 1518"; 42..9216), DIRS
 #   ("g2h h2g"), RINGS ("split"; or "packed", or "split packed"), ENGINES ("memcpy worker"; an
@@ -392,8 +393,8 @@ echo "   switch forwarding thread on CPU $SWITCH_CPU, guest (testpmd, 1 virtio-u
 T0=$SECONDS
 # Per "<switch>/<size>/<dir>": the received pps of each round, in order ("FAIL" for a failed
 # round), the sender's pps of the rounds that worked, and why rounds failed.
-declare -A VALS SENT WHY C2C C2C_AFTER
-RUN_C2C=()
+# C2C: per key, "<before>/<after>" readings of each round ("-" where not measured).
+declare -A VALS SENT WHY C2C
 for size in $SIZES; do
   for dir in $DIRS; do
    for ring in $RINGS; do
@@ -414,9 +415,7 @@ for size in $SIZES; do
         run_one "$label" "$size" "$dir" "$ring"; out=$RESULT
         c2c_after=$(c2c_ns)
         k="$label/$size/$dir/$ring"
-        C2C[$k]="${C2C[$k]:-}${C2C[$k]:+ }$c2c"
-        C2C_AFTER[$k]="${C2C_AFTER[$k]:-}${C2C_AFTER[$k]:+ }$c2c_after"
-        RUN_C2C+=("$c2c/$c2c_after")
+        C2C[$k]="${C2C[$k]:-}${C2C[$k]:+ }$c2c/$c2c_after"
         case $out in
           FAIL*)
             printf '   %5s B %-11s %-6s round %s %-7s %s (c2c %s/%s ns)\n' "$size" "$(dirname_ "$dir")" "$ring" "$round" "$label" "$out" "$c2c" "$c2c_after"
@@ -488,8 +487,8 @@ for size in $SIZES; do
           for v in ${VALS[$k]:-}; do
             if [ "$v" = FAIL ]; then printf ',FAIL'; else printf ',%.6f' "$(awk -v p="$v" 'BEGIN { print p / 1e6 }')"; fi
           done
-          for v in ${C2C[$k]:-}; do printf ',%s' "${v/-/}"; done
-          for v in ${C2C_AFTER[$k]:-}; do printf ',%s' "${v/-/}"; done
+          for v in ${C2C[$k]:-}; do v=${v%/*}; printf ',%s' "${v/-/}"; done
+          for v in ${C2C[$k]:-}; do v=${v#*/}; printf ',%s' "${v/-/}"; done
           echo
         } >>"$CSV"
       fi
@@ -499,8 +498,9 @@ for size in $SIZES; do
 done
 if [ $C2C_OK = 1 ]; then
   # shellcheck disable=SC2086
-  echo "Cache-line round trip CPU $SWITCH_CPU <-> CPU $GUEST_CPU before and after each run (vswitch cpu-latency): $(printf '%s\n' ${C2C[*]} ${C2C_AFTER[*]} | grep -v '^-$' | sort -n | awk '{ v[NR] = $1 } END { if (NR) printf "%s - %s ns, median %s ns over %d readings", v[1], v[NR], v[int((NR + 1) / 2)], NR; else printf "not measured" }')"
-  echo "Runs whose readings before and after differ 2x or more (the state changed during the run): $(printf '%s\n' "${RUN_C2C[@]}" | awk -F/ '$1 != "-" && $2 != "-" && ($1 >= 2 * $2 || $2 >= 2 * $1) { n++ } END { printf "%d of %d", n, NR }')"
+  echo "Cache-line round trip CPU $SWITCH_CPU <-> CPU $GUEST_CPU before and after each run (vswitch cpu-latency): $(printf '%s\n' ${C2C[*]} | tr / '\n' | grep -v '^-$' | sort -n | awk '{ v[NR] = $1 } END { if (NR) printf "%s - %s ns, median %s ns over %d readings", v[1], v[NR], v[int((NR + 1) / 2)], NR; else printf "not measured" }')"
+  # shellcheck disable=SC2086
+  echo "Runs whose readings before and after differ 2x or more (the state changed during the run): $(printf '%s\n' ${C2C[*]} | awk -F/ '$1 != "-" && $2 != "-" && ($1 >= 2 * $2 || $2 >= 2 * $1) { n++ } END { printf "%d of %d", n, NR }')"
 fi
 echo "Both switches get one forwarding core (CPU $SWITCH_CPU), the guest one (CPU $GUEST_CPU); a ratio near 1"
 echo "may mean the guest, not the switch, is the bottleneck (compare the sender column of the rounds above)."

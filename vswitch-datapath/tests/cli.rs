@@ -109,6 +109,7 @@ fn cpu_latency_measures_two_cpus_and_refuses_bad_ones() {
         &["cpu-latency", "0", "99999"],
         &["cpu-latency", "0", "1", "--runs", "0"],
         &["cpu-latency", "0", "1", "--round-trips", "0"],
+        &["cpu-latency", "0", "1", "--round-trips", "18446744073709551615", "--runs", "2"],
     ] {
         assert_refused(bin, args);
     }

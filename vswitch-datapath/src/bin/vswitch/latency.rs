@@ -4,10 +4,10 @@
 //! it; the PMD writes a used entry and the packet, the guest reads them. Where the PMD's core and
 //! the guest's vCPU share a cache (an L3 complex) a line comes back in well under 100 ns; across
 //! complexes or sockets it takes several times that, and every vhost switch slows down with it.
-//! On the 2-CPU VMs this project is measured on the figure jumps between about 80 and 420 ns from
-//! one minute to the next (the hypervisor moves the vCPUs), and host->guest rates with it:
-//! scripts/peer-bench.sh prints it before and after every run. For an operator it says which PMD core to
-//! give a guest: the one with the shortest round trip to the guest's vCPUs.
+//! On the 2-CPU VMs this project is measured on the figure reads 75-130 ns or 290-450 ns, changing
+//! within minutes (the hypervisor moves the vCPUs), and host->guest rates follow it:
+//! scripts/peer-bench.sh prints it before and after every run. For an operator it says which PMD
+//! core to give a guest: the one with the shortest round trip to the guest's vCPUs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -51,10 +51,13 @@ pub(crate) fn measure(a: usize, b: usize, trips: u64, runs: usize) -> Result<Rou
     if trips == 0 || runs == 0 {
         return Err("cpu-latency: --round-trips and --runs must be at least 1".into());
     }
+    // The values passed are 2 * total + 2 at most.
+    let Some(total) = trips.checked_mul(runs as u64).filter(|t| *t < u64::MAX / 2) else {
+        return Err("cpu-latency: --round-trips x --runs is too large".into());
+    };
     super::pin_to(a).map_err(|e| format!("cpu-latency: CPU {a}: {e}"))?;
     let line = Arc::new(Line(AtomicU64::new(0)));
     let far = line.clone();
-    let total = trips * runs as u64;
     let (ready_tx, ready_rx) = mpsc::channel();
     let pong = std::thread::Builder::new()
         .name("cpu-latency".into())
