@@ -61,11 +61,17 @@ impl Scene {
             vq.prefetch_buffer(ahead);
         }
         assert!(g.snapshot() == before, "a prefetch hint wrote to guest memory");
+        // The host->guest fast path takes only chains `pop` would take without an error: it
+        // leaves this one to `pop`, reporting nothing and breaking nothing.
+        let mut singles = Vec::new();
+        assert_eq!(vq.pop_rx_singles(&mut singles, 2 * SIZE as usize), 0, "the fast path took a bad chain");
+        assert!(!vq.is_broken() && vq.in_flight() == 0);
         assert_eq!(vq.pop(&mut c), Err(expected));
         assert!(vq.is_broken());
         assert_eq!(vq.broken(), Some(expected));
         // It stays broken, and does nothing more.
         assert_eq!(vq.pop(&mut c), Err(VirtqError::Broken));
+        assert_eq!(vq.pop_rx_singles(&mut singles, 2 * SIZE as usize), 0);
         assert_eq!(vq.avail_count(), Err(VirtqError::Broken));
         assert_eq!(vq.push_used(0, 0), Err(VirtqError::Broken));
         assert_eq!(vq.publish_used(), Err(VirtqError::Broken));
@@ -222,16 +228,23 @@ fn head_index_beyond_the_table_breaks_only_its_queue() {
     s.assert_breaks_only_its_queue(VirtqError::DescIndexOutOfRange { index: 0xffff, size: SIZE as u32 });
 }
 
-/// A head just past the table, where the memory holds what looks like a valid descriptor: still
-/// refused (the pop fast path must check the head as the full walk does).
+/// A head just past the table, where the memory holds what looks like a valid descriptor (a TX
+/// buffer, or an RX buffer for the host->guest fast path): still refused (the fast paths must
+/// check the head as the full walk does).
 #[test]
 fn head_index_past_a_table_followed_by_a_valid_descriptor_is_refused() {
+    for flags in [0, WRITE] {
+        head_past_the_table_case(flags);
+    }
+}
+
+fn head_past_the_table_case(flags: u16) {
     let g = TestGuest::split();
     let desc = g.alloc(16 * 2 * SIZE as usize, 16); // room for twice the table the device is told
     let avail = g.alloc(6 + 2 * SIZE as usize, 2);
     let used = g.alloc(6 + 8 * SIZE as usize, 4);
     let buf = g.alloc(64, 8);
-    let fake = RawDescriptor { addr: buf, len: 64, flags: 0, next: 0 };
+    let fake = RawDescriptor { addr: buf, len: 64, flags, next: 0 };
     g.write(desc + 16 * SIZE as u64, &fake.to_le_bytes());
     g.write(avail + 4, &SIZE.to_le_bytes()); // ring[0] = SIZE
     g.write(avail + 2, &1u16.to_le_bytes()); // idx = 1
@@ -245,6 +258,7 @@ fn head_index_past_a_table_followed_by_a_valid_descriptor_is_refused() {
     };
     let mut q = SplitQueue::new(g.memory().clone(), cfg).unwrap();
     let mut c = DescChain::new();
+    assert_eq!(q.pop_rx_singles(&mut Vec::new(), 1), 0, "the fast path took a head past the table");
     assert_eq!(q.pop(&mut c), Err(VirtqError::DescIndexOutOfRange { index: SIZE, size: SIZE as u32 }));
     assert!(q.is_broken());
 }

@@ -339,3 +339,60 @@ fn dirty_logging_starts_only_on_a_queue_with_nothing_in_flight_and_marks_what_po
     q.set_dirty_log(None).unwrap();
     assert!(!q.is_logging());
 }
+
+/// The host->guest fast path takes the run of single-buffer RX chains at the front of the avail
+/// ring, exactly the chains `pop` would give, and stops at the first chain of any other kind (a
+/// readable buffer, two descriptors), which `pop` then takes; chains it took and the caller did not
+/// use go back with `give_back`. It takes nothing while the queue logs dirty pages.
+#[test]
+fn rx_singles_are_taken_as_a_run_up_to_the_first_other_chain() {
+    let g = TestGuest::split();
+    let mut dq = g.add_queue(16, RingFeatures::empty());
+    let mut q = dq.device(&g);
+    let singles = [dq.post_rx(&g, 1000, 1), dq.post_rx(&g, 1500, 1), dq.post_rx(&g, 700, 1)];
+    let tx = dq.post_tx(&g, &payload(100), 1, false);
+    let two = dq.post_rx(&g, 500, 2);
+    let last = dq.post_rx(&g, 900, 1);
+    let mut out = Vec::new();
+    assert_eq!(q.pop_rx_singles(&mut out, 2), 2, "no more than asked");
+    assert_eq!(out.iter().map(|b| (b.head, b.seg.len())).collect::<Vec<_>>(), [(singles[0], 1000), (singles[1], 1500)]);
+    assert_eq!(q.in_flight(), 2);
+    // The same chains as `pop` walks them.
+    q.give_back(2).unwrap();
+    let mut c = DescChain::new();
+    for b in &out {
+        assert_eq!(q.pop(&mut c), Ok(true));
+        assert_eq!((c.head(), c.writable()), (b.head, &[b.seg][..]));
+    }
+    assert_eq!(q.pop_rx_singles(&mut out, 16), 1, "stops before the readable chain");
+    assert_eq!(out[0].head, singles[2]);
+    assert_eq!(q.pop_rx_singles(&mut out, 16), 0, "a readable chain is left to pop");
+    assert_eq!(q.pop(&mut c), Ok(true));
+    assert_eq!(c.head(), tx);
+    assert_eq!(q.pop_rx_singles(&mut out, 16), 0, "a chain of two is left to pop");
+    assert_eq!(q.pop(&mut c), Ok(true));
+    assert_eq!((c.head(), c.writable().len()), (two, 2));
+    assert_eq!(q.pop_rx_singles(&mut out, 16), 1);
+    assert_eq!(out[0].head, last);
+    assert_eq!(q.pop_rx_singles(&mut out, 16), 0, "the ring is empty");
+    assert_eq!(q.in_flight(), 6);
+    assert!(!q.is_broken());
+
+    // A run of used entries longer than the chains in flight writes nothing; one that fits writes
+    // them in order.
+    let done: Vec<(u16, u32)> = singles.iter().chain([&tx, &two, &last]).zip(10..).map(|(&h, l)| (h, l)).collect();
+    let extra: Vec<(u16, u32)> = done.iter().copied().chain([(0, 0)]).collect();
+    assert_eq!(q.push_used_run(extra.into_iter()), Err(VirtqError::TooManyUsed));
+    assert_eq!((q.used_idx(), q.in_flight(), q.is_broken()), (0, 6, false));
+    q.push_used_run(done.iter().copied()).unwrap();
+    assert_eq!(q.publish_used(), Ok(6));
+    let used: Vec<(u16, u32)> = std::iter::from_fn(|| dq.pop_used(&g)).map(|u| (u.id as u16, u.len)).collect();
+    assert_eq!(used, done);
+
+    // While logging, `pop` takes every chain (it records the buffers).
+    let log = vswitch_datapath::DirtyLog::anonymous((g.boundary() + (2 << 20)) / 4096).unwrap();
+    q.set_dirty_log(Some(std::sync::Arc::new(log))).unwrap();
+    dq.post_rx(&g, 1000, 1);
+    assert_eq!(q.pop_rx_singles(&mut out, 16), 0);
+    assert_eq!(q.pop(&mut c), Ok(true));
+}

@@ -474,6 +474,150 @@ fn guest_without_buffers_pushes_back() {
     }
 }
 
+/// Packets of one burst, `lens` long, filled with a pattern of their index.
+fn burst_of(pool: &mut PacketPool, lens: &[usize]) -> Burst {
+    lens.iter()
+        .enumerate()
+        .map(|(i, &len)| {
+            let mut p = pool.alloc().unwrap();
+            pool.set_len(&mut p, len);
+            pool.data_mut(&mut p).iter_mut().enumerate().for_each(|(k, b)| *b = (i * 31 + k) as u8);
+            p
+        })
+        .collect()
+}
+
+/// What the guest finds under `head`: the header's num_buffers and the packet bytes after it.
+fn received(rxd: &vswitch_datapath::testguest::DriverQueue, g: &TestGuest, head: u16, len: usize) -> (u16, Vec<u8>) {
+    let got = rxd.read_written(g, head, len);
+    (u16::from_le_bytes([got[10], got[11]]), got[HDR..].to_vec())
+}
+
+/// One burst over every kind of RX chain at once: single-buffer chains (the fast path takes them
+/// as a run), a packet that needs two of them (mergeable), a chain of two descriptors (the full
+/// walk) and singles again. Every packet lands intact, with the right num_buffers, and the used
+/// entries come back in posting order with the right lengths.
+#[test]
+fn rx_fast_path_and_full_walk_mix_in_one_burst() {
+    let g = TestGuest::new();
+    let mut rxd = g.add_queue(16, RingFeatures::empty());
+    let mut heads = vec![rxd.post_rx(&g, 2048, 1), rxd.post_rx(&g, 2048, 1)];
+    heads.extend([rxd.post_rx(&g, 2048, 1), rxd.post_rx(&g, 2048, 1)]); // packet 2: 3000 + 12 bytes
+    heads.push(rxd.post_rx(&g, 1024, 2)); // packet 3: a two-descriptor chain
+    heads.extend([rxd.post_rx(&g, 2048, 1), rxd.post_rx(&g, 2048, 1)]);
+    let mut north = Northbound::new(rxd.device(&g), HDR, true, Notifier::Polling);
+    let chan = Channel::new(MemcpyEngine::default(), Policy::default());
+    let mut pool = PacketPool::new(16, 4096);
+    let lens = [100, 200, 3000, 1500, 150, 60];
+    let mut burst = burst_of(&mut pool, &lens);
+    let want: Vec<Vec<u8>> = burst.iter().map(|p| pool.data(p).to_vec()).collect();
+    assert_eq!(north.enqueue_burst(&chan, &mut pool, &mut burst).unwrap(), 6);
+    assert!(burst.is_empty());
+    chan.progress();
+    assert_eq!(north.complete(&chan, &mut pool).unwrap(), 6);
+    let used: Vec<(u16, u32)> = std::iter::from_fn(|| rxd.pop_used(&g)).map(|u| (u.id as u16, u.len)).collect();
+    let lens_used = [112, 212, 2048, 3012 - 2048, 1512, 162, 72];
+    assert_eq!(used, heads.iter().copied().zip(lens_used).collect::<Vec<_>>(), "posting order, exact lengths");
+    for (i, (&head, &n)) in
+        [heads[0], heads[1], heads[4], heads[5], heads[6]].iter().zip(&[0usize, 1, 3, 4, 5]).enumerate()
+    {
+        let (bufs, bytes) = received(&rxd, &g, head, HDR + lens[n]);
+        assert_eq!((bufs, &bytes), (1, &want[n]), "packet {n} (chain {i})");
+    }
+    let first = rxd.read_written(&g, heads[2], 2048);
+    let second = rxd.read_written(&g, heads[3], 3012 - 2048);
+    assert_eq!(u16::from_le_bytes([first[10], first[11]]), 2, "packet 2 spans two buffers");
+    assert_eq!([&first[HDR..], &second[..]].concat(), want[2]);
+    assert_eq!(north.stats().packets, 6);
+    assert_eq!(pool.available(), 16, "every packet freed");
+}
+
+/// A hostile RX buffer in the middle of a run of good ones: a single writable descriptor whose
+/// buffer runs past guest memory. The packets before it are taken, the queue breaks with the
+/// typed error at that chain (the fast path leaves it to the full walk, which reports it), the
+/// packets from it on stay with the caller, in order, and not one byte is written past the good
+/// chains: the bad buffer ends in the guard page after the last region.
+#[test]
+fn a_hostile_rx_buffer_after_good_ones_breaks_the_queue_at_that_buffer() {
+    use vswitch_datapath::virtio::desc::{DescFlags, RawDescriptor};
+    use vswitch_datapath::{MemoryError, VhostError, VirtqError};
+    let g = TestGuest::new();
+    let mut rxd = g.add_queue(16, RingFeatures::empty());
+    let good = [rxd.post_rx(&g, 2048, 1), rxd.post_rx(&g, 2048, 1)];
+    let bad = rxd.post_rx(&g, 2048, 1);
+    rxd.post_rx(&g, 2048, 1);
+    let end = {
+        let r = g.memory().regions().last().unwrap();
+        r.guest_addr() + r.len() as u64
+    };
+    rxd.write_desc(&g, bad, RawDescriptor { addr: end - 10, len: 100, flags: DescFlags::WRITE.bits(), next: 0 });
+    let mut north = Northbound::new(rxd.device(&g), HDR, true, Notifier::Polling);
+    let tail = |g: &TestGuest| {
+        let mut b = [0u8; 10];
+        g.memory().read(end - 10, &mut b).unwrap();
+        b
+    };
+    let before = tail(&g);
+    let chan = Channel::new(MemcpyEngine::default(), Policy::default());
+    let mut pool = PacketPool::new(16, 4096);
+    let mut burst = burst_of(&mut pool, &[100, 200, 300, 400]);
+    let want: Vec<Vec<u8>> = burst.iter().map(|p| pool.data(p).to_vec()).collect();
+    let rest: Vec<u32> = burst[2..].iter().map(|p| p.index()).collect();
+    let expected = VirtqError::Memory(MemoryError::Unmapped { addr: end });
+    assert_eq!(north.enqueue_burst(&chan, &mut pool, &mut burst), Err(VhostError::Ring(expected)));
+    assert_eq!(north.queue().broken(), Some(expected));
+    assert_eq!(north.queue().in_flight(), 2, "only the two good chains were taken");
+    assert_eq!(burst.iter().map(|p| p.index()).collect::<Vec<_>>(), rest, "the rest handed back, in order");
+    chan.progress();
+    assert_eq!(tail(&g), before, "nothing written into the hostile buffer");
+    for (n, &head) in good.iter().enumerate() {
+        assert_eq!(received(&rxd, &g, head, HDR + want[n].len()), (1, want[n].clone()), "packet {n}");
+    }
+    north.clear(&chan, &mut pool);
+    for p in burst {
+        pool.free(p);
+    }
+    assert_eq!(pool.available(), 16);
+}
+
+/// The copy engine refuses an op in the middle of a burst of single-buffer RX chains (a stopped
+/// device): the packets before it are delivered, the refused packet's chain comes back with length
+/// 0 (nothing delivered) after them, and the packets after it stay with the caller with their
+/// chains untaken, to be delivered intact, in order, once the device runs again.
+#[test]
+fn a_refused_copy_mid_burst_hands_the_later_packets_back() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let g = TestGuest::new();
+    let mut rxd = g.add_queue(16, RingFeatures::empty());
+    let heads: Vec<u16> = (0..6).map(|_| rxd.post_rx(&g, 2048, 1)).collect();
+    let mut north = Northbound::new(rxd.device(&g), HDR, true, Notifier::Polling);
+    let allow = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(2));
+    let chan = Channel::new(Refusing::new(false, allow.clone()), Policy::offload_all());
+    let mut pool = PacketPool::new(16, 4096);
+    let lens = [300, 400, 500, 600, 700, 800];
+    let mut burst = burst_of(&mut pool, &lens);
+    let want: Vec<Vec<u8>> = burst.iter().map(|p| pool.data(p).to_vec()).collect();
+    let r = north.enqueue_burst(&chan, &mut pool, &mut burst);
+    assert!(matches!(r, Err(vswitch_datapath::VhostError::Engine(_))), "{r:?}");
+    assert_eq!(north.stats().engine_errors, 1);
+    assert_eq!(burst.len(), 3, "the packets after the refused one stay with the caller");
+    assert_eq!(north.queue().in_flight(), 3, "their chains were given back");
+    chan.progress();
+    north.complete(&chan, &mut pool).unwrap();
+    let used: Vec<(u16, u32)> = std::iter::from_fn(|| rxd.pop_used(&g)).map(|u| (u.id as u16, u.len)).collect();
+    assert_eq!(used, vec![(heads[0], 312), (heads[1], 412), (heads[2], 0)]);
+    allow.store(usize::MAX, Relaxed);
+    assert_eq!(north.enqueue_burst(&chan, &mut pool, &mut burst).unwrap(), 3);
+    chan.progress();
+    north.complete(&chan, &mut pool).unwrap();
+    let used: Vec<(u16, u32)> = std::iter::from_fn(|| rxd.pop_used(&g)).map(|u| (u.id as u16, u.len)).collect();
+    assert_eq!(used, vec![(heads[3], 612), (heads[4], 712), (heads[5], 812)]);
+    for n in [0, 1, 3, 4, 5] {
+        assert_eq!(received(&rxd, &g, heads[n], HDR + lens[n]), (1, want[n].clone()), "packet {n}");
+    }
+    assert_eq!(pool.available(), 16);
+}
+
 /// Northbound into a guest whose RX queue logs dirty pages, then southbound out of its TX queue:
 /// every byte of guest memory that changed (payloads, headers, num_buffers, used rings, event-idx
 /// fields) is on a page the log marked. The guest posts its buffers before and writes nothing

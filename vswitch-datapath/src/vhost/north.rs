@@ -16,11 +16,12 @@ use std::collections::VecDeque;
 use copy_engine::{Channel, CopyEngine, Ticket};
 use smallvec::SmallVec;
 
+use crate::mem::access::prefetch_host_write;
 use crate::mem::HostSeg;
 use crate::switch::pool::{Packet, PacketPool};
 use crate::vhost::copy::{copy_one, copy_segments, Dir};
 use crate::vhost::{Burst, Notifier, QueueStats, VhostError};
-use crate::virtio::chain::DescChain;
+use crate::virtio::chain::{DescChain, RxBuf};
 use crate::virtio::net::NetHdr;
 use crate::virtio::queue::Virtqueue;
 
@@ -59,6 +60,8 @@ pub struct Northbound {
     used: VecDeque<(u16, u32)>,
     chain: DescChain,
     segs: SmallVec<[HostSeg; 16]>,
+    /// The fast path's single-descriptor chains of one burst.
+    singles: Vec<RxBuf>,
     notifier: Notifier,
     stats: QueueStats,
 }
@@ -86,6 +89,7 @@ impl Northbound {
             used: VecDeque::with_capacity(size),
             chain: DescChain::new(),
             segs: SmallVec::new(),
+            singles: Vec::with_capacity(crate::vhost::BURST),
             notifier,
             stats: QueueStats::default(),
         }
@@ -107,19 +111,28 @@ impl Northbound {
         let mut result = Ok(());
         self.q.prefetch(pkts.len());
         let mut iter = std::mem::take(pkts).into_iter();
-        for pkt in iter.by_ref() {
-            self.q.prefetch_buffer(BUFFER_PREFETCH_AHEAD);
-            match self.enqueue_one(chan, pool, pkt) {
-                Ok(None) => accepted += 1,
-                Ok(Some(back)) => {
-                    self.stats.no_buffers += 1;
-                    left.push(back);
-                    break;
-                }
-                Err((back, e)) => {
-                    left.extend(back);
-                    result = Err(e);
-                    break;
+        match self.enqueue_singles(chan, pool, &mut iter) {
+            Ok(n) => accepted += n,
+            Err((back, e)) => {
+                left.extend(back);
+                result = Err(e);
+            }
+        }
+        if result.is_ok() {
+            for pkt in iter.by_ref() {
+                self.q.prefetch_buffer(BUFFER_PREFETCH_AHEAD);
+                match self.enqueue_one(chan, pool, pkt) {
+                    Ok(None) => accepted += 1,
+                    Ok(Some(back)) => {
+                        self.stats.no_buffers += 1;
+                        left.push(back);
+                        break;
+                    }
+                    Err((back, e)) => {
+                        left.extend(back);
+                        result = Err(e);
+                        break;
+                    }
                 }
             }
         }
@@ -130,6 +143,82 @@ impl Northbound {
         self.stats.copies_cpu += cpu1 - cpu0;
         self.stats.in_flight = self.inflight.len() as u64;
         result.map(|()| accepted)
+    }
+
+    /// The fast path of [`enqueue_burst`](Self::enqueue_burst): takes the guest's run of
+    /// single-descriptor RX chains at once ([`Virtqueue::pop_rx_singles`]) and puts the packets
+    /// from the front of `pkts` into them, one each, while each fits its chain with the header.
+    /// Returns how many it accepted; the rest of `pkts`, from the first that does not fit or has
+    /// no such chain, go through [`enqueue_one`](Self::enqueue_one), and the chains not used go
+    /// back to the ring for it. Every chain is checked as `pop` checks it and every packet is
+    /// checked to fit, as on the slow path; an error hands the packet back when it is still the
+    /// caller's.
+    #[allow(clippy::type_complexity)]
+    fn enqueue_singles<E: CopyEngine>(
+        &mut self,
+        chan: &Channel<E>,
+        pool: &mut PacketPool,
+        pkts: &mut smallvec::IntoIter<[Packet; crate::vhost::BURST]>,
+    ) -> Result<usize, (Option<Packet>, VhostError)> {
+        let taken = self.q.pop_rx_singles(&mut self.singles, pkts.len());
+        if taken == 0 {
+            return Ok(0);
+        }
+        let mut hdr = [0u8; crate::virtio::net::NET_HDR_LEN];
+        if self.mergeable {
+            NetHdr::new_checked(&mut hdr[..], self.hdr_len).expect("header buffer fits the header").set_num_buffers(1);
+        }
+        let hdr = if self.hdr_len == hdr.len() { &hdr[..] } else { &hdr[..self.hdr_len] };
+        let mut done = 0;
+        let mut out = Ok(());
+        while done < taken {
+            let buf = self.singles[done];
+            let Some(len) = pkts.as_slice().first().map(Packet::len) else { break };
+            if (buf.seg.len() as usize) < self.hdr_len + len {
+                break; // `enqueue_one` takes it from this chain on
+            }
+            let pkt = pkts.next().expect("a packet was seen");
+            if let Some(ahead) = self.singles.get(done + BUFFER_PREFETCH_AHEAD as usize) {
+                prefetch_host_write(ahead.seg.host_addr());
+            }
+            if let Err(e) = self.q.memory().scatter(hdr, std::slice::from_ref(&buf.seg)) {
+                out = Err((Some(pkt), self.broke(VhostError::Memory(e))));
+                break;
+            }
+            self.stats.copies_cpu += 1;
+            done += 1;
+            // SAFETY: the packet's buffer stays in the pool, owned by the in-flight record, and the
+            // chain stays taken, until `end` retires; the segment comes from a checked descriptor
+            // and holds header and packet (tested above).
+            match unsafe { copy_one(chan, Dir::ToGuest, pool.data_ptr(&pkt), len, buf.seg, self.hdr_len) } {
+                Ok(c) => self.stats.copies_cpu += c.pushed_back as u64,
+                Err(e) => {
+                    // As in `enqueue_one`: the chain goes back with length 0 once earlier pieces retire.
+                    self.inflight.push_back(InFlight {
+                        pkt: Some(pkt),
+                        first: (buf.head, 0),
+                        more: 0,
+                        end: chan.next_ticket(),
+                        delivered: false,
+                    });
+                    self.stats.engine_errors += 1;
+                    out = Err((None, VhostError::Engine(e)));
+                    break;
+                }
+            }
+            self.inflight.push_back(InFlight {
+                pkt: Some(pkt),
+                first: (buf.head, (self.hdr_len + len) as u32),
+                more: 0,
+                end: chan.next_ticket(),
+                delivered: true,
+            });
+        }
+        if done < taken {
+            // Never more than were taken just now, so this fails only on a queue that broke.
+            let _ = self.q.give_back((taken - done) as u16);
+        }
+        out.map(|()| done)
     }
 
     /// One packet: `Ok(None)` accepted, `Ok(Some(pkt))` no buffers (pushed back); an error hands
@@ -259,12 +348,28 @@ impl Northbound {
     pub fn complete<E: CopyEngine>(&mut self, chan: &Channel<E>, pool: &mut PacketPool) -> Result<usize, VhostError> {
         self.check_memory()?;
         let retired = chan.retired();
-        let mut n = 0;
-        while let Some(f) = self.inflight.front() {
-            if f.end > retired {
-                break;
+        let ready = self.inflight.iter().take_while(|f| f.end <= retired).count();
+        if ready != 0 && self.used.is_empty() {
+            // No packet in flight took more than one chain: one used entry per packet, written
+            // as one run.
+            let r = self.q.push_used_run(self.inflight.range(..ready).map(|f| f.first));
+            for f in self.inflight.drain(..ready) {
+                if let Some(p) = f.pkt {
+                    if f.delivered && r.is_ok() {
+                        self.stats.packets += 1;
+                        self.stats.bytes += p.len() as u64;
+                    }
+                    pool.free(p);
+                }
             }
-            let f = self.inflight.pop_front().expect("front exists");
+            self.stats.in_flight = self.inflight.len() as u64;
+            r.map_err(|e| self.broke(e.into()))?;
+            crate::vhost::publish(&mut self.q, &mut self.notifier, &mut self.stats)?;
+            return Ok(ready);
+        }
+        let mut n = 0;
+        while n < ready {
+            let f = self.inflight.pop_front().expect("a retired packet");
             for k in 0..=f.more {
                 let (head, len) =
                     if k == 0 { f.first } else { self.used.pop_front().expect("used entries of an in-flight packet") };

@@ -22,6 +22,17 @@ pub type Segments = Vec<HostSeg>;
 /// the queue logs.
 pub(crate) type GuestBufs = Vec<(u64, u32)>;
 
+/// A chain of one direct device-writable descriptor, as the host->guest fast path takes it
+/// ([`SplitQueue::pop_rx_singles`](super::split::SplitQueue::pop_rx_singles)): its head (the used
+/// entry's id) and its buffer, translated and checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RxBuf {
+    /// The descriptor's index.
+    pub head: u16,
+    /// Its buffer in host memory (never empty, inside one region).
+    pub seg: HostSeg,
+}
+
 /// One walked descriptor chain: its head index (what the used entry returns) and its
 /// device-readable and device-writable parts as host segments, in chain order.
 ///

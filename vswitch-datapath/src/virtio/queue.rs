@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::chain::DescChain;
+use super::chain::{DescChain, RxBuf};
 use super::error::{QueueConfigError, VirtqError};
 use super::packed::PackedQueue;
 use super::split::{AvailMark, QueueConfig, SplitQueue};
@@ -171,6 +171,19 @@ impl Virtqueue {
         each!(self, q => q.pop_burst(chains))
     }
 
+    /// The host->guest fast path (split rings; a packed ring takes nothing here and serves every
+    /// chain through [`pop`](Self::pop)): see [`SplitQueue::pop_rx_singles`].
+    #[inline]
+    pub fn pop_rx_singles(&mut self, out: &mut Vec<RxBuf>, max: usize) -> usize {
+        match self {
+            Virtqueue::Split(q) => q.pop_rx_singles(out, max),
+            Virtqueue::Packed(_) => {
+                out.clear();
+                0
+            }
+        }
+    }
+
     /// The current take position, to [`rewind`](Self::rewind) to.
     #[inline]
     pub fn mark(&self) -> AvailMark {
@@ -195,6 +208,16 @@ impl Virtqueue {
     #[inline]
     pub fn push_used(&mut self, head: u16, len: u32) -> Result<(), VirtqError> {
         each!(self, q => q.push_used(head, len))
+    }
+
+    /// Writes one used element per entry, in order: see [`SplitQueue::push_used_run`] (a packed
+    /// ring pushes them one by one).
+    #[inline]
+    pub fn push_used_run(&mut self, entries: impl ExactSizeIterator<Item = (u16, u32)>) -> Result<(), VirtqError> {
+        match self {
+            Virtqueue::Split(q) => q.push_used_run(entries),
+            Virtqueue::Packed(q) => entries.into_iter().try_for_each(|(id, len)| q.push_used(id, len)),
+        }
     }
 
     /// Makes every pushed used chain visible (one release store); returns how many chains.

@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use virtio_bindings::virtio_ring::{VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY};
 
-use super::chain::DescChain;
+use super::chain::{DescChain, RxBuf};
 use super::desc::{DescContext, DescFlags, Descriptor, RawDescriptor, DESC_SIZE};
 use super::error::{QueueConfigError, VirtqError};
 use super::{vring_need_event, RingFeatures, MAX_QUEUE_SIZE};
@@ -423,6 +423,56 @@ impl SplitQueue {
         (n, Ok(()))
     }
 
+    /// The host->guest fast path: takes, in avail order, up to `max` chains that are each one
+    /// direct device-writable descriptor (no `NEXT`, no `INDIRECT`) with its buffer in one region,
+    /// which is what virtio-net drivers post as RX buffers, into `out` (cleared first), and
+    /// returns how many. One broken-queue test, one avail refresh and one region hint for the
+    /// whole run, and no [`DescChain`] per chain.
+    ///
+    /// It stops at the first chain that is anything else and leaves it untaken for
+    /// [`pop`](Self::pop), which then gives the same chain or the typed error: it makes the checks
+    /// of `pop` (head in range, descriptor readable, buffer non-empty and inside one region) and
+    /// reports nothing itself. Takes nothing on a broken queue or while logging dirty pages (`pop`
+    /// records the buffers then). Taken chains count as in flight; [`give_back`](Self::give_back)
+    /// returns unused ones.
+    pub fn pop_rx_singles(&mut self, out: &mut Vec<RxBuf>, max: usize) -> usize {
+        out.clear();
+        if self.broken.is_some() || self.log.is_some() {
+            return 0;
+        }
+        if self.avail_cache == self.last_avail && self.refresh_avail().is_err() {
+            return 0; // `pop` reports it
+        }
+        let ready = (self.avail_cache.wrapping_sub(self.last_avail) as usize).min(max);
+        let avail = self.mem.region(self.avail.region).mapping();
+        let table = self.mem.region(self.desc.region).mapping();
+        let mut hint = self.hint;
+        let mut idx = self.last_avail;
+        for _ in 0..ready {
+            let slot = (idx & self.mask) as usize;
+            let Some(head) = avail.load_u16(self.avail.offset + AVAIL_RING + 2 * slot) else { break };
+            if head >= self.cfg.size {
+                break;
+            }
+            // Two aligned loads (the table is 16-aligned).
+            let Some(words) = table.read_u64_pair(self.desc.offset + DESC_SIZE * head as usize) else { break };
+            let d = RawDescriptor::from_le_words(words);
+            let kind = DescFlags::NEXT | DescFlags::INDIRECT | DescFlags::WRITE;
+            if d.flags & kind.bits() != DescFlags::WRITE.bits() {
+                break;
+            }
+            // `translate_one` refuses a zero length and a range leaving its region.
+            let Some(seg) = self.mem.translate_one(d.addr, d.len, &mut hint) else { break };
+            out.push(RxBuf { head, seg });
+            idx = idx.wrapping_add(1);
+        }
+        self.hint = hint;
+        let n = idx.wrapping_sub(self.last_avail);
+        self.last_avail = idx;
+        self.in_flight += n;
+        n as usize
+    }
+
     /// The fast path of [`pop`](Self::pop): a direct descriptor without `NEXT` or `INDIRECT`
     /// whose buffer lies in one region (what DPDK's virtio driver and Linux's mergeable RX post)
     /// becomes `chain` and `true`. Anything else, including every descriptor the checks of
@@ -556,6 +606,41 @@ impl SplitQueue {
         }
         self.used_next = self.used_next.wrapping_add(1);
         self.in_flight -= 1;
+        Ok(())
+    }
+
+    /// Writes one used element per entry `(head, len)`, in order: what as many
+    /// [`push_used`](Self::push_used)s write, with the broken-queue and in-flight tests made once
+    /// for the run. A run longer than the chains in flight writes nothing and fails with
+    /// [`VirtqError::TooManyUsed`]; a store that fails breaks the queue after the elements
+    /// before it.
+    pub fn push_used_run(&mut self, entries: impl ExactSizeIterator<Item = (u16, u32)>) -> Result<(), VirtqError> {
+        self.check()?;
+        if entries.len() > self.in_flight as usize {
+            return Err(VirtqError::TooManyUsed);
+        }
+        if self.log.is_some() {
+            return entries.into_iter().try_for_each(|(head, len)| self.push_used(head, len));
+        }
+        let map = self.mem.region(self.used.region).mapping();
+        let mut next = self.used_next;
+        let mut failed = false;
+        for (head, len) in entries {
+            let slot = (next & self.mask) as usize;
+            // `le32 id; le32 len;` at a 4-aligned slot (the used ring is 4-aligned).
+            if !map.write_u32_pair(self.used.offset + USED_RING + USED_ELEM * slot, [head as u32, len]) {
+                failed = true;
+                break;
+            }
+            next = next.wrapping_add(1);
+        }
+        let n = next.wrapping_sub(self.used_next);
+        self.used_next = next;
+        self.in_flight -= n;
+        if failed {
+            let addr = self.cfg.used_ring;
+            return Err(self.fail(MemoryError::NotContiguous { addr }.into()));
+        }
         Ok(())
     }
 
