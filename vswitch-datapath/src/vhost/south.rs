@@ -440,18 +440,23 @@ impl Southbound {
         // Packets copied out of memory that was lost are not the guest's: none is handed on.
         self.check_memory()?;
         let retired = chan.retired();
-        let mut n = 0;
-        while let Some(f) = self.inflight.front() {
-            if f.end > retired || (f.deliver && out.len() >= max) {
-                break;
-            }
-            let f = self.inflight.pop_front().expect("front exists");
-            self.q.push_used(f.head, 0).map_err(|e| {
-                self.stats.broken += 1;
-                VhostError::from(e)
-            })?;
+        // The chains done, up to the one whose packet `out` has no room for.
+        let mut room = max.saturating_sub(out.len());
+        let n = self
+            .inflight
+            .iter()
+            .take_while(|f| {
+                let fits = f.end <= retired && (!f.deliver || room != 0);
+                room -= usize::from(fits && f.deliver);
+                fits
+            })
+            .count();
+        // Their used entries as one run; a failed store broke the queue after the ones before it,
+        // and the packets are then not the guest's to forward.
+        let r = self.q.push_used_run(self.inflight.range(..n).map(|f| (f.head, 0)));
+        for f in self.inflight.drain(..n) {
             match f.pkt {
-                Some(p) if f.deliver => {
+                Some(p) if f.deliver && r.is_ok() => {
                     self.stats.packets += 1;
                     self.stats.bytes += p.len() as u64;
                     out.push(p);
@@ -459,9 +464,12 @@ impl Southbound {
                 Some(p) => pool.free(p),
                 None => {}
             }
-            n += 1;
         }
         self.stats.in_flight = self.inflight.len() as u64;
+        r.map_err(|e| {
+            self.stats.broken += 1;
+            VhostError::from(e)
+        })?;
         if n != 0 {
             crate::vhost::publish(&mut self.q, &mut self.notifier, &mut self.stats)?;
         }
