@@ -65,6 +65,7 @@ impl Scene {
         // leaves this one to `pop`, reporting nothing and breaking nothing.
         let mut singles = Vec::new();
         assert_eq!(vq.pop_rx_singles(&mut singles, 2 * SIZE as usize), 0, "the fast path took a bad chain");
+        assert_eq!(vq.pop_tx_singles(&mut singles, 2 * SIZE as usize), 0, "the fast path took a bad chain");
         assert!(!vq.is_broken() && vq.in_flight() == 0);
         assert_eq!(vq.pop(&mut c), Err(expected));
         assert!(vq.is_broken());
@@ -259,6 +260,7 @@ fn head_past_the_table_case(flags: u16) {
     let mut q = SplitQueue::new(g.memory().clone(), cfg).unwrap();
     let mut c = DescChain::new();
     assert_eq!(q.pop_rx_singles(&mut Vec::new(), 1), 0, "the fast path took a head past the table");
+    assert_eq!(q.pop_tx_singles(&mut Vec::new(), 1), 0, "the fast path took a head past the table");
     assert_eq!(q.pop(&mut c), Err(VirtqError::DescIndexOutOfRange { index: SIZE, size: SIZE as u32 }));
     assert!(q.is_broken());
 }

@@ -367,6 +367,9 @@ fn rx_singles_are_taken_as_a_run_up_to_the_first_other_chain() {
     assert_eq!(q.pop_rx_singles(&mut out, 16), 1, "stops before the readable chain");
     assert_eq!(out[0].head, singles[2]);
     assert_eq!(q.pop_rx_singles(&mut out, 16), 0, "a readable chain is left to pop");
+    assert_eq!(q.pop_tx_singles(&mut out, 16), 1, "which is the TX fast path's");
+    assert_eq!((out[0].head, out[0].seg.len()), (tx, 100));
+    q.give_back(1).unwrap();
     assert_eq!(q.pop(&mut c), Ok(true));
     assert_eq!(c.head(), tx);
     assert_eq!(q.pop_rx_singles(&mut out, 16), 0, "a chain of two is left to pop");

@@ -618,6 +618,84 @@ fn a_refused_copy_mid_burst_hands_the_later_packets_back() {
     assert_eq!(pool.available(), 16);
 }
 
+/// One TX ring over every kind of chain at once: single-buffer chains (the fast path takes them
+/// as a run), a chain of three descriptors and an indirect one (the full walk) between them,
+/// payloads on both sides of the CPU threshold. On the memcpy and the worker engine every packet
+/// comes out intact and in order, and the chains go back in posting order.
+#[test]
+fn tx_fast_path_and_full_walk_mix_in_one_burst() {
+    tx_mix_case(Channel::new(MemcpyEngine::default(), Policy::default()));
+    tx_mix_case(Channel::new(WorkerEngine::new(WorkerConfig::default()).unwrap(), Policy::default()));
+}
+
+fn tx_mix_case<E: CopyEngine>(chan: Channel<E>) {
+    let g = TestGuest::new();
+    let mut txd = g.add_queue(32, RingFeatures::INDIRECT_DESC);
+    let mut south = Southbound::new(txd.device(&g), HDR, Notifier::Polling);
+    let mut pool = PacketPool::new(32, 2048);
+    // (payload bytes, descriptors, indirect)
+    let shape = [(60, 1, false), (1500, 1, false), (700, 3, false), (64, 1, false), (1200, 1, false), (300, 2, true)];
+    let shape: Vec<_> = shape.iter().chain(&[(90, 1, false), (1400, 1, false)]).copied().collect();
+    let mut want = Vec::new();
+    let mut heads = Vec::new();
+    for (i, &(len, frags, indirect)) in shape.iter().enumerate() {
+        let mut v = vec![0u8; HDR + len];
+        v[HDR..].iter_mut().enumerate().for_each(|(k, b)| *b = (i * 7 + k) as u8);
+        heads.push(txd.post_tx(&g, &v, frags, indirect));
+        want.push(v[HDR..].to_vec());
+    }
+    let mut out = Burst::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while out.len() < shape.len() && Instant::now() < deadline {
+        south.dequeue_burst(&chan, &mut pool, 32).unwrap();
+        chan.submit();
+        chan.progress();
+        south.complete(&chan, &mut pool, &mut out, 32).unwrap();
+    }
+    let got: Vec<Vec<u8>> = out.iter().map(|p| pool.data(p).to_vec()).collect();
+    south.drain(&chan, &mut pool, &mut Vec::new()).unwrap();
+    assert!(got == want, "every packet intact, in order");
+    let used: Vec<u16> = std::iter::from_fn(|| txd.pop_used(&g)).map(|u| u.id as u16).collect();
+    assert_eq!(used, heads, "chains returned in posting order");
+    for p in out {
+        pool.free(p);
+    }
+}
+
+/// A hostile TX buffer in the middle of a run of good ones: a single readable descriptor whose
+/// buffer runs past guest memory. The chains before it are taken and copied, the queue breaks
+/// with the typed error at that chain (the fast path leaves it to the full walk, which reports
+/// it), and not one byte of guest memory is written.
+#[test]
+fn a_hostile_tx_buffer_after_good_ones_breaks_the_queue_at_that_buffer() {
+    use vswitch_datapath::virtio::desc::RawDescriptor;
+    use vswitch_datapath::{MemoryError, VhostError, VirtqError};
+    let g = TestGuest::new();
+    let mut txd = g.add_queue(16, RingFeatures::empty());
+    for _ in 0..2 {
+        txd.post_tx(&g, &[1u8; HDR + 100], 1, false);
+    }
+    let bad = txd.post_tx(&g, &[2u8; HDR + 100], 1, false);
+    txd.post_tx(&g, &[3u8; HDR + 100], 1, false);
+    let end = {
+        let r = g.memory().regions().last().unwrap();
+        r.guest_addr() + r.len() as u64
+    };
+    txd.write_desc(&g, bad, RawDescriptor { addr: end - 10, len: 100, flags: 0, next: 0 });
+    let mut south = Southbound::new(txd.device(&g), HDR, Notifier::Polling);
+    let before = g.snapshot();
+    let chan = Channel::new(MemcpyEngine::default(), Policy::default());
+    let mut pool = PacketPool::new(16, 2048);
+    let expected = VirtqError::Memory(MemoryError::Unmapped { addr: end });
+    assert_eq!(south.dequeue_burst(&chan, &mut pool, 32), Err(VhostError::Ring(expected)));
+    assert_eq!(south.queue().broken(), Some(expected));
+    assert_eq!(south.queue().in_flight(), 2, "only the two good chains were taken");
+    chan.progress();
+    assert!(g.snapshot() == before, "nothing written to the guest's memory");
+    south.clear(&chan, &mut pool);
+    assert_eq!(pool.available(), 16);
+}
+
 /// Northbound into a guest whose RX queue logs dirty pages, then southbound out of its TX queue:
 /// every byte of guest memory that changed (payloads, headers, num_buffers, used rings, event-idx
 /// fields) is on a page the log marked. The guest posts its buffers before and writes nothing

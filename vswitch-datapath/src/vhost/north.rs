@@ -21,7 +21,7 @@ use crate::mem::HostSeg;
 use crate::switch::pool::{Packet, PacketPool};
 use crate::vhost::copy::{copy_one, copy_segments, Dir};
 use crate::vhost::{Burst, Notifier, QueueStats, VhostError};
-use crate::virtio::chain::{DescChain, RxBuf};
+use crate::virtio::chain::{DescChain, SingleBuf};
 use crate::virtio::net::NetHdr;
 use crate::virtio::queue::Virtqueue;
 
@@ -61,7 +61,7 @@ pub struct Northbound {
     chain: DescChain,
     segs: SmallVec<[HostSeg; 16]>,
     /// The fast path's single-descriptor chains of one burst.
-    singles: Vec<RxBuf>,
+    singles: Vec<SingleBuf>,
     notifier: Notifier,
     stats: QueueStats,
 }

@@ -18,9 +18,10 @@ use crate::mem::access::prefetch_host;
 use crate::switch::pool::{Packet, PacketPool};
 use crate::vhost::copy::{copy_one, copy_segments, CopyBatch, Dir};
 use crate::vhost::{Burst, Notifier, QueueStats, VhostError};
-use crate::virtio::chain::DescChain;
+use crate::virtio::chain::{DescChain, ReadChain, SingleBuf};
 use crate::virtio::net::{NetHdr, NET_HDR_LEN};
 use crate::virtio::queue::Virtqueue;
+use virtio_bindings::virtio_net::VIRTIO_NET_HDR_F_NEEDS_CSUM;
 
 /// One taken chain: its packet (none for a malformed chain) waits until `end` retires.
 #[derive(Debug)]
@@ -43,6 +44,8 @@ pub struct Southbound {
     inflight: VecDeque<InFlight>,
     /// Chains of the group being taken (`BURST` of them, reused).
     chains: Vec<DescChain>,
+    /// The fast path's single-buffer chains of the group being taken.
+    singles: Vec<SingleBuf>,
     /// The copies of the group being taken.
     batch: CopyBatch,
     /// Per chain of the group: the batch's length after its copies.
@@ -72,6 +75,7 @@ impl Southbound {
             hdr_len,
             inflight: VecDeque::with_capacity(size),
             chains: (0..crate::vhost::BURST).map(|_| DescChain::new()).collect(),
+            singles: Vec::with_capacity(crate::vhost::BURST),
             batch: CopyBatch::default(),
             marks: Vec::with_capacity(crate::vhost::BURST),
             notifier,
@@ -98,6 +102,7 @@ impl Southbound {
         let mut taken = 0;
         let mut result = Ok(());
         let mut chains = std::mem::take(&mut self.chains);
+        let mut singles = std::mem::take(&mut self.singles);
         // Payloads this long are gathered into bursts; shorter ones are copied at once. So is
         // every payload while adaptive offload sends copies to the CPU (a probe among them goes
         // to the engine through the same channel call, in order).
@@ -114,64 +119,29 @@ impl Southbound {
             }
             let want = want.min(pool.available());
             self.q.prefetch(want);
-            let (got, popped) = self.q.pop_burst(&mut chains[..want]);
-            let mut stop = got < want;
-            if let Err(e) = popped {
-                self.stats.broken += 1;
-                result = Err(e.into());
-            }
-            let packed = self.q.is_packed();
-            for chain in &chains[..got] {
-                if let Some(s) = chain.readable().first() {
-                    // The header's line; on a packed ring also the next one when the segment
-                    // reaches it (after a 12-byte header even a 64-byte payload ends there, and
-                    // the copy stalls on that line, which the guest's core wrote moments ago).
-                    // Measured with DPDK virtio-user sending 64 B (one 76 B segment at line
-                    // offset 52 in both formats): packed 13.1 -> 20.8 Mpps, split 17.6 -> 16.8,
-                    // so split rings keep the one prefetch (why split loses is not understood).
-                    let a = s.host_addr();
-                    prefetch_host(a);
-                    if packed && (a & 63) + s.len() as usize > 64 {
-                        prefetch_host(a + 64);
-                    }
-                }
-            }
-            // Every chain taken is checked, then copied (or returned), in order. Copies for an
-            // asynchronous engine are gathered and handed over in one burst; copies the CPU makes
-            // anyway (below the policy's threshold, or a synchronous engine) are made at once,
-            // while the packet's lines are hot, after the gathered ones are handed over, so
-            // tickets keep the chains' order. If the channel refuses a copy (a stopped device),
-            // the chains after the one it belongs to are given back untouched, as if never taken.
-            // A group with no payload long enough for the engine is copied chain by chain (the
-            // CPU makes every copy, at once).
-            let hdr_len = self.hdr_len;
-            if chains[..got].iter().all(|c| (c.readable_len() as usize) < batch_from.saturating_add(hdr_len)) {
-                for (k, chain) in chains[..got].iter().enumerate() {
-                    taken += 1;
-                    if let Err(e) = self.start_copy(chain, chan, pool) {
-                        let back = self.q.give_back((got - k - 1) as u16);
-                        if result.is_ok() {
-                            result = Err(back.map_or_else(VhostError::from, |()| e));
-                        }
-                        stop = true;
-                        break;
-                    }
-                }
-            } else if let Err((back, e)) = self.take_group(&chains[..got], chan, pool, batch_from) {
-                taken += got - back;
-                let given = self.q.give_back(back as u16);
-                if result.is_ok() {
-                    result = Err(given.map_or_else(VhostError::from, |()| VhostError::Engine(e)));
-                }
-                stop = true;
+            // The run of single-buffer chains first (split rings); from the first chain of another
+            // kind, or on a packed ring, the full walk.
+            let single = self.q.pop_tx_singles(&mut singles, want);
+            let (done, stop) = if single != 0 {
+                // Fewer than wanted: the ring is empty or the next chain is of another kind; the
+                // next round finds out which.
+                self.take_chains(&singles[..single], chan, pool, batch_from, &mut result)
             } else {
-                taken += got;
-            }
+                let (got, popped) = self.q.pop_burst(&mut chains[..want]);
+                if let Err(e) = popped {
+                    self.stats.broken += 1;
+                    result = Err(e.into());
+                }
+                let (done, refused) = self.take_chains(&chains[..got], chan, pool, batch_from, &mut result);
+                (done, refused || got < want)
+            };
+            taken += done;
             if stop {
                 break;
             }
         }
         self.chains = chains;
+        self.singles = singles;
         let (off1, cpu1) = chan.copy_counts();
         self.stats.copies_offloaded += off1 - off0;
         self.stats.copies_cpu += cpu1 - cpu0;
@@ -179,14 +149,72 @@ impl Southbound {
         result.map(|()| taken)
     }
 
+    /// Prefetches, checks and copies (or returns) a group of chains just taken, in order. Copies
+    /// for an asynchronous engine are gathered and handed over in one burst; copies the CPU makes
+    /// anyway (below the policy's threshold, or a synchronous engine) are made at once, while the
+    /// packet's lines are hot, after the gathered ones are handed over, so tickets keep the
+    /// chains' order. If the channel refuses a copy (a stopped device), the chains after the one
+    /// it belongs to are given back untouched, as if never taken, and the error goes to `result`
+    /// (unless it holds one). A group with no payload long enough for the engine is copied chain
+    /// by chain (the CPU makes every copy, at once). Returns how many chains stay taken and
+    /// whether a refusal ended the group.
+    #[inline(always)]
+    fn take_chains<C: ReadChain, E: CopyEngine>(
+        &mut self,
+        chains: &[C],
+        chan: &Channel<E>,
+        pool: &mut PacketPool,
+        batch_from: usize,
+        result: &mut Result<(), VhostError>,
+    ) -> (usize, bool) {
+        let got = chains.len();
+        let packed = self.q.is_packed();
+        for chain in chains {
+            if let Some(s) = chain.readable().first() {
+                // The header's line; on a packed ring also the next one when the segment
+                // reaches it (after a 12-byte header even a 64-byte payload ends there, and
+                // the copy stalls on that line, which the guest's core wrote moments ago).
+                // Measured with DPDK virtio-user sending 64 B (one 76 B segment at line
+                // offset 52 in both formats): packed 13.1 -> 20.8 Mpps, split 17.6 -> 16.8,
+                // so split rings keep the one prefetch (why split loses is not understood).
+                let a = s.host_addr();
+                prefetch_host(a);
+                if packed && (a & 63) + s.len() as usize > 64 {
+                    prefetch_host(a + 64);
+                }
+            }
+        }
+        let hdr_len = self.hdr_len;
+        if chains.iter().all(|c| (c.readable_len() as usize) < batch_from.saturating_add(hdr_len)) {
+            for (k, chain) in chains.iter().enumerate() {
+                if let Err(e) = self.start_copy(chain, chan, pool) {
+                    let back = self.q.give_back((got - k - 1) as u16);
+                    if result.is_ok() {
+                        *result = Err(back.map_or_else(VhostError::from, |()| e));
+                    }
+                    return (k + 1, true);
+                }
+            }
+            (got, false)
+        } else if let Err((back, e)) = self.take_group(chains, chan, pool, batch_from) {
+            let given = self.q.give_back(back as u16);
+            if result.is_ok() {
+                *result = Err(given.map_or_else(VhostError::from, |()| VhostError::Engine(e)));
+            }
+            (got - back, true)
+        } else {
+            (got, false)
+        }
+    }
+
     /// Checks and copies a group of chains that has payloads for the engine: those are gathered
     /// and handed over in one burst; copies the CPU makes anyway (below the policy's threshold)
     /// are made at once, after the gathered ones are handed over, so tickets keep the chains'
     /// order. If the channel refuses a copy (a stopped device), returns how many chains, the last
     /// of the group, are to be given back untouched, as if never taken.
-    fn take_group<E: CopyEngine>(
+    fn take_group<C: ReadChain, E: CopyEngine>(
         &mut self,
-        chains: &[DescChain],
+        chains: &[C],
         chan: &Channel<E>,
         pool: &mut PacketPool,
         batch_from: usize,
@@ -218,7 +246,7 @@ impl Southbound {
     /// `batch_from` bytes has its copies added to the batch, and its record gets its `end` when
     /// the batch is flushed. Returns true for a packet to copy at once (its record last).
     #[inline(always)]
-    fn gather(&mut self, chain: &DescChain, pool: &mut PacketPool, batch_from: usize) -> bool {
+    fn gather<C: ReadChain>(&mut self, chain: &C, pool: &mut PacketPool, batch_from: usize) -> bool {
         let head = chain.head();
         let total = chain.readable_len() as usize;
         // Malformed for TX (`None`), or more than a packet holds: returned to the guest unused,
@@ -319,9 +347,9 @@ impl Southbound {
     /// packet of the newest in-flight record, through the channel op by op, and gives the record
     /// its `end`.
     #[inline(always)]
-    fn copy_now<E: CopyEngine>(
+    fn copy_now<C: ReadChain, E: CopyEngine>(
         &mut self,
-        chain: &DescChain,
+        chain: &C,
         chan: &Channel<E>,
         pool: &PacketPool,
     ) -> Result<(), EnqueueError> {
@@ -354,9 +382,9 @@ impl Southbound {
     }
 
     /// Checks a chain just taken and starts copying it into a fresh packet.
-    fn start_copy<E: CopyEngine>(
+    fn start_copy<C: ReadChain, E: CopyEngine>(
         &mut self,
-        chain: &DescChain,
+        chain: &C,
         chan: &Channel<E>,
         pool: &mut PacketPool,
     ) -> Result<(), VhostError> {
@@ -402,7 +430,8 @@ impl Southbound {
 
     /// The payload length of a TX chain of `total` readable bytes, or `None` when its header is
     /// missing or claims more than the chain holds.
-    fn packet_len(&self, chain: &DescChain, total: usize) -> Option<usize> {
+    #[inline(always)]
+    fn packet_len<C: ReadChain>(&self, chain: &C, total: usize) -> Option<usize> {
         if total < self.hdr_len {
             return None;
         }
@@ -415,13 +444,15 @@ impl Southbound {
         } else {
             mem.gather(chain.readable(), &mut raw[..self.hdr_len]).ok()?;
         }
-        let hdr = NetHdr::new_checked(&raw[..], self.hdr_len).ok()?.repr();
+        // The fields checked, read from the 12-byte array: no per-field bounds checks.
+        let hdr = NetHdr::new_checked(&raw, self.hdr_len).ok()?;
         // No offloads are negotiated: a GSO packet or a checksum request outside the packet is a
         // header claiming what the chain does not hold.
-        if hdr.gso_type != 0 {
+        if hdr.gso_type() != 0 {
             return None;
         }
-        if hdr.needs_csum() && hdr.csum_start as usize + hdr.csum_offset as usize + 2 > plen {
+        let needs_csum = hdr.flags() & VIRTIO_NET_HDR_F_NEEDS_CSUM as u8 != 0;
+        if needs_csum && hdr.csum_start() as usize + hdr.csum_offset() as usize + 2 > plen {
             return None;
         }
         Some(plen)

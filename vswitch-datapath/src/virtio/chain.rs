@@ -22,15 +22,58 @@ pub type Segments = Vec<HostSeg>;
 /// the queue logs.
 pub(crate) type GuestBufs = Vec<(u64, u32)>;
 
-/// A chain of one direct device-writable descriptor, as the host->guest fast path takes it
-/// ([`SplitQueue::pop_rx_singles`](super::split::SplitQueue::pop_rx_singles)): its head (the used
-/// entry's id) and its buffer, translated and checked.
+/// A chain of one direct descriptor, as the fast paths take it
+/// ([`SplitQueue::pop_rx_singles`](super::split::SplitQueue::pop_rx_singles) device-writable,
+/// [`SplitQueue::pop_tx_singles`](super::split::SplitQueue::pop_tx_singles) device-readable): its
+/// head (the used entry's id) and its buffer, translated and checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RxBuf {
+pub struct SingleBuf {
     /// The descriptor's index.
     pub head: u16,
     /// Its buffer in host memory (never empty, inside one region).
     pub seg: HostSeg,
+}
+
+/// What the southbound path reads of a taken TX chain, whichever way it was taken: a walked
+/// [`DescChain`], or a [`SingleBuf`] (one readable segment). Generic code over it compiles, for
+/// the single buffer, to the one-segment case alone.
+pub(crate) trait ReadChain {
+    /// The used entry's id.
+    fn head(&self) -> u16;
+    /// The device-readable segments, in order.
+    fn readable(&self) -> &[HostSeg];
+    /// Their total length.
+    fn readable_len(&self) -> u32;
+}
+
+impl ReadChain for DescChain {
+    #[inline(always)]
+    fn head(&self) -> u16 {
+        self.head
+    }
+    #[inline(always)]
+    fn readable(&self) -> &[HostSeg] {
+        &self.readable
+    }
+    #[inline(always)]
+    fn readable_len(&self) -> u32 {
+        self.readable_len
+    }
+}
+
+impl ReadChain for SingleBuf {
+    #[inline(always)]
+    fn head(&self) -> u16 {
+        self.head
+    }
+    #[inline(always)]
+    fn readable(&self) -> &[HostSeg] {
+        std::slice::from_ref(&self.seg)
+    }
+    #[inline(always)]
+    fn readable_len(&self) -> u32 {
+        self.seg.len()
+    }
 }
 
 /// One walked descriptor chain: its head index (what the used entry returns) and its

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::chain::{DescChain, RxBuf};
+use super::chain::{DescChain, SingleBuf};
 use super::error::{QueueConfigError, VirtqError};
 use super::packed::PackedQueue;
 use super::split::{AvailMark, QueueConfig, SplitQueue};
@@ -174,9 +174,22 @@ impl Virtqueue {
     /// The host->guest fast path (split rings; a packed ring takes nothing here and serves every
     /// chain through [`pop`](Self::pop)): see [`SplitQueue::pop_rx_singles`].
     #[inline]
-    pub fn pop_rx_singles(&mut self, out: &mut Vec<RxBuf>, max: usize) -> usize {
+    pub fn pop_rx_singles(&mut self, out: &mut Vec<SingleBuf>, max: usize) -> usize {
         match self {
             Virtqueue::Split(q) => q.pop_rx_singles(out, max),
+            Virtqueue::Packed(_) => {
+                out.clear();
+                0
+            }
+        }
+    }
+
+    /// The guest->host fast path (split rings; a packed ring takes nothing here and serves every
+    /// chain through [`pop_burst`](Self::pop_burst)): see [`SplitQueue::pop_tx_singles`].
+    #[inline]
+    pub fn pop_tx_singles(&mut self, out: &mut Vec<SingleBuf>, max: usize) -> usize {
+        match self {
+            Virtqueue::Split(q) => q.pop_tx_singles(out, max),
             Virtqueue::Packed(_) => {
                 out.clear();
                 0

@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use virtio_bindings::virtio_ring::{VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY};
 
-use super::chain::{DescChain, RxBuf};
+use super::chain::{DescChain, SingleBuf};
 use super::desc::{DescContext, DescFlags, Descriptor, RawDescriptor, DESC_SIZE};
 use super::error::{QueueConfigError, VirtqError};
 use super::{vring_need_event, RingFeatures, MAX_QUEUE_SIZE};
@@ -435,7 +435,22 @@ impl SplitQueue {
     /// reports nothing itself. Takes nothing on a broken queue or while logging dirty pages (`pop`
     /// records the buffers then). Taken chains count as in flight; [`give_back`](Self::give_back)
     /// returns unused ones.
-    pub fn pop_rx_singles(&mut self, out: &mut Vec<RxBuf>, max: usize) -> usize {
+    pub fn pop_rx_singles(&mut self, out: &mut Vec<SingleBuf>, max: usize) -> usize {
+        self.pop_singles(out, max, DescFlags::WRITE)
+    }
+
+    /// The guest->host fast path: [`pop_rx_singles`](Self::pop_rx_singles) for chains of one
+    /// device-readable descriptor, what virtio-net drivers post for a packet whose header sits in
+    /// front of it (VIRTIO_F_VERSION_1 or ANY_LAYOUT). The same checks, the same stop at any other
+    /// chain.
+    pub fn pop_tx_singles(&mut self, out: &mut Vec<SingleBuf>, max: usize) -> usize {
+        self.pop_singles(out, max, DescFlags::empty())
+    }
+
+    /// Takes the run of single-descriptor chains whose flags among `NEXT`, `INDIRECT` and `WRITE`
+    /// are exactly `kind` (see [`pop_rx_singles`](Self::pop_rx_singles)).
+    #[inline(always)]
+    fn pop_singles(&mut self, out: &mut Vec<SingleBuf>, max: usize, kind: DescFlags) -> usize {
         out.clear();
         if self.broken.is_some() || self.log.is_some() {
             return 0;
@@ -457,13 +472,13 @@ impl SplitQueue {
             // Two aligned loads (the table is 16-aligned).
             let Some(words) = table.read_u64_pair(self.desc.offset + DESC_SIZE * head as usize) else { break };
             let d = RawDescriptor::from_le_words(words);
-            let kind = DescFlags::NEXT | DescFlags::INDIRECT | DescFlags::WRITE;
-            if d.flags & kind.bits() != DescFlags::WRITE.bits() {
+            let mask = DescFlags::NEXT | DescFlags::INDIRECT | DescFlags::WRITE;
+            if d.flags & mask.bits() != kind.bits() {
                 break;
             }
             // `translate_one` refuses a zero length and a range leaving its region.
             let Some(seg) = self.mem.translate_one(d.addr, d.len, &mut hint) else { break };
-            out.push(RxBuf { head, seg });
+            out.push(SingleBuf { head, seg });
             idx = idx.wrapping_add(1);
         }
         self.hint = hint;
