@@ -8,6 +8,12 @@
 //! freed and the guest is notified if it asked. A packet that cannot get enough buffers is handed
 //! back to the caller (the chains it took are rewound), never dropped.
 //!
+//! The common case has a path of its own: while the guest's next chains are single writable
+//! buffers (what virtio-net drivers post as RX buffers) and each packet fits its buffer with the
+//! header, the burst takes them as a run ([`Virtqueue::pop_rx_singles`], split rings) and fills
+//! one per packet; the first packet that needs more, and every packet of a packed ring, goes
+//! through the general per-chain path. Completed packets' used entries are written as one run.
+//!
 //! This module must not touch the rings except through [`Virtqueue`] (split or packed: the same
 //! path serves both formats).
 

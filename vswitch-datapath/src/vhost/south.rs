@@ -7,6 +7,11 @@
 //! ring, published with one release store per poll. Without a free packet buffer the queue simply
 //! takes no more chains (they wait in the ring: push back, never drop).
 //!
+//! Chains of one readable descriptor, what virtio-net drivers post with VIRTIO_F_VERSION_1, are
+//! taken as a run per burst ([`Virtqueue::pop_tx_singles`], split rings) and handled by the same
+//! group code as walked chains, compiled for one segment; any other chain, and every chain of a
+//! packed ring, goes through [`Virtqueue::pop_burst`].
+//!
 //! This module must not touch the rings except through [`Virtqueue`] (split or packed: the same
 //! path serves both formats).
 
