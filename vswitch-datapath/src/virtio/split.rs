@@ -431,9 +431,9 @@ impl SplitQueue {
     ///
     /// It stops at the first chain that is anything else and leaves it untaken for
     /// [`pop`](Self::pop), which then gives the same chain or the typed error: it makes the checks
-    /// of `pop` (head in range, descriptor readable, buffer non-empty and inside one region) and
-    /// reports nothing itself. Takes nothing on a broken queue or while logging dirty pages (`pop`
-    /// records the buffers then). Taken chains count as in flight; [`give_back`](Self::give_back)
+    /// of `pop` (head in range, descriptor inside the table, buffer non-empty and inside one
+    /// region) and reports nothing itself. Takes nothing on a broken queue or while logging dirty
+    /// pages (`pop` records the buffers then). Taken chains count as in flight; [`give_back`](Self::give_back)
     /// returns unused ones.
     pub fn pop_rx_singles(&mut self, out: &mut Vec<SingleBuf>, max: usize) -> usize {
         self.pop_singles(out, max, DescFlags::WRITE)
@@ -640,7 +640,8 @@ impl SplitQueue {
         let map = self.mem.region(self.used.region).mapping();
         let mut next = self.used_next;
         let mut failed = false;
-        for (head, len) in entries {
+        // `take`: an iterator longer than its `len` cannot push more than were taken.
+        for (head, len) in entries.take(self.in_flight as usize) {
             let slot = (next & self.mask) as usize;
             // `le32 id; le32 len;` at a 4-aligned slot (the used ring is 4-aligned).
             if !map.write_u32_pair(self.used.offset + USED_RING + USED_ELEM * slot, [head as u32, len]) {
