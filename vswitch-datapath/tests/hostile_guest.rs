@@ -6,7 +6,9 @@
 use vswitch_datapath::testguest::{DriverQueue, TestGuest, UsedElem};
 use vswitch_datapath::virtio::desc::{DescFlags, RawDescriptor};
 use vswitch_datapath::virtio::MAX_QUEUE_SIZE;
-use vswitch_datapath::{DescChain, MemoryError, QueueConfig, QueueConfigError, RingFeatures, SplitQueue, VirtqError};
+use vswitch_datapath::{
+    DescChain, MemoryError, QueueConfig, QueueConfigError, RingFeatures, RunEnd, SplitQueue, VirtqError,
+};
 
 const SIZE: u16 = 8;
 const NEXT: u16 = DescFlags::NEXT.bits();
@@ -64,15 +66,16 @@ impl Scene {
         // The host->guest fast path takes only chains `pop` would take without an error: it
         // leaves this one to `pop`, reporting nothing and breaking nothing.
         let mut singles = Vec::new();
-        assert_eq!(vq.pop_rx_singles(&mut singles, 2 * SIZE as usize), 0, "the fast path took a bad chain");
-        assert_eq!(vq.pop_tx_singles(&mut singles, 2 * SIZE as usize), 0, "the fast path took a bad chain");
+        let other = (0, RunEnd::Other);
+        assert_eq!(vq.pop_rx_singles(&mut singles, 2 * SIZE as usize, |_| 1), other, "the fast path took a bad chain");
+        assert_eq!(vq.pop_tx_singles(&mut singles, 2 * SIZE as usize), other, "the fast path took a bad chain");
         assert!(!vq.is_broken() && vq.in_flight() == 0);
         assert_eq!(vq.pop(&mut c), Err(expected));
         assert!(vq.is_broken());
         assert_eq!(vq.broken(), Some(expected));
         // It stays broken, and does nothing more.
         assert_eq!(vq.pop(&mut c), Err(VirtqError::Broken));
-        assert_eq!(vq.pop_rx_singles(&mut singles, 2 * SIZE as usize), 0);
+        assert_eq!(vq.pop_rx_singles(&mut singles, 2 * SIZE as usize, |_| 1), other);
         assert_eq!(vq.avail_count(), Err(VirtqError::Broken));
         assert_eq!(vq.push_used(0, 0), Err(VirtqError::Broken));
         assert_eq!(vq.publish_used(), Err(VirtqError::Broken));
@@ -259,8 +262,9 @@ fn head_past_the_table_case(flags: u16) {
     };
     let mut q = SplitQueue::new(g.memory().clone(), cfg).unwrap();
     let mut c = DescChain::new();
-    assert_eq!(q.pop_rx_singles(&mut Vec::new(), 1), 0, "the fast path took a head past the table");
-    assert_eq!(q.pop_tx_singles(&mut Vec::new(), 1), 0, "the fast path took a head past the table");
+    let other = (0, RunEnd::Other);
+    assert_eq!(q.pop_rx_singles(&mut Vec::new(), 1, |_| 1), other, "the fast path took a head past the table");
+    assert_eq!(q.pop_tx_singles(&mut Vec::new(), 1), other, "the fast path took a head past the table");
     assert_eq!(q.pop(&mut c), Err(VirtqError::DescIndexOutOfRange { index: SIZE, size: SIZE as u32 }));
     assert!(q.is_broken());
 }

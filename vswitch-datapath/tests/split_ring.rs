@@ -4,7 +4,7 @@
 use vswitch_datapath::net::{NetHdr, NetHdrRepr, NET_HDR_LEN};
 use vswitch_datapath::testguest::{TestGuest, UsedElem};
 use vswitch_datapath::virtio::vring_need_event;
-use vswitch_datapath::{DescChain, HostSeg, RingFeatures, VirtqError};
+use vswitch_datapath::{DescChain, HostSeg, RingFeatures, RunEnd, VirtqError};
 
 fn payload(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 7 + 3) as u8).collect()
@@ -342,8 +342,10 @@ fn dirty_logging_starts_only_on_a_queue_with_nothing_in_flight_and_marks_what_po
 
 /// The host->guest fast path takes the run of single-buffer RX chains at the front of the avail
 /// ring, exactly the chains `pop` would give, and stops at the first chain of any other kind (a
-/// readable buffer, two descriptors), which `pop` then takes; chains it took and the caller did not
-/// use go back with `give_back`. It takes nothing while the queue logs dirty pages.
+/// readable buffer, two descriptors, a buffer shorter than asked), which `pop` then takes; chains
+/// it took and the caller did not use go back with `give_back`. It says why it stopped: asked for
+/// no more, nothing more available at a fresh load of the avail idx, or a chain for `pop`. It takes
+/// nothing while the queue logs dirty pages.
 #[test]
 fn rx_singles_are_taken_as_a_run_up_to_the_first_other_chain() {
     let g = TestGuest::split();
@@ -353,8 +355,9 @@ fn rx_singles_are_taken_as_a_run_up_to_the_first_other_chain() {
     let tx = dq.post_tx(&g, &payload(100), 1, false);
     let two = dq.post_rx(&g, 500, 2);
     let last = dq.post_rx(&g, 900, 1);
+    let any = |_| 1;
     let mut out = Vec::new();
-    assert_eq!(q.pop_rx_singles(&mut out, 2), 2, "no more than asked");
+    assert_eq!(q.pop_rx_singles(&mut out, 2, any), (2, RunEnd::Full), "no more than asked");
     assert_eq!(out.iter().map(|b| (b.head, b.seg.len())).collect::<Vec<_>>(), [(singles[0], 1000), (singles[1], 1500)]);
     assert_eq!(q.in_flight(), 2);
     // The same chains as `pop` walks them.
@@ -364,20 +367,20 @@ fn rx_singles_are_taken_as_a_run_up_to_the_first_other_chain() {
         assert_eq!(q.pop(&mut c), Ok(true));
         assert_eq!((c.head(), c.writable()), (b.head, &[b.seg][..]));
     }
-    assert_eq!(q.pop_rx_singles(&mut out, 16), 1, "stops before the readable chain");
+    assert_eq!(q.pop_rx_singles(&mut out, 16, any), (1, RunEnd::Other), "stops before the readable chain");
     assert_eq!(out[0].head, singles[2]);
-    assert_eq!(q.pop_rx_singles(&mut out, 16), 0, "a readable chain is left to pop");
-    assert_eq!(q.pop_tx_singles(&mut out, 16), 1, "which is the TX fast path's");
+    assert_eq!(q.pop_rx_singles(&mut out, 16, any), (0, RunEnd::Other), "a readable chain is left to pop");
+    assert_eq!(q.pop_tx_singles(&mut out, 16), (1, RunEnd::Other), "which is the TX fast path's");
     assert_eq!((out[0].head, out[0].seg.len()), (tx, 100));
     q.give_back(1).unwrap();
     assert_eq!(q.pop(&mut c), Ok(true));
     assert_eq!(c.head(), tx);
-    assert_eq!(q.pop_rx_singles(&mut out, 16), 0, "a chain of two is left to pop");
+    assert_eq!(q.pop_rx_singles(&mut out, 16, any), (0, RunEnd::Other), "a chain of two is left to pop");
     assert_eq!(q.pop(&mut c), Ok(true));
     assert_eq!((c.head(), c.writable().len()), (two, 2));
-    assert_eq!(q.pop_rx_singles(&mut out, 16), 1);
+    assert_eq!(q.pop_rx_singles(&mut out, 16, any), (1, RunEnd::Empty));
     assert_eq!(out[0].head, last);
-    assert_eq!(q.pop_rx_singles(&mut out, 16), 0, "the ring is empty");
+    assert_eq!(q.pop_rx_singles(&mut out, 16, any), (0, RunEnd::Empty), "the ring is empty");
     assert_eq!(q.in_flight(), 6);
     assert!(!q.is_broken());
 
@@ -392,10 +395,29 @@ fn rx_singles_are_taken_as_a_run_up_to_the_first_other_chain() {
     let used: Vec<(u16, u32)> = std::iter::from_fn(|| dq.pop_used(&g)).map(|u| (u.id as u16, u.len)).collect();
     assert_eq!(used, done);
 
+    // Each buffer must hold what the caller asks of it, in order: the run stops at the first
+    // that does not, and `pop` takes it. Chains posted after the last load are seen: the run
+    // loads the avail idx again when the ones it knows of are used up.
+    let fits = [dq.post_rx(&g, 1000, 1), dq.post_rx(&g, 2000, 1)];
+    let short = dq.post_rx(&g, 1999, 1);
+    let need = [900, 2000, 2000];
+    assert_eq!(q.pop_rx_singles(&mut out, 3, |k| need[k]), (2, RunEnd::Other), "stops at the short buffer");
+    assert_eq!(out.iter().map(|b| b.head).collect::<Vec<_>>(), fits);
+    assert_eq!(q.pop(&mut c), Ok(true));
+    assert_eq!((c.head(), c.writable_len()), (short, 1999));
+    assert_eq!(q.pop_rx_singles(&mut out, 16, |_| 1000), (0, RunEnd::Empty));
+    let more = [dq.post_rx(&g, 1000, 1), dq.post_rx(&g, 1000, 1)];
+    assert_eq!(q.pop_rx_singles(&mut out, 16, |_| 1000), (2, RunEnd::Empty), "the new chains, then none");
+    assert_eq!(out.iter().map(|b| b.head).collect::<Vec<_>>(), more);
+    assert_eq!(q.in_flight(), 5);
+    let back: Vec<(u16, u32)> = fits.iter().chain([&short]).chain(&more).map(|&h| (h, 0)).collect();
+    q.push_used_run(back.into_iter()).unwrap();
+    assert_eq!(q.publish_used(), Ok(5));
+
     // While logging, `pop` takes every chain (it records the buffers).
     let log = vswitch_datapath::DirtyLog::anonymous((g.boundary() + (2 << 20)) / 4096).unwrap();
     q.set_dirty_log(Some(std::sync::Arc::new(log))).unwrap();
     dq.post_rx(&g, 1000, 1);
-    assert_eq!(q.pop_rx_singles(&mut out, 16), 0);
+    assert_eq!(q.pop_rx_singles(&mut out, 16, any), (0, RunEnd::Other));
     assert_eq!(q.pop(&mut c), Ok(true));
 }

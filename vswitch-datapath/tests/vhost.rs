@@ -474,6 +474,42 @@ fn guest_without_buffers_pushes_back() {
     }
 }
 
+/// The RX run stops at a buffer too short for its packet, so that buffer is not taken and given
+/// back: without mergeable buffers the full walk returns it unused and drops the packet that does
+/// not fit (counted), and the packets around it land. When the guest's buffers run out in the run,
+/// the rest stay with the caller, counted once.
+#[test]
+fn rx_run_stops_at_a_short_buffer_and_at_the_ring_end() {
+    let g = TestGuest::new();
+    let mut rxd = g.add_queue(16, RingFeatures::empty());
+    let heads = [rxd.post_rx(&g, 2048, 1), rxd.post_rx(&g, 512, 1), rxd.post_rx(&g, 2048, 1)];
+    let mut north = Northbound::new(rxd.device(&g), HDR, false, Notifier::Polling);
+    let chan = Channel::new(MemcpyEngine::default(), Policy::default());
+    let mut pool = PacketPool::new(8, 4096);
+    let lens = [100, 1000, 300, 400];
+    let mut burst = burst_of(&mut pool, &lens);
+    let want: Vec<Vec<u8>> = burst.iter().map(|p| pool.data(p).to_vec()).collect();
+    let last = burst[3].index();
+    assert_eq!(north.enqueue_burst(&chan, &mut pool, &mut burst).unwrap(), 3);
+    assert_eq!(burst.iter().map(|p| p.index()).collect::<Vec<_>>(), [last], "no buffer left for the last");
+    assert_eq!((north.stats().bad_chains, north.stats().no_buffers), (1, 1));
+    chan.progress();
+    assert_eq!(north.complete(&chan, &mut pool).unwrap(), 3);
+    let used: Vec<(u16, u32)> = std::iter::from_fn(|| rxd.pop_used(&g)).map(|u| (u.id as u16, u.len)).collect();
+    assert_eq!(used, [(heads[0], 112), (heads[1], 0), (heads[2], 312)]);
+    assert_eq!(received(&rxd, &g, heads[0], HDR + 100).1, want[0]);
+    assert_eq!(received(&rxd, &g, heads[2], HDR + 300).1, want[2]);
+    assert_eq!(north.stats().packets, 2);
+    // A buffer for the last packet, and it goes.
+    let h = rxd.post_rx(&g, 2048, 1);
+    assert_eq!(north.enqueue_burst(&chan, &mut pool, &mut burst).unwrap(), 1);
+    chan.progress();
+    assert_eq!(north.complete(&chan, &mut pool).unwrap(), 1);
+    assert_eq!(rxd.pop_used(&g).map(|u| (u.id as u16, u.len)), Some((h, 412)));
+    assert_eq!(received(&rxd, &g, h, HDR + 400).1, want[3]);
+    assert_eq!(pool.available(), 8, "every packet freed");
+}
+
 /// Packets of one burst, `lens` long, filled with a pattern of their index.
 fn burst_of(pool: &mut PacketPool, lens: &[usize]) -> Burst {
     lens.iter()

@@ -23,10 +23,9 @@ use crate::mem::access::prefetch_host;
 use crate::switch::pool::{Packet, PacketPool};
 use crate::vhost::copy::{copy_one, copy_segments, CopyBatch, Dir};
 use crate::vhost::{Burst, Notifier, QueueStats, VhostError};
-use crate::virtio::chain::{DescChain, ReadChain, SingleBuf};
+use crate::virtio::chain::{DescChain, ReadChain, RunEnd, SingleBuf};
 use crate::virtio::net::{NetHdr, NET_HDR_LEN};
 use crate::virtio::queue::Virtqueue;
-use virtio_bindings::virtio_net::VIRTIO_NET_HDR_F_NEEDS_CSUM;
 
 /// One taken chain: its packet (none for a malformed chain) waits until `end` retires.
 #[derive(Debug)]
@@ -126,11 +125,14 @@ impl Southbound {
             self.q.prefetch(want);
             // The run of single-buffer chains first (split rings); from the first chain of another
             // kind, or on a packed ring, the full walk.
-            let single = self.q.pop_tx_singles(&mut singles, want);
+            let (single, end) = self.q.pop_tx_singles(&mut singles, want);
+            // At `Empty` the guest has sent nothing more (the run loaded the avail idx to see
+            // so); at `Other` the next chain is `pop_burst`'s, in this round or the next.
             let (done, stop) = if single != 0 {
-                // Fewer than wanted: the ring is empty or the next chain is of another kind; the
-                // next round finds out which.
-                self.take_chains(&singles[..single], chan, pool, batch_from, &mut result)
+                let (done, refused) = self.take_chains(&singles[..single], chan, pool, batch_from, &mut result);
+                (done, refused || end == RunEnd::Empty)
+            } else if end == RunEnd::Empty {
+                (0, true)
             } else {
                 let (got, popped) = self.q.pop_burst(&mut chains[..want]);
                 if let Err(e) = popped {
@@ -456,8 +458,7 @@ impl Southbound {
         if hdr.gso_type() != 0 {
             return None;
         }
-        let needs_csum = hdr.flags() & VIRTIO_NET_HDR_F_NEEDS_CSUM as u8 != 0;
-        if needs_csum && hdr.csum_start() as usize + hdr.csum_offset() as usize + 2 > plen {
+        if hdr.needs_csum() && hdr.csum_start() as usize + hdr.csum_offset() as usize + 2 > plen {
             return None;
         }
         Some(plen)

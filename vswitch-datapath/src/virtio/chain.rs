@@ -34,6 +34,23 @@ pub struct SingleBuf {
     pub seg: HostSeg,
 }
 
+/// Why a fast-path run of single-buffer chains
+/// ([`SplitQueue::pop_rx_singles`](super::split::SplitQueue::pop_rx_singles),
+/// [`SplitQueue::pop_tx_singles`](super::split::SplitQueue::pop_tx_singles)) ended: what the
+/// caller does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// It took as many chains as asked.
+    Full,
+    /// The guest had made no more chains available at a fresh load of the avail idx: `pop` would
+    /// find none either, and need not load it once more to learn so.
+    Empty,
+    /// The next chain is `pop`'s: a chain of another kind, a buffer shorter than asked, a chain
+    /// the checks refuse (`pop` gives the typed error), or a queue the fast path does not serve
+    /// (broken, logging dirty pages, packed).
+    Other,
+}
+
 /// What the southbound path reads of a taken TX chain, whichever way it was taken: a walked
 /// [`DescChain`], or a [`SingleBuf`] (one readable segment). Generic code over it compiles, for
 /// the single buffer, to the one-segment case alone.

@@ -124,6 +124,12 @@ impl<T: AsRef<[u8]>> NetHdr<T> {
         self.buf.as_ref()[field::FLAGS]
     }
 
+    /// Whether `flags` asks for the checksum to be completed (`VIRTIO_NET_HDR_F_NEEDS_CSUM`).
+    #[inline]
+    pub fn needs_csum(&self) -> bool {
+        self.flags() & VIRTIO_NET_HDR_F_NEEDS_CSUM as u8 != 0
+    }
+
     /// `gso_type`.
     #[inline]
     pub fn gso_type(&self) -> u8 {

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::chain::{DescChain, SingleBuf};
+use super::chain::{DescChain, RunEnd, SingleBuf};
 use super::error::{QueueConfigError, VirtqError};
 use super::packed::PackedQueue;
 use super::split::{AvailMark, QueueConfig, SplitQueue};
@@ -174,12 +174,17 @@ impl Virtqueue {
     /// The host->guest fast path (split rings; a packed ring takes nothing here and serves every
     /// chain through [`pop`](Self::pop)): see [`SplitQueue::pop_rx_singles`].
     #[inline]
-    pub fn pop_rx_singles(&mut self, out: &mut Vec<SingleBuf>, max: usize) -> usize {
+    pub fn pop_rx_singles(
+        &mut self,
+        out: &mut Vec<SingleBuf>,
+        max: usize,
+        need: impl Fn(usize) -> u32,
+    ) -> (usize, RunEnd) {
         match self {
-            Virtqueue::Split(q) => q.pop_rx_singles(out, max),
+            Virtqueue::Split(q) => q.pop_rx_singles(out, max, need),
             Virtqueue::Packed(_) => {
                 out.clear();
-                0
+                (0, RunEnd::Other)
             }
         }
     }
@@ -187,12 +192,12 @@ impl Virtqueue {
     /// The guest->host fast path (split rings; a packed ring takes nothing here and serves every
     /// chain through [`pop_burst`](Self::pop_burst)): see [`SplitQueue::pop_tx_singles`].
     #[inline]
-    pub fn pop_tx_singles(&mut self, out: &mut Vec<SingleBuf>, max: usize) -> usize {
+    pub fn pop_tx_singles(&mut self, out: &mut Vec<SingleBuf>, max: usize) -> (usize, RunEnd) {
         match self {
             Virtqueue::Split(q) => q.pop_tx_singles(out, max),
             Virtqueue::Packed(_) => {
                 out.clear();
-                0
+                (0, RunEnd::Other)
             }
         }
     }

@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use virtio_bindings::virtio_ring::{VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY};
 
-use super::chain::{DescChain, SingleBuf};
+use super::chain::{DescChain, RunEnd, SingleBuf};
 use super::desc::{DescContext, DescFlags, Descriptor, RawDescriptor, DESC_SIZE};
 use super::error::{QueueConfigError, VirtqError};
 use super::{vring_need_event, RingFeatures, MAX_QUEUE_SIZE};
@@ -426,8 +426,12 @@ impl SplitQueue {
     /// The host->guest fast path: takes, in avail order, up to `max` chains that are each one
     /// direct device-writable descriptor (no `NEXT`, no `INDIRECT`) with its buffer in one region,
     /// which is what virtio-net drivers post as RX buffers, into `out` (cleared first), and
-    /// returns how many. One broken-queue test, one avail refresh and one region hint for the
-    /// whole run, and no [`DescChain`] per chain.
+    /// returns how many and why the run ended. The `k`-th buffer of the run must hold at least
+    /// `need(k)` bytes (a packet and its header): the run stops at one that does not, so a packet
+    /// larger than the guest's buffers costs one descriptor read here, not a run taken and given
+    /// back. One broken-queue test, one region hint and no [`DescChain`] for the whole run; the
+    /// avail idx is loaded when the chains seen at the last load run out, as by
+    /// [`pop_burst`](Self::pop_burst).
     ///
     /// It stops at the first chain that is anything else and leaves it untaken for
     /// [`pop`](Self::pop), which then gives the same chain or the typed error: it makes the checks
@@ -435,57 +439,85 @@ impl SplitQueue {
     /// region) and reports nothing itself. Takes nothing on a broken queue or while logging dirty
     /// pages (`pop` records the buffers then). Taken chains count as in flight; [`give_back`](Self::give_back)
     /// returns unused ones.
-    pub fn pop_rx_singles(&mut self, out: &mut Vec<SingleBuf>, max: usize) -> usize {
-        self.pop_singles(out, max, DescFlags::WRITE)
+    pub fn pop_rx_singles(
+        &mut self,
+        out: &mut Vec<SingleBuf>,
+        max: usize,
+        need: impl Fn(usize) -> u32,
+    ) -> (usize, RunEnd) {
+        self.pop_singles(out, max, need, DescFlags::WRITE)
     }
 
     /// The guest->host fast path: [`pop_rx_singles`](Self::pop_rx_singles) for chains of one
-    /// device-readable descriptor, what virtio-net drivers post for a packet whose header sits in
-    /// front of it (VIRTIO_F_VERSION_1 or ANY_LAYOUT). The same checks, the same stop at any other
-    /// chain.
-    pub fn pop_tx_singles(&mut self, out: &mut Vec<SingleBuf>, max: usize) -> usize {
-        self.pop_singles(out, max, DescFlags::empty())
+    /// device-readable descriptor of any length, what virtio-net drivers post for a packet whose
+    /// header sits in front of it (VIRTIO_F_VERSION_1 or ANY_LAYOUT). The same checks, the same
+    /// stop at any other chain.
+    pub fn pop_tx_singles(&mut self, out: &mut Vec<SingleBuf>, max: usize) -> (usize, RunEnd) {
+        self.pop_singles(out, max, |_| 0, DescFlags::empty())
     }
 
     /// Takes the run of single-descriptor chains whose flags among `NEXT`, `INDIRECT` and `WRITE`
-    /// are exactly `kind` (see [`pop_rx_singles`](Self::pop_rx_singles)).
+    /// are exactly `kind` and whose `k`-th buffer holds `need(k)` bytes (see
+    /// [`pop_rx_singles`](Self::pop_rx_singles)).
     #[inline(always)]
-    fn pop_singles(&mut self, out: &mut Vec<SingleBuf>, max: usize, kind: DescFlags) -> usize {
+    fn pop_singles(
+        &mut self,
+        out: &mut Vec<SingleBuf>,
+        max: usize,
+        need: impl Fn(usize) -> u32,
+        kind: DescFlags,
+    ) -> (usize, RunEnd) {
         out.clear();
         if self.broken.is_some() || self.log.is_some() {
-            return 0;
+            return (0, RunEnd::Other);
         }
-        if self.avail_cache == self.last_avail && self.refresh_avail().is_err() {
-            return 0; // `pop` reports it
-        }
-        let ready = (self.avail_cache.wrapping_sub(self.last_avail) as usize).min(max);
-        let avail = self.mem.region(self.avail.region).mapping();
-        let table = self.mem.region(self.desc.region).mapping();
+        let start = self.last_avail;
         let mut hint = self.hint;
-        let mut idx = self.last_avail;
-        for _ in 0..ready {
-            let slot = (idx & self.mask) as usize;
-            let Some(head) = avail.load_u16(self.avail.offset + AVAIL_RING + 2 * slot) else { break };
-            if head >= self.cfg.size {
-                break;
+        let mut idx = start;
+        let end = 'run: loop {
+            if out.len() == max {
+                break RunEnd::Full;
             }
-            // Two aligned loads (the table is 16-aligned).
-            let Some(words) = table.read_u64_pair(self.desc.offset + DESC_SIZE * head as usize) else { break };
-            let d = RawDescriptor::from_le_words(words);
-            let mask = DescFlags::NEXT | DescFlags::INDIRECT | DescFlags::WRITE;
-            if d.flags & mask.bits() != kind.bits() {
-                break;
+            if self.avail_cache == idx {
+                // `refresh_avail` checks the jump from `last_avail`: bring it up to the run.
+                self.last_avail = idx;
+                if self.refresh_avail().is_err() {
+                    break RunEnd::Other; // `pop` reports it
+                }
+                if self.avail_cache == idx {
+                    break RunEnd::Empty;
+                }
             }
-            // `translate_one` refuses a zero length and a range leaving its region.
-            let Some(seg) = self.mem.translate_one(d.addr, d.len, &mut hint) else { break };
-            out.push(SingleBuf { head, seg });
-            idx = idx.wrapping_add(1);
-        }
+            let ready = (self.avail_cache.wrapping_sub(idx) as usize).min(max - out.len());
+            let avail = self.mem.region(self.avail.region).mapping();
+            let table = self.mem.region(self.desc.region).mapping();
+            for _ in 0..ready {
+                let slot = (idx & self.mask) as usize;
+                let Some(head) = avail.load_u16(self.avail.offset + AVAIL_RING + 2 * slot) else {
+                    break 'run RunEnd::Other;
+                };
+                if head >= self.cfg.size {
+                    break 'run RunEnd::Other;
+                }
+                // Two aligned loads (the table is 16-aligned).
+                let Some(words) = table.read_u64_pair(self.desc.offset + DESC_SIZE * head as usize) else {
+                    break 'run RunEnd::Other;
+                };
+                let d = RawDescriptor::from_le_words(words);
+                let mask = DescFlags::NEXT | DescFlags::INDIRECT | DescFlags::WRITE;
+                if d.flags & mask.bits() != kind.bits() || d.len < need(out.len()) {
+                    break 'run RunEnd::Other;
+                }
+                // `translate_one` refuses a zero length and a range leaving its region.
+                let Some(seg) = self.mem.translate_one(d.addr, d.len, &mut hint) else { break 'run RunEnd::Other };
+                out.push(SingleBuf { head, seg });
+                idx = idx.wrapping_add(1);
+            }
+        };
         self.hint = hint;
-        let n = idx.wrapping_sub(self.last_avail);
         self.last_avail = idx;
-        self.in_flight += n;
-        n as usize
+        self.in_flight += idx.wrapping_sub(start);
+        (out.len(), end)
     }
 
     /// The fast path of [`pop`](Self::pop): a direct descriptor without `NEXT` or `INDIRECT`
