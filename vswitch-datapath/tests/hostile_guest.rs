@@ -67,7 +67,11 @@ impl Scene {
         // leaves this one to `pop`, reporting nothing and breaking nothing.
         let mut singles = Vec::new();
         let other = (0, RunEnd::Other);
-        assert_eq!(vq.pop_rx_singles(&mut singles, 2 * SIZE as usize, |_| 1), other, "the fast path took a bad chain");
+        assert_eq!(
+            vq.pop_rx_singles(&mut singles, 2 * SIZE as usize, |_| true),
+            other,
+            "the fast path took a bad chain"
+        );
         assert_eq!(vq.pop_tx_singles(&mut singles, 2 * SIZE as usize), other, "the fast path took a bad chain");
         assert!(!vq.is_broken() && vq.in_flight() == 0);
         assert_eq!(vq.pop(&mut c), Err(expected));
@@ -75,7 +79,7 @@ impl Scene {
         assert_eq!(vq.broken(), Some(expected));
         // It stays broken, and does nothing more.
         assert_eq!(vq.pop(&mut c), Err(VirtqError::Broken));
-        assert_eq!(vq.pop_rx_singles(&mut singles, 2 * SIZE as usize, |_| 1), other);
+        assert_eq!(vq.pop_rx_singles(&mut singles, 2 * SIZE as usize, |_| true), other);
         assert_eq!(vq.avail_count(), Err(VirtqError::Broken));
         assert_eq!(vq.push_used(0, 0), Err(VirtqError::Broken));
         assert_eq!(vq.publish_used(), Err(VirtqError::Broken));
@@ -263,7 +267,7 @@ fn head_past_the_table_case(flags: u16) {
     let mut q = SplitQueue::new(g.memory().clone(), cfg).unwrap();
     let mut c = DescChain::new();
     let other = (0, RunEnd::Other);
-    assert_eq!(q.pop_rx_singles(&mut Vec::new(), 1, |_| 1), other, "the fast path took a head past the table");
+    assert_eq!(q.pop_rx_singles(&mut Vec::new(), 1, |_| true), other, "the fast path took a head past the table");
     assert_eq!(q.pop_tx_singles(&mut Vec::new(), 1), other, "the fast path took a head past the table");
     assert_eq!(q.pop(&mut c), Err(VirtqError::DescIndexOutOfRange { index: SIZE, size: SIZE as u32 }));
     assert!(q.is_broken());

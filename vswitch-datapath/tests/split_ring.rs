@@ -355,7 +355,7 @@ fn rx_singles_are_taken_as_a_run_up_to_the_first_other_chain() {
     let tx = dq.post_tx(&g, &payload(100), 1, false);
     let two = dq.post_rx(&g, 500, 2);
     let last = dq.post_rx(&g, 900, 1);
-    let any = |_| 1;
+    let any = |_| true;
     let mut out = Vec::new();
     assert_eq!(q.pop_rx_singles(&mut out, 2, any), (2, RunEnd::Full), "no more than asked");
     assert_eq!(out.iter().map(|b| (b.head, b.seg.len())).collect::<Vec<_>>(), [(singles[0], 1000), (singles[1], 1500)]);
@@ -395,19 +395,21 @@ fn rx_singles_are_taken_as_a_run_up_to_the_first_other_chain() {
     let used: Vec<(u16, u32)> = std::iter::from_fn(|| dq.pop_used(&g)).map(|u| (u.id as u16, u.len)).collect();
     assert_eq!(used, done);
 
-    // Each buffer must hold what the caller asks of it, in order: the run stops at the first
-    // that does not, and `pop` takes it. Chains posted after the last load are seen: the run
-    // loads the avail idx again when the ones it knows of are used up.
+    // The caller's `accept` sees each buffer's length in order (here: each must hold what its
+    // packet needs); the run stops before the first it refuses, and `pop` takes that one. Chains
+    // posted after the last load are seen: the run loads the avail idx again when the ones it
+    // knows of are used up.
     let fits = [dq.post_rx(&g, 1000, 1), dq.post_rx(&g, 2000, 1)];
     let short = dq.post_rx(&g, 1999, 1);
-    let need = [900, 2000, 2000];
-    assert_eq!(q.pop_rx_singles(&mut out, 3, |k| need[k]), (2, RunEnd::Other), "stops at the short buffer");
+    let mut need = [900u32, 2000, 2000].into_iter();
+    let fit = |len| need.next().is_some_and(|n| len >= n);
+    assert_eq!(q.pop_rx_singles(&mut out, 3, fit), (2, RunEnd::Other), "stops at the short buffer");
     assert_eq!(out.iter().map(|b| b.head).collect::<Vec<_>>(), fits);
     assert_eq!(q.pop(&mut c), Ok(true));
     assert_eq!((c.head(), c.writable_len()), (short, 1999));
-    assert_eq!(q.pop_rx_singles(&mut out, 16, |_| 1000), (0, RunEnd::Empty));
+    assert_eq!(q.pop_rx_singles(&mut out, 16, |len| len >= 1000), (0, RunEnd::Empty));
     let more = [dq.post_rx(&g, 1000, 1), dq.post_rx(&g, 1000, 1)];
-    assert_eq!(q.pop_rx_singles(&mut out, 16, |_| 1000), (2, RunEnd::Empty), "the new chains, then none");
+    assert_eq!(q.pop_rx_singles(&mut out, 16, |len| len >= 1000), (2, RunEnd::Empty), "the new chains, then none");
     assert_eq!(out.iter().map(|b| b.head).collect::<Vec<_>>(), more);
     assert_eq!(q.in_flight(), 5);
     let back: Vec<(u16, u32)> = fits.iter().chain([&short]).chain(&more).map(|&h| (h, 0)).collect();

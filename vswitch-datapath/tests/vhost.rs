@@ -654,6 +654,155 @@ fn a_refused_copy_mid_burst_hands_the_later_packets_back() {
     assert_eq!(pool.available(), 16);
 }
 
+/// Jumbo frames into a guest's 2 KB mergeable RX buffers, every buffer a single-descriptor chain
+/// (what Linux and DPDK post): each packet takes as many consecutive buffers as it and its header
+/// need, on the memcpy and the worker engine. Every packet lands intact with the right
+/// num_buffers, every used entry has its exact length, in posting order. A packet the guest's
+/// buffers cannot cover yet stays with the caller and takes no buffer, also when the guest has
+/// posted part of what it needs; once the rest is posted it lands whole.
+#[test]
+fn jumbo_packets_span_runs_of_mergeable_buffers() {
+    jumbo_case(Channel::new(MemcpyEngine::default(), Policy::default()));
+    jumbo_case(Channel::new(WorkerEngine::new(WorkerConfig::default()).unwrap(), Policy::default()));
+}
+
+fn jumbo_case<E: CopyEngine>(chan: Channel<E>) {
+    let g = TestGuest::new();
+    let mut rxd = g.add_queue(32, RingFeatures::empty());
+    let heads: Vec<u16> = (0..12).map(|_| rxd.post_rx(&g, 2048, 1)).collect();
+    let mut north = Northbound::new(rxd.device(&g), HDR, true, Notifier::Polling);
+    let mut pool = PacketPool::new(16, 9216);
+    let lens = [4000, 100, 9000, 2036, 6000, 3000];
+    let spans = [2usize, 1, 5, 1, 3];
+    let mut burst = burst_of(&mut pool, &lens);
+    let want: Vec<Vec<u8>> = burst.iter().map(|p| pool.data(p).to_vec()).collect();
+    let last = burst[5].index();
+    let settle = |north: &mut Northbound, pool: &mut PacketPool, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut done = 0;
+        while done < n && Instant::now() < deadline {
+            chan.submit();
+            chan.progress();
+            done += north.complete(&chan, pool).unwrap();
+        }
+        assert_eq!(done, n);
+    };
+    assert_eq!(north.enqueue_burst(&chan, &mut pool, &mut burst).unwrap(), 5);
+    assert_eq!(burst.iter().map(|p| p.index()).collect::<Vec<_>>(), [last], "no buffer left for the last");
+    assert_eq!(north.stats().no_buffers, 1);
+    settle(&mut north, &mut pool, 5);
+    let used: Vec<(u16, u32)> = std::iter::from_fn(|| rxd.pop_used(&g)).map(|u| (u.id as u16, u.len)).collect();
+    let mut expect = Vec::new();
+    let mut at = 0;
+    for (n, &span) in spans.iter().enumerate() {
+        let mut left = HDR + lens[n];
+        let mut bytes = Vec::new();
+        for (k, &h) in heads[at..at + span].iter().enumerate() {
+            let take = left.min(2048);
+            expect.push((h, take as u32));
+            let got = rxd.read_written(&g, h, take);
+            if k == 0 {
+                assert_eq!(u16::from_le_bytes([got[10], got[11]]) as usize, span, "packet {n}: num_buffers");
+                bytes.extend_from_slice(&got[HDR..]);
+            } else {
+                bytes.extend_from_slice(&got);
+            }
+            left -= take;
+        }
+        assert_eq!(bytes, want[n], "packet {n} intact");
+        at += span;
+    }
+    assert_eq!(used, expect, "every chain, in posting order, with its exact length");
+    // One buffer of the two the last packet needs: it stays with the caller, the buffer untaken.
+    let first = rxd.post_rx(&g, 2048, 1);
+    assert_eq!(north.enqueue_burst(&chan, &mut pool, &mut burst).unwrap(), 0);
+    assert_eq!((burst.len(), north.queue().in_flight(), north.stats().no_buffers), (1, 0, 2));
+    let second = rxd.post_rx(&g, 2048, 1);
+    assert_eq!(north.enqueue_burst(&chan, &mut pool, &mut burst).unwrap(), 1);
+    settle(&mut north, &mut pool, 1);
+    let used: Vec<(u16, u32)> = std::iter::from_fn(|| rxd.pop_used(&g)).map(|u| (u.id as u16, u.len)).collect();
+    assert_eq!(used, [(first, 2048), (second, (HDR + 3000 - 2048) as u32)]);
+    let got = [rxd.read_written(&g, first, 2048), rxd.read_written(&g, second, HDR + 3000 - 2048)];
+    assert_eq!([&got[0][HDR..], &got[1][..]].concat(), want[5]);
+    assert_eq!(north.stats().packets, 6);
+    assert_eq!(pool.available(), 16, "every packet freed");
+}
+
+/// The engine refuses the second piece of a packet spread over two mergeable buffers (a stopped
+/// device): the packet before it is delivered, both chains of the refused packet come back with
+/// length 0 once the first piece retires, the packet after it stays with the caller, its buffer
+/// untaken, and lands once the device runs again.
+#[test]
+fn a_refused_copy_inside_a_merged_packet_returns_all_its_chains_unused() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let g = TestGuest::new();
+    let mut rxd = g.add_queue(16, RingFeatures::empty());
+    let heads: Vec<u16> = (0..4).map(|_| rxd.post_rx(&g, 2048, 1)).collect();
+    let mut north = Northbound::new(rxd.device(&g), HDR, true, Notifier::Polling);
+    let allow = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(2));
+    let chan = Channel::new(Refusing::new(false, allow.clone()), Policy::offload_all());
+    let mut pool = PacketPool::new(8, 4096);
+    let lens = [300, 3000, 500];
+    let mut burst = burst_of(&mut pool, &lens);
+    let want: Vec<Vec<u8>> = burst.iter().map(|p| pool.data(p).to_vec()).collect();
+    let r = north.enqueue_burst(&chan, &mut pool, &mut burst);
+    assert!(matches!(r, Err(vswitch_datapath::VhostError::Engine(_))), "{r:?}");
+    assert_eq!((north.stats().engine_errors, burst.len(), north.queue().in_flight()), (1, 1, 3));
+    chan.progress();
+    north.complete(&chan, &mut pool).unwrap();
+    let used: Vec<(u16, u32)> = std::iter::from_fn(|| rxd.pop_used(&g)).map(|u| (u.id as u16, u.len)).collect();
+    assert_eq!(used, [(heads[0], 312), (heads[1], 0), (heads[2], 0)]);
+    assert_eq!(received(&rxd, &g, heads[0], HDR + 300), (1, want[0].clone()));
+    allow.store(usize::MAX, Relaxed);
+    assert_eq!(north.enqueue_burst(&chan, &mut pool, &mut burst).unwrap(), 1);
+    chan.progress();
+    north.complete(&chan, &mut pool).unwrap();
+    assert_eq!(rxd.pop_used(&g).map(|u| (u.id as u16, u.len)), Some((heads[3], 512)));
+    assert_eq!(received(&rxd, &g, heads[3], HDR + 500), (1, want[2].clone()));
+    assert_eq!((north.stats().packets, pool.available()), (2, 8));
+}
+
+/// A hostile buffer inside the span of a packet that needs two mergeable buffers: the run stops
+/// before it, the packet's good buffer goes back, and the full walk takes it again and reports
+/// the bad one with the typed error; the queue breaks, the packet goes back to the caller, the
+/// packet before it is delivered, and nothing is written into the bad buffer.
+#[test]
+fn a_hostile_buffer_inside_a_merged_packet_breaks_the_queue_there() {
+    use vswitch_datapath::virtio::desc::{DescFlags, RawDescriptor};
+    use vswitch_datapath::{MemoryError, VhostError, VirtqError};
+    let g = TestGuest::new();
+    let mut rxd = g.add_queue(16, RingFeatures::empty());
+    let good = [rxd.post_rx(&g, 2048, 1), rxd.post_rx(&g, 2048, 1)];
+    let bad = rxd.post_rx(&g, 2048, 1);
+    let end = {
+        let r = g.memory().regions().last().unwrap();
+        r.guest_addr() + r.len() as u64
+    };
+    rxd.write_desc(&g, bad, RawDescriptor { addr: end - 10, len: 2048, flags: DescFlags::WRITE.bits(), next: 0 });
+    let mut tail = [0u8; 10];
+    g.memory().read(end - 10, &mut tail).unwrap();
+    let mut north = Northbound::new(rxd.device(&g), HDR, true, Notifier::Polling);
+    let chan = Channel::new(MemcpyEngine::default(), Policy::default());
+    let mut pool = PacketPool::new(8, 4096);
+    let mut burst = burst_of(&mut pool, &[100, 3000]);
+    let want: Vec<Vec<u8>> = burst.iter().map(|p| pool.data(p).to_vec()).collect();
+    let second = burst[1].index();
+    let expected = VirtqError::Memory(MemoryError::Unmapped { addr: end });
+    assert_eq!(north.enqueue_burst(&chan, &mut pool, &mut burst), Err(VhostError::Ring(expected)));
+    assert_eq!(north.queue().broken(), Some(expected));
+    assert_eq!(burst.iter().map(|p| p.index()).collect::<Vec<_>>(), [second], "the spanning packet handed back");
+    chan.progress();
+    let mut after = [0u8; 10];
+    g.memory().read(end - 10, &mut after).unwrap();
+    assert_eq!(after, tail, "nothing written into the hostile buffer");
+    assert_eq!(received(&rxd, &g, good[0], HDR + 100), (1, want[0].clone()));
+    north.clear(&chan, &mut pool);
+    for p in burst {
+        pool.free(p);
+    }
+    assert_eq!(pool.available(), 8);
+}
+
 /// One TX ring over every kind of chain at once: single-buffer chains (the fast path takes them
 /// as a run), a chain of three descriptors and an indirect one (the full walk) between them,
 /// payloads on both sides of the CPU threshold. On the memcpy and the worker engine every packet

@@ -178,10 +178,10 @@ impl Virtqueue {
         &mut self,
         out: &mut Vec<SingleBuf>,
         max: usize,
-        need: impl Fn(usize) -> u32,
+        accept: impl FnMut(u32) -> bool,
     ) -> (usize, RunEnd) {
         match self {
-            Virtqueue::Split(q) => q.pop_rx_singles(out, max, need),
+            Virtqueue::Split(q) => q.pop_rx_singles(out, max, accept),
             Virtqueue::Packed(_) => {
                 out.clear();
                 (0, RunEnd::Other)

@@ -426,10 +426,11 @@ impl SplitQueue {
     /// The host->guest fast path: takes, in avail order, up to `max` chains that are each one
     /// direct device-writable descriptor (no `NEXT`, no `INDIRECT`) with its buffer in one region,
     /// which is what virtio-net drivers post as RX buffers, into `out` (cleared first), and
-    /// returns how many and why the run ended. The `k`-th buffer of the run must hold at least
-    /// `need(k)` bytes (a packet and its header): the run stops at one that does not, so a packet
-    /// larger than the guest's buffers costs one descriptor read here, not a run taken and given
-    /// back. One broken-queue test, one region hint and no [`DescChain`] for the whole run; the
+    /// returns how many and why the run ended. `accept` sees each buffer's length, in order, and
+    /// says whether the caller wants it (a buffer too short for its packet, or one past the
+    /// packets waiting, is refused): the run stops before the first it refuses, so a buffer the
+    /// caller cannot use is not taken to be given back. One broken-queue test, one region hint and
+    /// no [`DescChain`] for the whole run; the
     /// avail idx is loaded when the chains seen at the last load run out, as by
     /// [`pop_burst`](Self::pop_burst).
     ///
@@ -443,9 +444,9 @@ impl SplitQueue {
         &mut self,
         out: &mut Vec<SingleBuf>,
         max: usize,
-        need: impl Fn(usize) -> u32,
+        accept: impl FnMut(u32) -> bool,
     ) -> (usize, RunEnd) {
-        self.pop_singles(out, max, need, DescFlags::WRITE)
+        self.pop_singles(out, max, accept, DescFlags::WRITE)
     }
 
     /// The guest->host fast path: [`pop_rx_singles`](Self::pop_rx_singles) for chains of one
@@ -453,18 +454,18 @@ impl SplitQueue {
     /// header sits in front of it (VIRTIO_F_VERSION_1 or ANY_LAYOUT). The same checks, the same
     /// stop at any other chain.
     pub fn pop_tx_singles(&mut self, out: &mut Vec<SingleBuf>, max: usize) -> (usize, RunEnd) {
-        self.pop_singles(out, max, |_| 0, DescFlags::empty())
+        self.pop_singles(out, max, |_| true, DescFlags::empty())
     }
 
     /// Takes the run of single-descriptor chains whose flags among `NEXT`, `INDIRECT` and `WRITE`
-    /// are exactly `kind` and whose `k`-th buffer holds `need(k)` bytes (see
+    /// are exactly `kind` and whose buffers `accept` takes (see
     /// [`pop_rx_singles`](Self::pop_rx_singles)).
     #[inline(always)]
     fn pop_singles(
         &mut self,
         out: &mut Vec<SingleBuf>,
         max: usize,
-        need: impl Fn(usize) -> u32,
+        mut accept: impl FnMut(u32) -> bool,
         kind: DescFlags,
     ) -> (usize, RunEnd) {
         out.clear();
@@ -505,11 +506,14 @@ impl SplitQueue {
                 };
                 let d = RawDescriptor::from_le_words(words);
                 let mask = DescFlags::NEXT | DescFlags::INDIRECT | DescFlags::WRITE;
-                if d.flags & mask.bits() != kind.bits() || d.len < need(out.len()) {
+                if d.flags & mask.bits() != kind.bits() {
                     break 'run RunEnd::Other;
                 }
                 // `translate_one` refuses a zero length and a range leaving its region.
                 let Some(seg) = self.mem.translate_one(d.addr, d.len, &mut hint) else { break 'run RunEnd::Other };
+                if !accept(d.len) {
+                    break 'run RunEnd::Other;
+                }
                 out.push(SingleBuf { head, seg });
                 idx = idx.wrapping_add(1);
             }
