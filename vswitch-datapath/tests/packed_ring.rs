@@ -366,3 +366,98 @@ fn a_read_only_queue_ignores_write_flags_as_dpdk_leaves_them_on_tx_tables() {
         assert_eq!(gather(&g, segs, 900), data);
     }
 }
+
+/// The fast paths on a packed ring take the run of single-descriptor chains from the avail
+/// position: writable ones for RX, readable ones for TX, exactly the chains `pop` would give
+/// (same ids, same segments), stopping before any other chain (two descriptors, the other
+/// direction, a buffer `accept` refuses), which `pop` then takes; they say why the run ended,
+/// follow the ring round its end with both wrap counters, go back with `give_back`, and take
+/// nothing while the queue logs dirty pages. On a read-only queue (TX) `WRITE` means nothing and
+/// the RX run takes nothing.
+#[test]
+fn single_buffer_runs_follow_the_packed_ring_round_its_end() {
+    use vswitch_datapath::RunEnd;
+    let g = TestGuest::new();
+    let mut dq = g.add_queue(8, PACKED);
+    let mut q = dq.packed_device(&g);
+    let any = |_| true;
+    let mut out = Vec::new();
+    let mut c = DescChain::new();
+    let mut passes = 0;
+    let mut last = q.last_avail_idx();
+    for round in 0..40usize {
+        let n = 1 + round % 3;
+        let heads: Vec<u16> = (0..n).map(|k| dq.post_rx(&g, 500 + k as u32, 1)).collect();
+        let two = dq.post_rx(&g, 300, 2);
+        assert_eq!(
+            q.pop_singles(&mut out, 8, any, true),
+            (n, RunEnd::Other),
+            "round {round}: stops at the chain of two"
+        );
+        assert_eq!(
+            out.iter().map(|b| (b.head, b.seg.len())).collect::<Vec<_>>(),
+            heads.iter().enumerate().map(|(k, &h)| (h, 500 + k as u32)).collect::<Vec<_>>()
+        );
+        // The same chains as `pop` gives them.
+        q.give_back(n as u16).unwrap();
+        for b in &out {
+            assert_eq!(q.pop(&mut c), Ok(true));
+            assert_eq!((c.head(), c.writable()), (b.head, &[b.seg][..]));
+        }
+        assert_eq!(q.pop_singles(&mut out, 8, any, false), (0, RunEnd::Other), "a writable chain is not the TX run's");
+        assert_eq!(q.pop(&mut c), Ok(true));
+        assert_eq!((c.head(), c.writable_len()), (two, 600));
+        assert_eq!(q.pop_singles(&mut out, 8, any, true), (0, RunEnd::Empty));
+        for (k, &h) in heads.iter().chain([&two]).enumerate() {
+            q.push_used(h, k as u32).unwrap();
+        }
+        assert_eq!(q.publish_used(), Ok(n as u16 + 1));
+        for (k, &h) in heads.iter().chain([&two]).enumerate() {
+            assert_eq!(dq.pop_used(&g), Some(UsedElem { id: h as u32, len: k as u32 }), "round {round}");
+        }
+        let now = q.last_avail_idx();
+        if (now ^ last) & WRAP_BIT != 0 {
+            passes += 1;
+        }
+        last = now;
+    }
+    assert!(passes >= 10, "went round the ring {passes} times");
+    // `accept` sees each length in order; the run stops before the first it refuses. A full ring
+    // ends the run as `Full` at `max`, and as `Empty` when the device holds every slot.
+    let fits: Vec<u16> = (0..3).map(|_| dq.post_rx(&g, 1000, 1)).collect();
+    let short = dq.post_rx(&g, 200, 1);
+    assert_eq!(q.pop_singles(&mut out, 8, |len| len >= 1000, true), (3, RunEnd::Other));
+    assert_eq!(out.iter().map(|b| b.head).collect::<Vec<_>>(), fits);
+    assert_eq!(q.pop(&mut c), Ok(true));
+    assert_eq!(c.head(), short);
+    let rest: Vec<u16> = (0..4).map(|_| dq.post_rx(&g, 100, 1)).collect();
+    assert_eq!(q.pop_singles(&mut out, 2, any, true), (2, RunEnd::Full));
+    assert_eq!(q.pop_singles(&mut out, 8, any, true), (2, RunEnd::Empty), "the device holds all 8 slots");
+    assert_eq!(out.iter().map(|b| b.head).collect::<Vec<_>>(), rest[2..]);
+    assert_eq!(q.in_flight(), 8);
+    assert!(!q.is_broken());
+
+    // A read-only queue: `WRITE` flags mean nothing, the TX run takes the buffer as readable.
+    let mut tx = g.add_queue(8, PACKED);
+    let mut t = tx.packed_device(&g);
+    t.set_read_only(true);
+    let p = payload(300);
+    let id = tx.post_tx(&g, &p, 1, false);
+    let (slot, _) = tx.packed_next();
+    let prev = if slot == 0 { 7 } else { slot - 1 };
+    let mut d = tx.read_packed_desc(&g, prev);
+    d.flags |= vswitch_datapath::virtio::desc::DescFlags::WRITE.bits();
+    tx.write_packed_desc(&g, prev, d);
+    assert_eq!(t.pop_singles(&mut out, 8, any, true), (0, RunEnd::Other), "no RX run on a read-only queue");
+    assert_eq!(t.pop_singles(&mut out, 8, any, false), (1, RunEnd::Empty));
+    assert_eq!((out[0].head, gather(&g, &[out[0].seg], 300)), (id, p));
+
+    // While logging, `pop` takes every chain (it records the buffers).
+    let log = vswitch_datapath::DirtyLog::anonymous((g.boundary() + (2 << 20)) / 4096).unwrap();
+    let mut dq2 = g.add_queue(8, PACKED);
+    let mut q2 = dq2.packed_device(&g);
+    q2.set_dirty_log(Some(std::sync::Arc::new(log))).unwrap();
+    dq2.post_rx(&g, 1000, 1);
+    assert_eq!(q2.pop_singles(&mut out, 8, any, true), (0, RunEnd::Other));
+    assert_eq!(q2.pop(&mut c), Ok(true));
+}

@@ -10,11 +10,11 @@
 //!
 //! The common case has a path of its own: while the guest's next chains are single writable
 //! buffers (what virtio-net drivers post as RX buffers), the burst takes them as a run
-//! ([`Virtqueue::pop_rx_singles`], split rings) and fills one per packet, or, with mergeable RX
-//! buffers, as many consecutive ones as a larger packet needs (a jumbo frame into 2 KB buffers).
-//! The run stops before a chain of another kind or one too short for its packet; from there, and
-//! for every packet of a packed ring, the general per-chain path takes over. Completed packets'
-//! used entries are written as one run when each took one chain.
+//! ([`Virtqueue::pop_rx_singles`], split and packed rings) and fills one per packet, or, with
+//! mergeable RX buffers, as many consecutive ones as a larger packet needs (a jumbo frame into
+//! 2 KB buffers). The run stops before a chain of another kind or one too short for its packet;
+//! from there the general per-chain path takes over. Completed packets' used entries are written
+//! as one run when each took one chain.
 //!
 //! This module must not touch the rings except through [`Virtqueue`] (split or packed: the same
 //! path serves both formats).

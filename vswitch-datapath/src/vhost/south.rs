@@ -8,9 +8,9 @@
 //! takes no more chains (they wait in the ring: push back, never drop).
 //!
 //! Chains of one readable descriptor, what virtio-net drivers post with VIRTIO_F_VERSION_1, are
-//! taken as a run per burst ([`Virtqueue::pop_tx_singles`], split rings) and handled by the same
-//! group code as walked chains, compiled for one segment; any other chain, and every chain of a
-//! packed ring, goes through [`Virtqueue::pop_burst`].
+//! taken as a run per burst ([`Virtqueue::pop_tx_singles`], split and packed rings) and handled
+//! by the same group code as walked chains, compiled for one segment; any other chain goes
+//! through [`Virtqueue::pop_burst`].
 //!
 //! This module must not touch the rings except through [`Virtqueue`] (split or packed: the same
 //! path serves both formats).
@@ -123,8 +123,8 @@ impl Southbound {
             }
             let want = want.min(pool.available());
             self.q.prefetch(want);
-            // The run of single-buffer chains first (split rings); from the first chain of another
-            // kind, or on a packed ring, the full walk.
+            // The run of single-buffer chains first; from the first chain of another kind, the
+            // full walk.
             let (single, end) = self.q.pop_tx_singles(&mut singles, want);
             // At `Empty` the guest has sent nothing more (the run loaded the avail idx to see
             // so); at `Other` the next chain is `pop_burst`'s, in this round or the next.

@@ -48,7 +48,7 @@ use virtio_bindings::virtio_ring::{
     VRING_PACKED_EVENT_FLAG_ENABLE, VRING_PACKED_EVENT_F_WRAP_CTR,
 };
 
-use super::chain::DescChain;
+use super::chain::{DescChain, RunEnd, SingleBuf};
 use super::desc::{DescContext, DescFlags, Descriptor, RawDescriptor, DESC_SIZE};
 use super::error::{QueueConfigError, VirtqError};
 use super::split::{AvailMark, QueueConfig};
@@ -438,6 +438,81 @@ impl PackedQueue {
             }
         }
         (chains.len(), Ok(()))
+    }
+
+    /// The fast paths of both directions on a packed ring: takes, in ring order, up to `max`
+    /// chains that are each one direct descriptor (no `NEXT`, no `INDIRECT`), device-writable when
+    /// `writable` (an RX buffer; never on a read-only queue) or device-readable otherwise (a TX
+    /// packet; a read-only queue ignores `WRITE`, as `pop` does), with the buffer in one region
+    /// and accepted by `accept` (see [`SplitQueue::pop_rx_singles`](super::split::SplitQueue::pop_rx_singles)),
+    /// into `out` (cleared first). Returns how many and why the run ended.
+    ///
+    /// The same chains as that many [`pop`](Self::pop)s, with the same checks (the descriptor
+    /// available by its flags, loaded with `Acquire`, the device not holding the whole ring, the
+    /// buffer non-empty and inside one region) and the same records (taken chains count as held
+    /// and go back with [`give_back`](Self::give_back)), without a [`DescChain`] per chain. It
+    /// reports nothing itself: it stops at the first chain that is anything else and leaves it
+    /// to `pop`, which takes it or returns the typed error. Takes nothing on a broken queue or
+    /// while logging dirty pages (`pop` records the buffers then).
+    pub fn pop_singles(
+        &mut self,
+        out: &mut Vec<SingleBuf>,
+        max: usize,
+        mut accept: impl FnMut(u32) -> bool,
+        writable: bool,
+    ) -> (usize, RunEnd) {
+        out.clear();
+        if self.broken.is_some() || self.log.is_some() || (writable && self.read_only) {
+            return (0, RunEnd::Other);
+        }
+        let size = self.cfg.size;
+        // The flags that make a single buffer of the kind asked for.
+        let kind = DescFlags::NEXT | DescFlags::INDIRECT | DescFlags::WRITE;
+        let (mask, want) = match (writable, self.read_only) {
+            (true, _) => (kind, DescFlags::WRITE),
+            (false, false) => (kind, DescFlags::empty()),
+            (false, true) => (DescFlags::NEXT | DescFlags::INDIRECT, DescFlags::empty()),
+        };
+        let mut hint = self.hint;
+        let end = loop {
+            if out.len() == max {
+                break RunEnd::Full;
+            }
+            if self.slots_held >= size {
+                break RunEnd::Empty; // `pop` finds nothing either while the device holds every slot
+            }
+            let off = self.slot_off(self.last_avail);
+            let ring = self.mem.region(self.desc.region).mapping();
+            let Some(flags) = ring.load_u16_acquire(off + DESC_FLAGS) else { break RunEnd::Other };
+            if !is_avail(flags, self.avail_wrap) {
+                break RunEnd::Empty;
+            }
+            // The ring is 16-aligned (checked at setup): two aligned loads.
+            let Some(raw) = ring.read_u64_pair(off).map(RawPackedDesc::from_le_words) else { break RunEnd::Other };
+            if raw.flags & mask.bits() != want.bits() {
+                break RunEnd::Other;
+            }
+            // `translate_one` refuses a zero length and a range leaving its region.
+            let Some(seg) = self.mem.translate_one(raw.addr, raw.len, &mut hint) else { break RunEnd::Other };
+            if !accept(raw.len) {
+                break RunEnd::Other;
+            }
+            out.push(SingleBuf { head: raw.id, seg });
+            // What `pop_one` records of a chain of one slot.
+            let tail = (self.taken_head as usize + self.taken_len as usize) % size as usize;
+            let t = &mut self.taken[tail];
+            t.id = raw.id;
+            t.slots = 1;
+            t.written.clear();
+            self.taken_len += 1;
+            self.slots_held += 1;
+            self.taken_count = self.taken_count.wrapping_add(1);
+            let (idx, wrap) = advance(self.last_avail, self.avail_wrap, 1, size);
+            self.last_avail = idx;
+            self.avail_wrap = wrap;
+        };
+        self.hint = hint;
+        (out.len(), end)
     }
 
     /// [`pop`](Self::pop) on a queue known not to be broken.

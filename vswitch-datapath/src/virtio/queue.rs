@@ -171,8 +171,8 @@ impl Virtqueue {
         each!(self, q => q.pop_burst(chains))
     }
 
-    /// The host->guest fast path (split rings; a packed ring takes nothing here and serves every
-    /// chain through [`pop`](Self::pop)): see [`SplitQueue::pop_rx_singles`].
+    /// The host->guest fast path: see [`SplitQueue::pop_rx_singles`] and
+    /// [`PackedQueue::pop_singles`].
     #[inline]
     pub fn pop_rx_singles(
         &mut self,
@@ -182,23 +182,17 @@ impl Virtqueue {
     ) -> (usize, RunEnd) {
         match self {
             Virtqueue::Split(q) => q.pop_rx_singles(out, max, accept),
-            Virtqueue::Packed(_) => {
-                out.clear();
-                (0, RunEnd::Other)
-            }
+            Virtqueue::Packed(q) => q.pop_singles(out, max, accept, true),
         }
     }
 
-    /// The guest->host fast path (split rings; a packed ring takes nothing here and serves every
-    /// chain through [`pop_burst`](Self::pop_burst)): see [`SplitQueue::pop_tx_singles`].
+    /// The guest->host fast path: see [`SplitQueue::pop_tx_singles`] and
+    /// [`PackedQueue::pop_singles`].
     #[inline]
     pub fn pop_tx_singles(&mut self, out: &mut Vec<SingleBuf>, max: usize) -> (usize, RunEnd) {
         match self {
             Virtqueue::Split(q) => q.pop_tx_singles(out, max),
-            Virtqueue::Packed(_) => {
-                out.clear();
-                (0, RunEnd::Other)
-            }
+            Virtqueue::Packed(q) => q.pop_singles(out, max, |_| true, false),
         }
     }
 
