@@ -54,7 +54,7 @@ pub use virtio::net;
 pub use dirty::DirtyLog;
 pub use memory::{GuestMemory, GuestRegion, HostSeg, MemoryConfigError, MemoryError, RegionHint};
 pub use net::{net_hdr_len, NetHdr, NetHdrRepr};
-pub use virtio::chain::{DescChain, RunEnd, SingleBuf};
+pub use virtio::chain::{DescChain, RunEnd, SingleBuf, Take};
 pub use virtio::error::{QueueConfigError, VirtqError};
 pub use virtio::packed::PackedQueue;
 pub use virtio::queue::Virtqueue;

@@ -7,7 +7,7 @@ use vswitch_datapath::testguest::{DriverQueue, TestGuest, UsedElem};
 use vswitch_datapath::virtio::desc::{DescFlags, RawDescriptor};
 use vswitch_datapath::virtio::MAX_QUEUE_SIZE;
 use vswitch_datapath::{
-    DescChain, MemoryError, QueueConfig, QueueConfigError, RingFeatures, RunEnd, SplitQueue, VirtqError,
+    DescChain, MemoryError, QueueConfig, QueueConfigError, RingFeatures, RunEnd, SplitQueue, Take, VirtqError,
 };
 
 const SIZE: u16 = 8;
@@ -68,7 +68,7 @@ impl Scene {
         let mut singles = Vec::new();
         let other = (0, RunEnd::Other);
         assert_eq!(
-            vq.pop_rx_singles(&mut singles, 2 * SIZE as usize, |_| true),
+            vq.pop_rx_singles(&mut singles, 2 * SIZE as usize, |_| Take::Yes),
             other,
             "the fast path took a bad chain"
         );
@@ -79,7 +79,7 @@ impl Scene {
         assert_eq!(vq.broken(), Some(expected));
         // It stays broken, and does nothing more.
         assert_eq!(vq.pop(&mut c), Err(VirtqError::Broken));
-        assert_eq!(vq.pop_rx_singles(&mut singles, 2 * SIZE as usize, |_| true), other);
+        assert_eq!(vq.pop_rx_singles(&mut singles, 2 * SIZE as usize, |_| Take::Yes), other);
         assert_eq!(vq.avail_count(), Err(VirtqError::Broken));
         assert_eq!(vq.push_used(0, 0), Err(VirtqError::Broken));
         assert_eq!(vq.publish_used(), Err(VirtqError::Broken));
@@ -267,7 +267,7 @@ fn head_past_the_table_case(flags: u16) {
     let mut q = SplitQueue::new(g.memory().clone(), cfg).unwrap();
     let mut c = DescChain::new();
     let other = (0, RunEnd::Other);
-    assert_eq!(q.pop_rx_singles(&mut Vec::new(), 1, |_| true), other, "the fast path took a head past the table");
+    assert_eq!(q.pop_rx_singles(&mut Vec::new(), 1, |_| Take::Yes), other, "the fast path took a head past the table");
     assert_eq!(q.pop_tx_singles(&mut Vec::new(), 1), other, "the fast path took a head past the table");
     assert_eq!(q.pop(&mut c), Err(VirtqError::DescIndexOutOfRange { index: SIZE, size: SIZE as u32 }));
     assert!(q.is_broken());

@@ -7,7 +7,7 @@ use vswitch_datapath::testguest::{DriverQueue, TestGuest, UsedElem};
 use vswitch_datapath::virtio::desc::DescFlags;
 use vswitch_datapath::virtio::packed::RawPackedDesc;
 use vswitch_datapath::virtio::MAX_QUEUE_SIZE;
-use vswitch_datapath::{DescChain, MemoryError, RingFeatures, RunEnd, VirtqError};
+use vswitch_datapath::{DescChain, MemoryError, RingFeatures, RunEnd, Take, VirtqError};
 
 const SIZE: u16 = 8;
 const NEXT: u16 = DescFlags::NEXT.bits();
@@ -74,7 +74,11 @@ impl Scene {
         // to `pop`, reporting nothing, breaking nothing, writing nothing.
         let mut singles = Vec::new();
         let other = (0, RunEnd::Other);
-        assert_eq!(vq.pop_rx_singles(&mut singles, 2 * SIZE as usize, |_| true), other, "the RX run took a bad chain");
+        assert_eq!(
+            vq.pop_rx_singles(&mut singles, 2 * SIZE as usize, |_| Take::Yes),
+            other,
+            "the RX run took a bad chain"
+        );
         assert_eq!(vq.pop_tx_singles(&mut singles, 2 * SIZE as usize), other, "the TX run took a bad chain");
         assert!(!vq.is_broken() && g.snapshot() == before);
         assert_eq!(vq.pop(&mut c), Err(expected));

@@ -376,11 +376,11 @@ fn a_read_only_queue_ignores_write_flags_as_dpdk_leaves_them_on_tx_tables() {
 /// the RX run takes nothing.
 #[test]
 fn single_buffer_runs_follow_the_packed_ring_round_its_end() {
-    use vswitch_datapath::RunEnd;
+    use vswitch_datapath::{RunEnd, Take};
     let g = TestGuest::new();
     let mut dq = g.add_queue(8, PACKED);
     let mut q = dq.packed_device(&g);
-    let any = |_| true;
+    let any = |_| Take::Yes;
     let mut out = Vec::new();
     let mut c = DescChain::new();
     let mut passes = 0;
@@ -426,7 +426,10 @@ fn single_buffer_runs_follow_the_packed_ring_round_its_end() {
     // ends the run as `Full` at `max`, and as `Empty` when the device holds every slot.
     let fits: Vec<u16> = (0..3).map(|_| dq.post_rx(&g, 1000, 1)).collect();
     let short = dq.post_rx(&g, 200, 1);
-    assert_eq!(q.pop_singles(&mut out, 8, |len| len >= 1000, true), (3, RunEnd::Other));
+    assert_eq!(
+        q.pop_singles(&mut out, 8, |len| if len >= 1000 { Take::Yes } else { Take::No }, true),
+        (3, RunEnd::Other)
+    );
     assert_eq!(out.iter().map(|b| b.head).collect::<Vec<_>>(), fits);
     assert_eq!(q.pop(&mut c), Ok(true));
     assert_eq!(c.head(), short);

@@ -4,7 +4,7 @@
 use vswitch_datapath::net::{NetHdr, NetHdrRepr, NET_HDR_LEN};
 use vswitch_datapath::testguest::{TestGuest, UsedElem};
 use vswitch_datapath::virtio::vring_need_event;
-use vswitch_datapath::{DescChain, HostSeg, RingFeatures, RunEnd, VirtqError};
+use vswitch_datapath::{DescChain, HostSeg, RingFeatures, RunEnd, Take, VirtqError};
 
 fn payload(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 7 + 3) as u8).collect()
@@ -355,7 +355,7 @@ fn rx_singles_are_taken_as_a_run_up_to_the_first_other_chain() {
     let tx = dq.post_tx(&g, &payload(100), 1, false);
     let two = dq.post_rx(&g, 500, 2);
     let last = dq.post_rx(&g, 900, 1);
-    let any = |_| true;
+    let any = |_| Take::Yes;
     let mut out = Vec::new();
     assert_eq!(q.pop_rx_singles(&mut out, 2, any), (2, RunEnd::Full), "no more than asked");
     assert_eq!(out.iter().map(|b| (b.head, b.seg.len())).collect::<Vec<_>>(), [(singles[0], 1000), (singles[1], 1500)]);
@@ -402,14 +402,21 @@ fn rx_singles_are_taken_as_a_run_up_to_the_first_other_chain() {
     let fits = [dq.post_rx(&g, 1000, 1), dq.post_rx(&g, 2000, 1)];
     let short = dq.post_rx(&g, 1999, 1);
     let mut need = [900u32, 2000, 2000].into_iter();
-    let fit = |len| need.next().is_some_and(|n| len >= n);
+    let fit = |len| if need.next().is_some_and(|n| len >= n) { Take::Yes } else { Take::No };
     assert_eq!(q.pop_rx_singles(&mut out, 3, fit), (2, RunEnd::Other), "stops at the short buffer");
     assert_eq!(out.iter().map(|b| b.head).collect::<Vec<_>>(), fits);
     assert_eq!(q.pop(&mut c), Ok(true));
     assert_eq!((c.head(), c.writable_len()), (short, 1999));
-    assert_eq!(q.pop_rx_singles(&mut out, 16, |len| len >= 1000), (0, RunEnd::Empty));
+    assert_eq!(
+        q.pop_rx_singles(&mut out, 16, |len| if len >= 1000 { Take::Yes } else { Take::No }),
+        (0, RunEnd::Empty)
+    );
     let more = [dq.post_rx(&g, 1000, 1), dq.post_rx(&g, 1000, 1)];
-    assert_eq!(q.pop_rx_singles(&mut out, 16, |len| len >= 1000), (2, RunEnd::Empty), "the new chains, then none");
+    assert_eq!(
+        q.pop_rx_singles(&mut out, 16, |len| if len >= 1000 { Take::Yes } else { Take::No }),
+        (2, RunEnd::Empty),
+        "the new chains, then none"
+    );
     assert_eq!(out.iter().map(|b| b.head).collect::<Vec<_>>(), more);
     assert_eq!(q.in_flight(), 5);
     let back: Vec<(u16, u32)> = fits.iter().chain([&short]).chain(&more).map(|&h| (h, 0)).collect();
@@ -422,4 +429,33 @@ fn rx_singles_are_taken_as_a_run_up_to_the_first_other_chain() {
     dq.post_rx(&g, 1000, 1);
     assert_eq!(q.pop_rx_singles(&mut out, 16, any), (0, RunEnd::Other));
     assert_eq!(q.pop(&mut c), Ok(true));
+}
+
+/// A caller that calls a buffer its last (`Take::Last`, what the northbound path says of the one
+/// that completes its last packet) ends the run there, as `Full`: the run looks at no further
+/// buffer, and the next chain stays in the ring for the next run or `pop`. Split and packed.
+#[test]
+fn a_run_ends_at_the_buffer_its_caller_calls_last() {
+    let g = TestGuest::split();
+    for features in [RingFeatures::empty(), RingFeatures::PACKED] {
+        let mut dq = g.add_queue(16, features);
+        let mut q = dq.virtqueue(&g);
+        let heads: Vec<u16> = (0..4).map(|_| dq.post_rx(&g, 1000, 1)).collect();
+        let mut seen = 0;
+        let mut out = Vec::new();
+        let last_at_two = |_| {
+            seen += 1;
+            if seen == 2 {
+                Take::Last
+            } else {
+                Take::Yes
+            }
+        };
+        assert_eq!(q.pop_rx_singles(&mut out, 16, last_at_two), (2, RunEnd::Full), "{features:?}");
+        assert_eq!(seen, 2, "no buffer looked at after the last");
+        assert_eq!(out.iter().map(|b| b.head).collect::<Vec<_>>(), heads[..2]);
+        assert_eq!(q.pop_rx_singles(&mut out, 16, |_| Take::Yes), (2, RunEnd::Empty));
+        assert_eq!(out.iter().map(|b| b.head).collect::<Vec<_>>(), heads[2..]);
+        assert_eq!(q.in_flight(), 4);
+    }
 }

@@ -29,7 +29,7 @@ use crate::mem::HostSeg;
 use crate::switch::pool::{Packet, PacketPool};
 use crate::vhost::copy::{copy_one, copy_segments, Dir};
 use crate::vhost::{Burst, Notifier, QueueStats, VhostError};
-use crate::virtio::chain::{DescChain, RunEnd, SingleBuf};
+use crate::virtio::chain::{DescChain, RunEnd, SingleBuf, Take};
 use crate::virtio::net::NetHdr;
 use crate::virtio::queue::Virtqueue;
 
@@ -200,21 +200,26 @@ impl Northbound {
         let accept = |len: u32| {
             let len = len as usize;
             if left == 0 {
-                let Some(p) = waiting.get(k) else { return false };
+                let Some(p) = waiting.get(k) else { return Take::No };
                 let need = hdr_len + p.len();
                 if len >= need {
                     k += 1;
                 } else if mergeable {
                     left = need - len;
                 } else {
-                    return false; // `enqueue_one` returns it unused and counts it
+                    return Take::No; // `enqueue_one` returns it unused and counts it
                 }
             } else if len >= left {
                 (k, left) = (k + 1, 0);
             } else {
                 left -= len;
             }
-            true
+            // Every packet placed: no further descriptor read, no avail idx load.
+            if k == waiting.len() {
+                Take::Last
+            } else {
+                Take::Yes
+            }
         };
         let (taken, end) = self.q.pop_rx_singles(&mut self.singles, usize::MAX, accept);
         if taken == 0 {

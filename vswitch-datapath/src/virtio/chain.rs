@@ -40,7 +40,7 @@ pub struct SingleBuf {
 /// caller does next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunEnd {
-    /// It took as many chains as asked.
+    /// It took as many chains as asked, or the caller said the last one was its last.
     Full,
     /// The guest had made no more chains available at a fresh load of the avail idx: `pop` would
     /// find none either, and need not load it once more to learn so.
@@ -49,6 +49,18 @@ pub enum RunEnd {
     /// the checks refuse (`pop` gives the typed error), or a queue the fast path does not serve
     /// (broken, logging dirty pages, packed).
     Other,
+}
+
+/// What the caller of a single-buffer run says of the next buffer, given its length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Take {
+    /// Take it, and look at the next.
+    Yes,
+    /// Take it, and end the run ([`RunEnd::Full`]): it completes what the caller needs, so the
+    /// run reads no further descriptor and does not load the avail idx again.
+    Last,
+    /// Leave it, and end the run before it ([`RunEnd::Other`]).
+    No,
 }
 
 /// What the southbound path reads of a taken TX chain, whichever way it was taken: a walked

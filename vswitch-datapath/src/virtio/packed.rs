@@ -48,7 +48,7 @@ use virtio_bindings::virtio_ring::{
     VRING_PACKED_EVENT_FLAG_ENABLE, VRING_PACKED_EVENT_F_WRAP_CTR,
 };
 
-use super::chain::{DescChain, RunEnd, SingleBuf};
+use super::chain::{DescChain, RunEnd, SingleBuf, Take};
 use super::desc::{DescContext, DescFlags, Descriptor, RawDescriptor, DESC_SIZE};
 use super::error::{QueueConfigError, VirtqError};
 use super::split::{AvailMark, QueueConfig};
@@ -471,7 +471,7 @@ impl PackedQueue {
         &mut self,
         out: &mut Vec<SingleBuf>,
         max: usize,
-        mut accept: impl FnMut(u32) -> bool,
+        mut accept: impl FnMut(u32) -> Take,
         writable: bool,
     ) -> (usize, RunEnd) {
         out.clear();
@@ -507,7 +507,8 @@ impl PackedQueue {
             }
             // `translate_one` refuses a zero length and a range leaving its region.
             let Some(seg) = self.mem.translate_one(raw.addr, raw.len, &mut hint) else { break RunEnd::Other };
-            if !accept(raw.len) {
+            let take = accept(raw.len);
+            if take == Take::No {
                 break RunEnd::Other;
             }
             out.push(SingleBuf { head: raw.id, seg });
@@ -523,6 +524,9 @@ impl PackedQueue {
             let (idx, wrap) = advance(self.last_avail, self.avail_wrap, 1, size);
             self.last_avail = idx;
             self.avail_wrap = wrap;
+            if take == Take::Last {
+                break RunEnd::Full;
+            }
         };
         self.hint = hint;
         (out.len(), end)

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::chain::{DescChain, RunEnd, SingleBuf};
+use super::chain::{DescChain, RunEnd, SingleBuf, Take};
 use super::error::{QueueConfigError, VirtqError};
 use super::packed::PackedQueue;
 use super::split::{AvailMark, QueueConfig, SplitQueue};
@@ -178,7 +178,7 @@ impl Virtqueue {
         &mut self,
         out: &mut Vec<SingleBuf>,
         max: usize,
-        accept: impl FnMut(u32) -> bool,
+        accept: impl FnMut(u32) -> Take,
     ) -> (usize, RunEnd) {
         match self {
             Virtqueue::Split(q) => q.pop_rx_singles(out, max, accept),
@@ -192,7 +192,7 @@ impl Virtqueue {
     pub fn pop_tx_singles(&mut self, out: &mut Vec<SingleBuf>, max: usize) -> (usize, RunEnd) {
         match self {
             Virtqueue::Split(q) => q.pop_tx_singles(out, max),
-            Virtqueue::Packed(q) => q.pop_singles(out, max, |_| true, false),
+            Virtqueue::Packed(q) => q.pop_singles(out, max, |_| Take::Yes, false),
         }
     }
 

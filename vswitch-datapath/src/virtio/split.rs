@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use virtio_bindings::virtio_ring::{VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY};
 
-use super::chain::{DescChain, RunEnd, SingleBuf};
+use super::chain::{DescChain, RunEnd, SingleBuf, Take};
 use super::desc::{DescContext, DescFlags, Descriptor, RawDescriptor, DESC_SIZE};
 use super::error::{QueueConfigError, VirtqError};
 use super::{vring_need_event, RingFeatures, MAX_QUEUE_SIZE};
@@ -427,9 +427,10 @@ impl SplitQueue {
     /// direct device-writable descriptor (no `NEXT`, no `INDIRECT`) with its buffer in one region,
     /// which is what virtio-net drivers post as RX buffers, into `out` (cleared first), and
     /// returns how many and why the run ended. `accept` sees each buffer's length, in order, and
-    /// says whether the caller wants it (a buffer too short for its packet, or one past the
-    /// packets waiting, is refused): the run stops before the first it refuses, so a buffer the
-    /// caller cannot use is not taken to be given back. One broken-queue test, one region hint and
+    /// says whether the caller wants it ([`Take`]: a buffer too short for its packet is refused,
+    /// the one that completes the last packet waiting is the last): the run stops before the
+    /// first it refuses and after the last, so a buffer the caller cannot use is not taken to be
+    /// given back, and a run that has what it needs loads nothing more. One broken-queue test, one region hint and
     /// no [`DescChain`] for the whole run; the
     /// avail idx is loaded when the chains seen at the last load run out, as by
     /// [`pop_burst`](Self::pop_burst).
@@ -444,7 +445,7 @@ impl SplitQueue {
         &mut self,
         out: &mut Vec<SingleBuf>,
         max: usize,
-        accept: impl FnMut(u32) -> bool,
+        accept: impl FnMut(u32) -> Take,
     ) -> (usize, RunEnd) {
         self.pop_singles(out, max, accept, DescFlags::WRITE)
     }
@@ -454,7 +455,7 @@ impl SplitQueue {
     /// header sits in front of it (VIRTIO_F_VERSION_1 or ANY_LAYOUT). The same checks, the same
     /// stop at any other chain.
     pub fn pop_tx_singles(&mut self, out: &mut Vec<SingleBuf>, max: usize) -> (usize, RunEnd) {
-        self.pop_singles(out, max, |_| true, DescFlags::empty())
+        self.pop_singles(out, max, |_| Take::Yes, DescFlags::empty())
     }
 
     /// Takes the run of single-descriptor chains whose flags among `NEXT`, `INDIRECT` and `WRITE`
@@ -465,7 +466,7 @@ impl SplitQueue {
         &mut self,
         out: &mut Vec<SingleBuf>,
         max: usize,
-        mut accept: impl FnMut(u32) -> bool,
+        mut accept: impl FnMut(u32) -> Take,
         kind: DescFlags,
     ) -> (usize, RunEnd) {
         out.clear();
@@ -511,11 +512,15 @@ impl SplitQueue {
                 }
                 // `translate_one` refuses a zero length and a range leaving its region.
                 let Some(seg) = self.mem.translate_one(d.addr, d.len, &mut hint) else { break 'run RunEnd::Other };
-                if !accept(d.len) {
+                let take = accept(d.len);
+                if take == Take::No {
                     break 'run RunEnd::Other;
                 }
                 out.push(SingleBuf { head, seg });
                 idx = idx.wrapping_add(1);
+                if take == Take::Last {
+                    break 'run RunEnd::Full;
+                }
             }
         };
         self.hint = hint;
