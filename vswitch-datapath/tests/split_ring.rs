@@ -459,3 +459,25 @@ fn a_run_ends_at_the_buffer_its_caller_calls_last() {
         assert_eq!(q.in_flight(), 4);
     }
 }
+
+/// A guest that makes the heads the device holds available again, raising the avail idx by no
+/// more than the ring size at a time, cannot make one run take more chains than the ring holds:
+/// the run stops when the device holds `size` chains and leaves the rest to `pop`.
+#[test]
+fn a_run_never_holds_more_chains_than_the_ring() {
+    let g = TestGuest::split();
+    let mut dq = g.add_queue(4, RingFeatures::empty());
+    let mut q = dq.device(&g);
+    let heads: Vec<u16> = (0..4).map(|_| dq.post_rx(&g, 100, 1)).collect();
+    let mut out = Vec::new();
+    assert_eq!(q.pop_rx_singles(&mut out, 2, |_| Take::Yes), (2, RunEnd::Full));
+    // The same four heads again: the avail idx moves 4 past the last load, which
+    // `refresh_avail` allows.
+    for &h in &heads {
+        dq.make_available(&g, h);
+    }
+    assert_eq!(q.pop_rx_singles(&mut out, usize::MAX, |_| Take::Yes), (2, RunEnd::Other));
+    assert_eq!(q.in_flight(), 4, "never more than the ring holds");
+    assert_eq!(q.pop_rx_singles(&mut out, usize::MAX, |_| Take::Yes), (0, RunEnd::Other));
+    assert_eq!(q.in_flight(), 4);
+}

@@ -476,9 +476,14 @@ impl SplitQueue {
         let start = self.last_avail;
         let mut hint = self.hint;
         let mut idx = start;
+        // A well-behaved guest never has more chains out than the ring holds; one that re-posts
+        // heads the device holds and keeps raising the avail idx (each step within the size
+        // `refresh_avail` allows) must not make one run take more than that, nor wrap the counts.
+        let room = self.cfg.size.saturating_sub(self.in_flight) as usize;
+        let max = max.min(room);
         let end = 'run: loop {
             if out.len() == max {
-                break RunEnd::Full;
+                break if max == room { RunEnd::Other } else { RunEnd::Full };
             }
             if self.avail_cache == idx {
                 // `refresh_avail` checks the jump from `last_avail`: bring it up to the run.
