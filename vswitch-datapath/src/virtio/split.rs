@@ -430,10 +430,10 @@ impl SplitQueue {
     /// says whether the caller wants it ([`Take`]: a buffer too short for its packet is refused,
     /// the one that completes the last packet waiting is the last): the run stops before the
     /// first it refuses and after the last, so a buffer the caller cannot use is not taken to be
-    /// given back, and a run that has what it needs loads nothing more. One broken-queue test, one region hint and
-    /// no [`DescChain`] for the whole run; the
-    /// avail idx is loaded when the chains seen at the last load run out, as by
-    /// [`pop_burst`](Self::pop_burst).
+    /// given back, and a run that has what it needs loads nothing more. One broken-queue test, one
+    /// region hint and no [`DescChain`] for the whole run; the avail idx is loaded when the chains
+    /// seen at the last load run out, as by [`pop_burst`](Self::pop_burst), and the run takes no
+    /// more than the ring holds with the chains already in flight.
     ///
     /// It stops at the first chain that is anything else and leaves it untaken for
     /// [`pop`](Self::pop), which then gives the same chain or the typed error: it makes the checks
